@@ -1,0 +1,253 @@
+"""The detector contract shared by every detector, the Spark job and the backtest.
+
+A detector is a plain Python object built from validated parameters. It sees one
+series (one application) in time order:
+
+* ``update(ts_ms, value) -> AnomalyResult`` scores one point, then learns from it
+  (a point never takes part in its own prediction);
+* ``update_batch(ts_ms, values) -> BatchResult`` does the same for arrays and
+  gives exactly the results of calling ``update`` point by point;
+* ``to_state() -> bytes`` / ``Detector.from_state(blob, params)`` round-trip
+  everything the detector has learned. This is what the Spark stateful operator
+  keeps per key, so it is compact, versioned and bounded in size.
+
+Subclasses set ``name``, ``params`` (a :class:`~detectors.params.ParamSchema`)
+and ``state_version``, and implement ``_update``, ``_get_state`` and
+``_set_state``. Everything else is here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import struct
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from detectors.params import ParamSchema
+
+
+@dataclass(frozen=True, slots=True)
+class AnomalyResult:
+    """What a detector says about one point.
+
+    ``value_lower_limit``/``value_upper_limit`` are the band the detector expected
+    the value to fall in; both are ``None`` while the detector is warming up or
+    when the method has no bounds (the detector's docstring says which).
+    ``anomaly_probability`` is in [0, 1]; ``is_anomaly`` is the thresholded call.
+    """
+
+    value_lower_limit: float | None
+    value_upper_limit: float | None
+    anomaly_probability: float
+    is_anomaly: bool
+
+    @staticmethod
+    def warming_up() -> AnomalyResult:
+        """The explicit 'not enough history yet' result: no bounds, no alarm."""
+        return AnomalyResult(None, None, 0.0, False)
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """Column form of many AnomalyResults; NaN stands for a missing bound."""
+
+    value_lower_limit: np.ndarray
+    value_upper_limit: np.ndarray
+    anomaly_probability: np.ndarray
+    is_anomaly: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.anomaly_probability)
+
+    def result(self, i: int) -> AnomalyResult:
+        lo, hi = float(self.value_lower_limit[i]), float(self.value_upper_limit[i])
+        return AnomalyResult(
+            None if math.isnan(lo) else lo,
+            None if math.isnan(hi) else hi,
+            float(self.anomaly_probability[i]),
+            bool(self.is_anomaly[i]),
+        )
+
+    @staticmethod
+    def from_results(results: list[AnomalyResult]) -> BatchResult:
+        n = len(results)
+        lo, hi = np.full(n, np.nan), np.full(n, np.nan)
+        prob, flag = np.zeros(n), np.zeros(n, dtype=bool)
+        for i, r in enumerate(results):
+            if r.value_lower_limit is not None:
+                lo[i] = r.value_lower_limit
+            if r.value_upper_limit is not None:
+                hi[i] = r.value_upper_limit
+            prob[i], flag[i] = r.anomaly_probability, r.is_anomaly
+        return BatchResult(lo, hi, prob, flag)
+
+
+class StateError(ValueError):
+    """A stored detector state cannot be loaded (wrong detector, version or parameters)."""
+
+
+class NonFiniteValueError(ValueError):
+    """Detectors take finite floats only; NaN and infinities are rejected up front."""
+
+
+class Detector(ABC):
+    """Base class of all detectors; see the module docstring for the contract."""
+
+    name: ClassVar[str]
+    params: ClassVar[ParamSchema]
+    state_version: ClassVar[int] = 1
+
+    def __init__(self, **params: Any) -> None:
+        self.config: dict[str, Any] = self.params.validate(params)
+
+    # -- scoring ---------------------------------------------------------------
+    def update(self, ts_ms: int, value: float) -> AnomalyResult:
+        """Score ``value`` observed at ``ts_ms`` (epoch milliseconds), then learn it."""
+        value = float(value)
+        if not math.isfinite(value):
+            raise NonFiniteValueError(f"{self.name}: value must be finite, got {value!r}")
+        return self._update(int(ts_ms), value)
+
+    def update_batch(self, ts_ms: np.ndarray, values: np.ndarray) -> BatchResult:
+        """Score many points in time order; identical to calling ``update`` on each.
+
+        Detectors with a vectorised path override this; the default loops.
+        """
+        values = np.asarray(values, dtype=np.float64)
+        if not np.all(np.isfinite(values)):
+            raise NonFiniteValueError(f"{self.name}: values must be finite")
+        ts = np.asarray(ts_ms, dtype=np.int64)
+        return BatchResult.from_results(
+            [self._update(int(t), float(v)) for t, v in zip(ts, values, strict=True)]
+        )
+
+    @abstractmethod
+    def _update(self, ts_ms: int, value: float) -> AnomalyResult: ...
+
+    # -- state -----------------------------------------------------------------
+    @abstractmethod
+    def _get_state(self) -> dict[str, Any]:
+        """Everything learned so far, as a dict of numbers, strings and numpy arrays."""
+
+    @abstractmethod
+    def _set_state(self, state: dict[str, Any], version: int) -> None:
+        """Restore what ``_get_state`` returned (possibly written by an older ``version``)."""
+
+    def to_state(self) -> bytes:
+        """Serialise the learned state, tagged with detector name, version and parameters."""
+        return pack_state(self.name, self.state_version, self.config, self._get_state())
+
+    @classmethod
+    def from_state(cls, blob: bytes, **params: Any) -> Detector:
+        """Rebuild a detector from ``params`` and a blob written by ``to_state``.
+
+        Raises :class:`StateError` when the blob belongs to another detector, to an
+        unknown state version, or to different parameters: resuming with changed
+        parameters would silently mix two models.
+        """
+        detector = cls(**params)
+        header, fields = unpack_state(blob)
+        if header["name"] != cls.name:
+            raise StateError(f"stored state is for detector {header['name']!r}, not {cls.name!r}")
+        if header["version"] > cls.state_version:
+            raise StateError(
+                f"{cls.name}: stored state has version {header['version']}, this code "
+                f"reads up to {cls.state_version}; upgrade the code or start a new checkpoint"
+            )
+        if header["params"] != params_fingerprint(detector.config):
+            raise StateError(
+                f"{cls.name}: stored state was built with other parameters than "
+                f"{detector.config}; start from a new checkpoint to change parameters"
+            )
+        detector._set_state(fields, header["version"])
+        return detector
+
+
+# -- state encoding -----------------------------------------------------------------
+# Layout: b"ADS1" | u32 header length | header JSON | fields.
+# Each field: u16 name length | name | u8 kind | payload, kind 0 = float64,
+# 1 = int64, 2 = utf-8 string, 3 = numpy array (dtype str, ndim, shape, raw bytes).
+_MAGIC = b"ADS1"
+
+
+def params_fingerprint(config: Mapping[str, Any]) -> str:
+    canonical = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha1(canonical.encode()).hexdigest()[:12]
+
+
+def pack_state(name: str, version: int, config: Mapping[str, Any], fields: Mapping[str, Any]) -> bytes:
+    header = json.dumps(
+        {"name": name, "version": version, "params": params_fingerprint(config)},
+        separators=(",", ":"),
+    ).encode()
+    out = [_MAGIC, struct.pack("<I", len(header)), header]
+    for key, value in fields.items():
+        kb = key.encode()
+        out.append(struct.pack("<H", len(kb)) + kb)
+        if isinstance(value, (bool, np.bool_)):
+            out.append(b"\x01" + struct.pack("<q", int(value)))
+        elif isinstance(value, (int, np.integer)):
+            out.append(b"\x01" + struct.pack("<q", int(value)))
+        elif isinstance(value, (float, np.floating)):
+            out.append(b"\x00" + struct.pack("<d", float(value)))
+        elif isinstance(value, str):
+            sb = value.encode()
+            out.append(b"\x02" + struct.pack("<I", len(sb)) + sb)
+        elif isinstance(value, np.ndarray):
+            arr = np.ascontiguousarray(value)
+            dt = arr.dtype.str.encode()
+            out.append(b"\x03" + struct.pack("<B", len(dt)) + dt + struct.pack("<B", arr.ndim))
+            out.append(struct.pack(f"<{arr.ndim}q", *arr.shape) + arr.tobytes())
+        else:
+            raise TypeError(f"state field {key!r} has unsupported type {type(value).__name__}")
+    return b"".join(out)
+
+
+def unpack_state(blob: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
+    if not isinstance(blob, (bytes, bytearray, memoryview)) or bytes(blob[:4]) != _MAGIC:
+        raise StateError("not a detector state (bad magic); was it written by another program?")
+    mv = memoryview(bytes(blob))
+    try:
+        (hlen,) = struct.unpack_from("<I", mv, 4)
+        header = json.loads(bytes(mv[8 : 8 + hlen]))
+        pos = 8 + hlen
+        fields: dict[str, Any] = {}
+        while pos < len(mv):
+            (klen,) = struct.unpack_from("<H", mv, pos)
+            key = bytes(mv[pos + 2 : pos + 2 + klen]).decode()
+            pos += 2 + klen
+            kind = mv[pos]
+            pos += 1
+            if kind == 0:
+                (fields[key],) = struct.unpack_from("<d", mv, pos)
+                pos += 8
+            elif kind == 1:
+                (fields[key],) = struct.unpack_from("<q", mv, pos)
+                pos += 8
+            elif kind == 2:
+                (slen,) = struct.unpack_from("<I", mv, pos)
+                fields[key] = bytes(mv[pos + 4 : pos + 4 + slen]).decode()
+                pos += 4 + slen
+            elif kind == 3:
+                dlen = mv[pos]
+                dtype = np.dtype(bytes(mv[pos + 1 : pos + 1 + dlen]).decode())
+                pos += 1 + dlen
+                ndim = mv[pos]
+                shape = struct.unpack_from(f"<{ndim}q", mv, pos + 1)
+                pos += 1 + 8 * ndim
+                nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                fields[key] = np.frombuffer(mv[pos : pos + nbytes], dtype=dtype).reshape(shape).copy()
+                pos += nbytes
+            else:
+                raise StateError(f"unknown field kind {kind} in detector state")
+    except (struct.error, UnicodeDecodeError, json.JSONDecodeError, ValueError) as err:
+        if isinstance(err, StateError):
+            raise
+        raise StateError(f"corrupt detector state: {err}") from err
+    return header, fields

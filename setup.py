@@ -1,0 +1,67 @@
+"""Packaging for the streaming anomaly-detection job.
+
+pyspark is pinned to the Spark version in deps/pom.xml, the single place where
+versions live, so the Python package and the Maven Kafka connector always match.
+"""
+
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+SPARK_VERSION = re.search(
+    r"<spark\.version>([^<]+)</spark\.version>", (HERE / "deps" / "pom.xml").read_text()
+).group(1)
+
+setup(
+    name="streaming-anomaly",
+    version="0.1.0",
+    description="Kafka -> Spark Structured Streaming -> stateful anomaly detectors -> Kafka + JDBC",
+    long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["jobs", "jobs.*", "detectors", "detectors.*"]),
+    package_data={"jobs": ["py.typed"], "detectors": ["py.typed"]},
+    install_requires=[
+        "numpy>=1.26",
+    ],
+    extras_require={
+        # Everything the Spark job needs; detectors/ alone only needs numpy.
+        "spark": [
+            f"pyspark=={SPARK_VERSION}",
+            # pyspark's testing helpers and Arrow conversion break on pandas 3
+            "pandas>=2.2,<3",
+            "pyarrow>=15",
+            # transformWithState talks to the JVM state server over protobuf
+            "protobuf>=4.21",
+            "grpcio>=1.60",
+            "kafka-python>=2.2",
+            "pyyaml>=6",
+        ],
+        "postgres": ["psycopg[binary]>=3.1"],
+        "dev": [
+            f"pyspark=={SPARK_VERSION}",
+            "pandas>=2.2,<3",
+            "pyarrow>=15",
+            "protobuf>=4.21",
+            "grpcio>=1.60",
+            "kafka-python>=2.2",
+            "pyyaml>=6",
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "chispa>=0.10",
+            "hypothesis>=6.100",
+            "ruff>=0.6",
+        ],
+    },
+    entry_points={
+        "console_scripts": [
+            "anomaly-job=jobs.main:main",
+            "anomaly-backtest=jobs.backtest:main",
+        ],
+        # Built-in detectors register in code; third-party packages add theirs here:
+        #   entry_points={"streaming_anomaly.detectors": ["mine = mypkg.mod:MyDetector"]}
+        "streaming_anomaly.detectors": [],
+    },
+)
