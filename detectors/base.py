@@ -172,7 +172,8 @@ class Detector(ABC):
 # -- state encoding -----------------------------------------------------------------
 # Layout: b"ADS1" | u32 header length | header JSON | fields.
 # Each field: u16 name length | name | u8 kind | payload, kind 0 = float64,
-# 1 = int64, 2 = utf-8 string, 3 = numpy array (dtype str, ndim, shape, raw bytes).
+# 1 = int64, 2 = utf-8 string, 3 = numpy array (dtype str, ndim, shape, raw bytes),
+# 4 = raw bytes (u32 length, payload; e.g. a wrapped detector's own state blob).
 _MAGIC = b"ADS1"
 
 
@@ -190,15 +191,16 @@ def pack_state(name: str, version: int, config: Mapping[str, Any], fields: Mappi
     for key, value in fields.items():
         kb = key.encode()
         out.append(struct.pack("<H", len(kb)) + kb)
-        if isinstance(value, (bool, np.bool_)):
-            out.append(b"\x01" + struct.pack("<q", int(value)))
-        elif isinstance(value, (int, np.integer)):
+        if isinstance(value, (bool, np.bool_, int, np.integer)):
             out.append(b"\x01" + struct.pack("<q", int(value)))
         elif isinstance(value, (float, np.floating)):
             out.append(b"\x00" + struct.pack("<d", float(value)))
         elif isinstance(value, str):
             sb = value.encode()
             out.append(b"\x02" + struct.pack("<I", len(sb)) + sb)
+        elif isinstance(value, (bytes, bytearray, memoryview)):
+            raw = bytes(value)
+            out.append(b"\x04" + struct.pack("<I", len(raw)) + raw)
         elif isinstance(value, np.ndarray):
             arr = np.ascontiguousarray(value)
             dt = arr.dtype.str.encode()
@@ -244,9 +246,15 @@ def unpack_state(blob: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
                 nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
                 fields[key] = np.frombuffer(mv[pos : pos + nbytes], dtype=dtype).reshape(shape).copy()
                 pos += nbytes
+            elif kind == 4:
+                (blen,) = struct.unpack_from("<I", mv, pos)
+                if pos + 4 + blen > len(mv):
+                    raise StateError("corrupt detector state: truncated bytes field")
+                fields[key] = bytes(mv[pos + 4 : pos + 4 + blen])
+                pos += 4 + blen
             else:
                 raise StateError(f"unknown field kind {kind} in detector state")
-    except (struct.error, UnicodeDecodeError, json.JSONDecodeError, ValueError) as err:
+    except (struct.error, UnicodeDecodeError, json.JSONDecodeError, ValueError, IndexError) as err:
         if isinstance(err, StateError):
             raise
         raise StateError(f"corrupt detector state: {err}") from err

@@ -32,6 +32,7 @@ BUILTIN_DETECTORS: dict[str, str] = {
     "cad": "detectors.cad:CADDetector",
     "default": "detectors.default:DefaultDetector",
     "ema": "detectors.ema:EMADetector",
+    "likelihood": "detectors.likelihood:LikelihoodDetector",
     "robust": "detectors.robust:RobustDetector",
 }
 
@@ -63,7 +64,9 @@ def available_detectors() -> dict[str, str]:
     """Every detector name a config may use -> where it comes from."""
     names = {name: target for name, target in BUILTIN_DETECTORS.items()}
     names.update({name: f"plugin {ep.value}" for name, ep in _plugins().items()})
-    names.update({name: f"registered {cls.__module__}.{cls.__qualname__}" for name, cls in _registered.items()})
+    names.update(
+        {name: f"registered {cls.__module__}.{cls.__qualname__}" for name, cls in _registered.items()}
+    )
     return names
 
 

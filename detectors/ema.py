@@ -1,0 +1,158 @@
+"""Exponentially weighted mean / standard deviation detector (``"ema"``).
+
+Each point is scored against the exponentially weighted mean and standard
+deviation of the points *before* it, then folded into them (West/Finch
+incremental EW variance). The band is ``mean ± z * std`` where ``z`` is the
+standard-normal quantile for the two-sided ``threshold``; the anomaly
+probability is the two-sided normal probability ``2*Phi(|x - mean| / std) - 1``,
+so ``is_anomaly``, ``anomaly_probability >= threshold`` and "value outside the
+band" always agree.
+
+>>> from detectors.ema import EMADetector
+>>> det = EMADetector(window=20, warmup=5)
+>>> det.update(0, 10.0)        # warming up: explicit, no bounds, no alarm
+AnomalyResult(value_lower_limit=None, value_upper_limit=None, anomaly_probability=0.0, is_anomaly=False)
+>>> for i in range(1, 50):
+...     r = det.update(i * 1000, 10.0 + (i % 3))
+>>> r.is_anomaly, r.value_lower_limit < 11.0 < r.value_upper_limit
+(False, True)
+>>> det.update(50_000, 100.0).is_anomaly
+True
+>>> len(det.to_state()) < 200    # four numbers plus a small header
+True
+
+Details
+-------
+* ``alpha = 2 / (window + 1)`` (the usual "span" convention).
+* The first point initialises the mean; its weight then decays like every other
+  point's, so the estimate is an exactly weighted mean/variance with weights
+  ``(1-a)^(n-1), a(1-a)^(n-2), ..., a``. Early on those few points give a biased
+  (too small) variance, which would flood the first minutes with alarms, so the
+  variance is divided by ``1 - sum(w_i^2)`` (the unbiased estimator for
+  reliability weights; exactly the sample variance for ``n = 2``). The sum of
+  squared weights is tracked incrementally; in steady state the correction is
+  ``1 / (1 - a/(2-a))``, about 1% for ``window = 100``.
+* The standard deviation (not the variance) is stored and updated with
+  :func:`math.hypot`, so values up to ``±1.8e308`` never overflow the state.
+* Zero variance: the std used for scoring is at least
+  ``max(REL_STD_FLOOR * |mean|, ABS_STD_FLOOR)`` (1e-9 relative, 1e-12 absolute).
+  A constant series followed by the same constant has distance 0 and is never
+  anomalous; followed by a value differing by more than ~4e-9 relative (or 4e-12
+  absolute around 0, at the default threshold) it is. Rounding noise in an
+  aggregated "constant" (~1e-16 relative) stays far below the floor.
+* Warm-up: the first ``warmup`` points return :meth:`AnomalyResult.warming_up`.
+* State: ``mean``, ``std``, ``w2`` (float64) and ``count`` (int64): about 140 bytes
+  whatever the stream length. ``update_batch`` is the base class loop (the
+  recursion is inherently sequential).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+from detectors._stats import FLOAT_MAX, gaussian_score, two_sided_quantile
+from detectors.base import AnomalyResult, Detector, StateError
+from detectors.params import Param, ParamSchema
+
+
+class EMADetector(Detector):
+    """Exponentially weighted mean ± z·std band; see the module docstring."""
+
+    name: ClassVar[str] = "ema"
+    state_version: ClassVar[int] = 1
+    params: ClassVar[ParamSchema] = ParamSchema(
+        (
+            Param("window", int, 100, "EMA span; alpha = 2 / (window + 1)", minimum=2),
+            Param(
+                "threshold",
+                float,
+                0.9999,
+                "two-sided normal tail probability above which a point is anomalous",
+                minimum=0.5,
+                maximum=1.0,
+                exclusive_minimum=True,
+                exclusive_maximum=True,
+            ),
+            Param("warmup", int, 10, "points learned before the first scored point", minimum=2),
+        )
+    )
+
+    # Floors on the scoring std; class attributes so a subclass can retune them.
+    REL_STD_FLOOR: ClassVar[float] = 1e-9
+    ABS_STD_FLOOR: ClassVar[float] = 1e-12
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self._alpha = 2.0 / (self.config["window"] + 1.0)
+        self._decay = 1.0 - self._alpha
+        self._sqrt_alpha = math.sqrt(self._alpha)
+        self._sqrt_decay = math.sqrt(self._decay)
+        self._z = two_sided_quantile(self.config["threshold"])
+        self._mean = 0.0
+        self._std = 0.0  # biased (plain weighted) std; corrected when scoring
+        self._w2 = 0.0  # sum of squared normalised weights
+        self._count = 0
+
+    # -- introspection (tests, debugging) ---------------------------------------
+    @property
+    def count(self) -> int:
+        return self._count
+
+    @property
+    def mean(self) -> float:
+        """Exponentially weighted mean of the points seen so far."""
+        return self._mean
+
+    @property
+    def std(self) -> float:
+        """Bias-corrected EW standard deviation (before the zero-variance floor); nan if < 2 points."""
+        if self._count < 2:
+            return math.nan
+        return min(self._std / math.sqrt(1.0 - self._w2), FLOAT_MAX)
+
+    # -- scoring ----------------------------------------------------------------
+    def _update(self, ts_ms: int, value: float) -> AnomalyResult:
+        # Score against the state *before* this point, then learn it: a value
+        # must never pull its own prediction towards itself.
+        if self._count < self.config["warmup"]:
+            result = AnomalyResult.warming_up()
+        else:
+            scale = max(self.std, self.REL_STD_FLOOR * abs(self._mean), self.ABS_STD_FLOOR)
+            result = gaussian_score(value, self._mean, scale, self._z, self.config["threshold"])
+        self._learn(value)
+        return result
+
+    def _learn(self, x: float) -> None:
+        if self._count == 0:
+            self._mean, self._std, self._w2, self._count = x, 0.0, 1.0, 1
+            return
+        a, decay = self._alpha, self._decay
+        diff = x - self._mean
+        mean = self._mean + a * diff
+        # Finch: var' = (1-a) * (var + a * diff^2), written on std with hypot so
+        # that diff^2 cannot overflow for |x| > 1e154.
+        std = self._sqrt_decay * math.hypot(self._std, self._sqrt_alpha * diff)
+        if not (math.isfinite(mean) and math.isfinite(std)):
+            # Only reachable with |x|, |mean| near the float limit: the same update
+            # on halved quantities (exact scaling), std saturated at the float max.
+            mean = decay * self._mean + a * x
+            half_diff = x * 0.5 - self._mean * 0.5
+            std = min(2.0 * self._sqrt_decay * math.hypot(self._std * 0.5, self._sqrt_alpha * half_diff),
+                      FLOAT_MAX)
+        self._mean, self._std = mean, std
+        self._w2 = decay * decay * self._w2 + a * a
+        self._count += 1
+
+    # -- state ------------------------------------------------------------------
+    def _get_state(self) -> dict[str, Any]:
+        return {"mean": self._mean, "std": self._std, "w2": self._w2, "count": self._count}
+
+    def _set_state(self, state: dict[str, Any], version: int) -> None:
+        try:
+            mean, std, w2, count = (state[k] for k in ("mean", "std", "w2", "count"))
+        except KeyError as err:
+            raise StateError(f"{self.name}: stored state lacks field {err}") from None
+        if not (math.isfinite(mean) and math.isfinite(std) and std >= 0 and 0 <= w2 <= 1 and count >= 0):
+            raise StateError(f"{self.name}: stored state is inconsistent: {state}")
+        self._mean, self._std, self._w2, self._count = float(mean), float(std), float(w2), int(count)

@@ -1,0 +1,221 @@
+"""Event-time windowing for one application, as pure functions over numpy arrays.
+
+The Spark stateful operator (jobs/detection.py) calls these per key and per
+micro-batch. Windowing lives here, inside the operator, rather than in Spark's
+own window aggregation because Spark drops events behind the watermark and only
+counts them; here every late event is returned to the caller, which sends it to
+the dead-letter topic with reason ``late``.
+
+Semantics:
+
+* Tumbling windows ``[start, start + agg_window_millis)``, aligned to the epoch.
+  For ``none`` every event is its own point, a window of one millisecond.
+* A window is *closed* (aggregated, scored, emitted) once the watermark reaches
+  its end. ``closed_until`` remembers the watermark of the last close: an event
+  whose window ends at or before it is *late*: its window has been scored
+  already, and adding it would feed the detectors out of event-time order.
+* Windows with no events produce no point (``count`` never emits 0).
+* Percentiles are exact, with linear interpolation between closest ranks (the
+  same definition as Spark's ``percentile``); they keep the window's raw values.
+
+>>> state = WindowState.empty("avg")
+>>> state, late = add_events(state, np.array([1_000, 4_000, 11_000]), np.array([1.0, 3.0, 10.0]), "avg", 10_000)
+>>> late.tolist()
+[False, False, False]
+>>> state, starts, values = close_windows(state, 10_000, "avg", 10_000)
+>>> starts.tolist(), values.tolist()
+([0], [2.0])
+>>> state, late = add_events(state, np.array([9_000]), np.array([5.0]), "avg", 10_000)
+>>> late.tolist()  # window [0, 10000) was already scored
+[True]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+PERCENTILES = {"percentile50": 50.0, "percentile75": 75.0, "percentile95": 95.0, "percentile99": 99.0}
+# functions that keep every raw value of an open window; the rest keep partials
+RAW_VALUE_FUNCTIONS = frozenset({"none", *PERCENTILES})
+_EMPTY_I = np.zeros(0, dtype=np.int64)
+_EMPTY_F = np.zeros(0, dtype=np.float64)
+
+
+@dataclass
+class WindowState:
+    """Open windows of one key.
+
+    Raw-value functions keep (``starts`` = event window start, ``ts``, ``values``)
+    per event; the others keep one row of partial aggregates per open window.
+    """
+
+    closed_until: int
+    starts: np.ndarray
+    ts: np.ndarray
+    counts: np.ndarray
+    sums: np.ndarray
+    mins: np.ndarray
+    maxs: np.ndarray
+
+    @staticmethod
+    def empty(agg_function: str, closed_until: int = np.iinfo(np.int64).min) -> WindowState:
+        return WindowState(closed_until, _EMPTY_I, _EMPTY_I, _EMPTY_I, _EMPTY_F, _EMPTY_F, _EMPTY_F)
+
+    @property
+    def open_windows(self) -> int:
+        return len(np.unique(self.starts))
+
+
+def window_starts(ts: np.ndarray, agg_function: str, window_ms: int) -> np.ndarray:
+    if agg_function == "none":
+        return ts.astype(np.int64, copy=False)
+    return ts - np.mod(ts, window_ms)
+
+
+def window_length(agg_function: str, window_ms: int) -> int:
+    return 1 if agg_function == "none" else window_ms
+
+
+def add_events(
+    state: WindowState, ts: np.ndarray, values: np.ndarray, agg_function: str, window_ms: int
+) -> tuple[WindowState, np.ndarray]:
+    """Add events in arrival order; returns the new state and a mask of late events."""
+    ts = np.asarray(ts, dtype=np.int64)
+    values = np.asarray(values, dtype=np.float64)
+    starts = window_starts(ts, agg_function, window_ms)
+    late = starts + window_length(agg_function, window_ms) <= state.closed_until
+    keep = ~late
+    ts, values, starts = ts[keep], values[keep], starts[keep]
+    if len(ts) == 0:
+        return state, late
+    if agg_function in RAW_VALUE_FUNCTIONS:
+        # values ride in `sums`; counts/mins/maxs stay empty for raw-value functions
+        new = WindowState(
+            state.closed_until,
+            np.concatenate([state.starts, starts]),
+            np.concatenate([state.ts, ts]),
+            state.counts,
+            np.concatenate([state.sums, values]),
+            state.mins,
+            state.maxs,
+        )
+        return new, late
+    # Merge per-window partials of this batch into the open windows.
+    all_starts = np.concatenate([state.starts, starts])
+    uniq, inverse = np.unique(all_starts, return_inverse=True)
+    n_old = len(state.starts)
+    counts = np.zeros(len(uniq), dtype=np.int64)
+    sums = np.zeros(len(uniq))
+    mins = np.full(len(uniq), np.inf)
+    maxs = np.full(len(uniq), -np.inf)
+    old_idx, new_idx = inverse[:n_old], inverse[n_old:]
+    counts[old_idx] += state.counts
+    sums[old_idx] += state.sums
+    np.minimum.at(mins, old_idx, state.mins)
+    np.maximum.at(maxs, old_idx, state.maxs)
+    np.add.at(counts, new_idx, 1)
+    # Sum in arrival order, window by window, so the result does not depend on
+    # how events were split across micro-batches more than float addition must.
+    np.add.at(sums, new_idx, values)
+    np.minimum.at(mins, new_idx, values)
+    np.maximum.at(maxs, new_idx, values)
+    return WindowState(state.closed_until, uniq, _EMPTY_I, counts, sums, mins, maxs), late
+
+
+def close_windows(
+    state: WindowState, watermark_ms: int, agg_function: str, window_ms: int
+) -> tuple[WindowState, np.ndarray, np.ndarray]:
+    """Close every window ending at or before the watermark.
+
+    Returns the new state, the closed windows' starts (ascending: event-time
+    order) and their aggregated values.
+    """
+    closed_until = max(state.closed_until, int(watermark_ms))
+    length = window_length(agg_function, window_ms)
+    done = state.starts + length <= closed_until
+    if not done.any():
+        return _with_closed_until(state, closed_until), _EMPTY_I, _EMPTY_F
+    keep = ~done
+    if agg_function == "none":
+        order = np.argsort(state.ts[done], kind="stable")
+        out_starts, out_values = state.ts[done][order], state.sums[done][order]
+    elif agg_function in PERCENTILES:
+        starts, values = state.starts[done], state.sums[done]
+        order = np.lexsort((values, starts))
+        starts, values = starts[order], values[order]
+        out_starts, first = np.unique(starts, return_index=True)
+        bounds = [*first[1:], len(values)]
+        q = PERCENTILES[agg_function]
+        out_values = np.array(
+            [np.percentile(values[a:b], q, method="linear") for a, b in zip(first, bounds, strict=True)]
+        )
+    else:
+        out_starts = state.starts[done]  # np.unique kept them sorted
+        counts = state.counts[done]
+        if agg_function == "sum":
+            out_values = state.sums[done]
+        elif agg_function == "avg":
+            out_values = state.sums[done] / counts
+        elif agg_function == "count":
+            out_values = counts.astype(np.float64)
+        elif agg_function == "min":
+            out_values = state.mins[done]
+        elif agg_function == "max":
+            out_values = state.maxs[done]
+        else:  # pragma: no cover - config validation rejects unknown functions
+            raise ValueError(f"unknown agg_function {agg_function!r}")
+    if agg_function in RAW_VALUE_FUNCTIONS:
+        new = WindowState(
+            closed_until, state.starts[keep], state.ts[keep], state.counts, state.sums[keep], state.mins, state.maxs
+        )
+    else:
+        new = WindowState(
+            closed_until,
+            state.starts[keep],
+            state.ts,
+            state.counts[keep],
+            state.sums[keep],
+            state.mins[keep],
+            state.maxs[keep],
+        )
+    return new, out_starts.astype(np.int64), np.asarray(out_values, dtype=np.float64)
+
+
+def next_close_time(state: WindowState, agg_function: str, window_ms: int) -> int | None:
+    """The watermark at which the earliest open window closes, or None if none is open."""
+    if len(state.starts) == 0:
+        return None
+    return int(state.starts.min()) + window_length(agg_function, window_ms)
+
+
+def _with_closed_until(state: WindowState, closed_until: int) -> WindowState:
+    return WindowState(
+        closed_until, state.starts, state.ts, state.counts, state.sums, state.mins, state.maxs
+    )
+
+
+def to_fields(state: WindowState) -> dict[str, object]:
+    """Plain fields for the key's state blob."""
+    return {
+        "w_closed_until": state.closed_until,
+        "w_starts": state.starts,
+        "w_ts": state.ts,
+        "w_counts": state.counts,
+        "w_sums": state.sums,
+        "w_mins": state.mins,
+        "w_maxs": state.maxs,
+    }
+
+
+def from_fields(fields: dict[str, object]) -> WindowState:
+    return WindowState(
+        int(fields["w_closed_until"]),  # type: ignore[call-overload]
+        fields["w_starts"],  # type: ignore[arg-type]
+        fields["w_ts"],  # type: ignore[arg-type]
+        fields["w_counts"],  # type: ignore[arg-type]
+        fields["w_sums"],  # type: ignore[arg-type]
+        fields["w_mins"],  # type: ignore[arg-type]
+        fields["w_maxs"],  # type: ignore[arg-type]
+    )

@@ -1,0 +1,384 @@
+"""Job configuration: load YAML, validate everything before Spark starts.
+
+Every error names the field it is about, e.g.
+``streams[0].aggregation.agg_function: must be one of none, sum, ...; got 'mean'``.
+
+A config holds one or more streams::
+
+    checkpoint_dir: work/checkpoints        # one sub-directory per stream
+    streams:
+      - name: web
+        source:
+          bootstrap_servers: 127.0.0.1:9092
+          topics: [metrics-a, metrics-b]     # or topic_pattern: "metrics-.*"
+          starting_offsets: earliest
+        aggregation:
+          agg_function: avg
+          agg_window_millis: 60000
+          allowed_lateness_millis: 30000
+        detectors:
+          - name: ema
+            params: {window: 50}
+        sinks:
+          output_topic: anomalies
+          dead_letter_topic: anomalies-dlq
+          jdbc: {url: "jdbc:sqlite:work/anomalies.db", table: predictions}
+
+Relative paths (checkpoint_dir, SQLite files) are resolved against the current directory.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from detectors import ParamError, get_detector_class
+
+AGG_FUNCTIONS = (
+    "none",
+    "sum",
+    "avg",
+    "count",
+    "min",
+    "max",
+    "percentile50",
+    "percentile75",
+    "percentile95",
+    "percentile99",
+)
+STARTING_OFFSETS = ("earliest", "latest")
+DEFAULT_DETECTOR = "default"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class ConfigError(ValueError):
+    """The config is invalid; the message starts with the offending field."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    bootstrap_servers: str
+    topics: tuple[str, ...] = ()
+    topic_pattern: str | None = None
+    starting_offsets: str = "earliest"
+    max_offsets_per_trigger: int | None = None
+    require_timezone: bool = True
+    # events stamped further ahead of their Kafka record timestamp are rejected:
+    # one message from the year 3000 would otherwise push the watermark past
+    # every real event and make them all late
+    max_future_millis: int = 24 * 3600 * 1000
+    kafka_options: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AggregationConfig:
+    agg_function: str = "none"
+    agg_window_millis: int = 0
+    allowed_lateness_millis: int = 0
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    name: str
+    params: Mapping[str, Any]
+    # the value written to the `detector` column; defaults to the name, must be
+    # unique within a stream so two EMA detectors with different windows can coexist
+    label: str
+
+
+@dataclass(frozen=True)
+class JdbcConfig:
+    url: str
+    table: str = "predictions"
+    user: str | None = None
+    password_env: str | None = None
+    properties: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SinksConfig:
+    output_topic: str | None
+    dead_letter_topic: str | None
+    bootstrap_servers: str | None = None
+    jdbc: JdbcConfig | None = None
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    name: str
+    source: SourceConfig
+    aggregation: AggregationConfig
+    detectors: tuple[DetectorConfig, ...]
+    sinks: SinksConfig
+    idle_timeout_millis: int = 7 * 24 * 3600 * 1000
+
+    @property
+    def output_bootstrap_servers(self) -> str:
+        return self.sinks.bootstrap_servers or self.source.bootstrap_servers
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    streams: tuple[StreamConfig, ...]
+    checkpoint_dir: str
+    trigger: str = "processing_time"  # or available_now
+    trigger_interval: str = "5 seconds"
+    spark_conf: Mapping[str, str] = field(default_factory=dict)
+    source_path: str | None = None
+
+
+# -- helpers ------------------------------------------------------------------------
+def _mapping(value: Any, name: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(name, f"must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def _check_keys(section: Mapping[str, Any], allowed: tuple[str, ...], name: str) -> None:
+    for key in section:
+        if key not in allowed:
+            raise ConfigError(f"{name}.{key}", f"unknown field; allowed: {', '.join(allowed)}")
+
+
+def _str(value: Any, name: str, required: bool = True) -> str | None:
+    if value is None:
+        if required:
+            raise ConfigError(name, "is required")
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(name, f"must be a non-empty string, got {value!r}")
+    return value.strip()
+
+
+def _int(value: Any, name: str, minimum: int = 0, default: int | None = None) -> int:
+    if value is None:
+        if default is None:
+            raise ConfigError(name, "is required")
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(name, f"must be an integer, got {value!r}")
+    if value < minimum:
+        raise ConfigError(name, f"must be >= {minimum}, got {value}")
+    return value
+
+
+def _bool(value: Any, name: str, default: bool) -> bool:
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ConfigError(name, f"must be true or false, got {value!r}")
+    return value
+
+
+def _choice(value: Any, name: str, choices: tuple[str, ...], default: str) -> str:
+    if value is None:
+        return default
+    if value not in choices:
+        raise ConfigError(name, f"must be one of {', '.join(choices)}; got {value!r}")
+    return value
+
+
+def _string_map(value: Any, name: str) -> dict[str, str]:
+    section = _mapping(value, name)
+    return {str(k): str(v) for k, v in section.items()}
+
+
+# -- sections -----------------------------------------------------------------------
+def _source(raw: Any, name: str) -> SourceConfig:
+    section = _mapping(raw, name)
+    _check_keys(
+        section,
+        ("bootstrap_servers", "topics", "topic_pattern", "starting_offsets",
+         "max_offsets_per_trigger", "require_timezone", "max_future_millis", "kafka_options"),
+        name,
+    )
+    topics_raw = section.get("topics")
+    pattern = _str(section.get("topic_pattern"), f"{name}.topic_pattern", required=False)
+    if isinstance(topics_raw, str):
+        topics_raw = [topics_raw]
+    topics: tuple[str, ...] = ()
+    if topics_raw is not None:
+        if not isinstance(topics_raw, list) or not topics_raw:
+            raise ConfigError(f"{name}.topics", "must be a topic name or a non-empty list of names")
+        topics = tuple(_str(t, f"{name}.topics[{i}]") for i, t in enumerate(topics_raw))  # type: ignore[misc]
+    if bool(topics) == bool(pattern):
+        raise ConfigError(f"{name}.topics", "give exactly one of topics (list) or topic_pattern (regex)")
+    if pattern is not None:
+        try:
+            re.compile(pattern)
+        except re.error as err:
+            raise ConfigError(f"{name}.topic_pattern", f"not a valid regular expression: {err}") from None
+    mopt = section.get("max_offsets_per_trigger")
+    kafka_options = _string_map(section.get("kafka_options"), f"{name}.kafka_options")
+    for key in kafka_options:
+        if key in ("subscribe", "subscribePattern", "assign", "startingOffsets", "kafka.bootstrap.servers"):
+            raise ConfigError(f"{name}.kafka_options.{key}", "set this through the source fields, not kafka_options")
+    return SourceConfig(
+        bootstrap_servers=_str(section.get("bootstrap_servers"), f"{name}.bootstrap_servers"),  # type: ignore[arg-type]
+        topics=topics,
+        topic_pattern=pattern,
+        starting_offsets=_choice(
+            section.get("starting_offsets"), f"{name}.starting_offsets", STARTING_OFFSETS, "earliest"
+        ),
+        max_offsets_per_trigger=None if mopt is None else _int(mopt, f"{name}.max_offsets_per_trigger", 1),
+        require_timezone=_bool(section.get("require_timezone"), f"{name}.require_timezone", True),
+        max_future_millis=_int(
+            section.get("max_future_millis"), f"{name}.max_future_millis", 0, default=24 * 3600 * 1000
+        ),
+        kafka_options=kafka_options,
+    )
+
+
+def _aggregation(raw: Any, name: str) -> AggregationConfig:
+    section = _mapping(raw, name)
+    _check_keys(section, ("agg_function", "agg_window_millis", "allowed_lateness_millis"), name)
+    function = _choice(section.get("agg_function"), f"{name}.agg_function", AGG_FUNCTIONS, "none")
+    window = _int(section.get("agg_window_millis"), f"{name}.agg_window_millis", 0, default=0)
+    if function != "none" and window <= 0:
+        raise ConfigError(f"{name}.agg_window_millis", f"must be > 0 when agg_function is {function!r}")
+    if function == "none" and window != 0:
+        raise ConfigError(f"{name}.agg_window_millis", "must be 0 (or absent) when agg_function is 'none'")
+    lateness = _int(section.get("allowed_lateness_millis"), f"{name}.allowed_lateness_millis", 0, default=0)
+    return AggregationConfig(function, window, lateness)
+
+
+def _detectors(raw: Any, name: str) -> tuple[DetectorConfig, ...]:
+    if raw is None:
+        raw = [{"name": DEFAULT_DETECTOR}]
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(name, "must be a non-empty list of detectors")
+    out: list[DetectorConfig] = []
+    for i, item in enumerate(raw):
+        fname = f"{name}[{i}]"
+        if isinstance(item, str):
+            item = {"name": item}
+        section = _mapping(item, fname)
+        _check_keys(section, ("name", "params", "label"), fname)
+        det_name = _str(section.get("name"), f"{fname}.name")
+        params = _mapping(section.get("params"), f"{fname}.params")
+        try:
+            cls = get_detector_class(det_name, f"{fname}.name")  # type: ignore[arg-type]
+            validated = cls.params.validate(params, prefix=f"{fname}.params.")
+        except ParamError as err:
+            raise ConfigError(err.name, str(err).split(": ", 1)[1]) from None
+        label = _str(section.get("label") or det_name, f"{fname}.label")
+        if not _NAME_RE.match(label):  # type: ignore[arg-type]
+            raise ConfigError(f"{fname}.label", f"must match {_NAME_RE.pattern}, got {label!r}")
+        if any(d.label == label for d in out):
+            raise ConfigError(f"{fname}.label", f"duplicate detector label {label!r}; set a distinct label")
+        out.append(DetectorConfig(det_name, validated, label))  # type: ignore[arg-type]
+    return tuple(out)
+
+
+def _jdbc(raw: Any, name: str, base_dir: Path | None) -> JdbcConfig | None:
+    if raw is None:
+        return None
+    section = _mapping(raw, name)
+    _check_keys(section, ("url", "table", "user", "password_env", "properties"), name)
+    url = _str(section.get("url"), f"{name}.url")
+    assert url is not None
+    if not (url.startswith("jdbc:sqlite:") or url.startswith("jdbc:postgresql:")):
+        raise ConfigError(f"{name}.url", f"must start with jdbc:sqlite: or jdbc:postgresql:, got {url!r}")
+    if url.startswith("jdbc:sqlite:") and base_dir is not None:
+        path = url[len("jdbc:sqlite:"):]
+        if path and path != ":memory:" and not Path(path).is_absolute():
+            url = "jdbc:sqlite:" + str((base_dir / path).resolve())
+    table = _str(section.get("table") or "predictions", f"{name}.table")
+    if not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$", table or ""):
+        raise ConfigError(f"{name}.table", f"must be a plain SQL identifier, got {table!r}")
+    return JdbcConfig(
+        url=url,
+        table=table,  # type: ignore[arg-type]
+        user=_str(section.get("user"), f"{name}.user", required=False),
+        password_env=_str(section.get("password_env"), f"{name}.password_env", required=False),
+        properties=_string_map(section.get("properties"), f"{name}.properties"),
+    )
+
+
+def _sinks(raw: Any, name: str, base_dir: Path | None) -> SinksConfig:
+    section = _mapping(raw, name)
+    _check_keys(section, ("output_topic", "dead_letter_topic", "bootstrap_servers", "jdbc"), name)
+    sinks = SinksConfig(
+        output_topic=_str(section.get("output_topic"), f"{name}.output_topic", required=False),
+        dead_letter_topic=_str(section.get("dead_letter_topic"), f"{name}.dead_letter_topic", required=False),
+        bootstrap_servers=_str(section.get("bootstrap_servers"), f"{name}.bootstrap_servers", required=False),
+        jdbc=_jdbc(section.get("jdbc"), f"{name}.jdbc", base_dir),
+    )
+    if sinks.output_topic is None and sinks.jdbc is None:
+        raise ConfigError(name, "configure at least one of output_topic or jdbc, or results go nowhere")
+    if sinks.dead_letter_topic is None:
+        raise ConfigError(
+            f"{name}.dead_letter_topic", "is required: bad and late messages are never dropped silently"
+        )
+    return sinks
+
+
+def _stream(raw: Any, name: str, base_dir: Path | None) -> StreamConfig:
+    section = _mapping(raw, name)
+    _check_keys(section, ("name", "source", "aggregation", "detectors", "sinks", "idle_timeout_millis"), name)
+    stream_name = _str(section.get("name"), f"{name}.name")
+    if not _NAME_RE.match(stream_name or ""):
+        raise ConfigError(f"{name}.name", f"must match {_NAME_RE.pattern}, got {stream_name!r}")
+    if "source" not in section:
+        raise ConfigError(f"{name}.source", "is required")
+    if "sinks" not in section:
+        raise ConfigError(f"{name}.sinks", "is required")
+    return StreamConfig(
+        name=stream_name,  # type: ignore[arg-type]
+        source=_source(section["source"], f"{name}.source"),
+        aggregation=_aggregation(section.get("aggregation"), f"{name}.aggregation"),
+        detectors=_detectors(section.get("detectors"), f"{name}.detectors"),
+        sinks=_sinks(section["sinks"], f"{name}.sinks", base_dir),
+        idle_timeout_millis=_int(
+            section.get("idle_timeout_millis"), f"{name}.idle_timeout_millis", 1, default=7 * 24 * 3600 * 1000
+        ),
+    )
+
+
+def parse_config(raw: Any, base_dir: Path | None = None, source_path: str | None = None) -> JobConfig:
+    """Validate a config already loaded into Python objects."""
+    section = _mapping(raw, "config")
+    _check_keys(section, ("checkpoint_dir", "trigger", "trigger_interval", "spark_conf", "streams"), "config")
+    streams_raw = section.get("streams")
+    if not isinstance(streams_raw, list) or not streams_raw:
+        raise ConfigError("streams", "must be a non-empty list of streams")
+    streams = tuple(_stream(s, f"streams[{i}]", base_dir) for i, s in enumerate(streams_raw))
+    names = [s.name for s in streams]
+    for i, stream_name in enumerate(names):
+        if names.index(stream_name) != i:
+            raise ConfigError(f"streams[{i}].name", f"duplicate stream name {stream_name!r}")
+    checkpoint = _str(section.get("checkpoint_dir"), "checkpoint_dir")
+    assert checkpoint is not None
+    if base_dir is not None and "://" not in checkpoint and not Path(checkpoint).is_absolute():
+        checkpoint = str((base_dir / checkpoint).resolve())
+    return JobConfig(
+        streams=streams,
+        checkpoint_dir=checkpoint,
+        trigger=_choice(section.get("trigger"), "trigger", ("processing_time", "available_now"), "processing_time"),
+        trigger_interval=_str(section.get("trigger_interval") or "5 seconds", "trigger_interval"),  # type: ignore[arg-type]
+        spark_conf=_string_map(section.get("spark_conf"), "spark_conf"),
+        source_path=source_path,
+    )
+
+
+def load_config(path: str | Path) -> JobConfig:
+    """Read and validate a YAML config file."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("config", f"file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError("config", f"{path} is not valid YAML: {err}") from None
+    return parse_config(raw, base_dir=Path.cwd(), source_path=str(path))

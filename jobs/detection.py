@@ -1,0 +1,257 @@
+"""The stateful per-application operator: windowing + detectors, in Spark state.
+
+This is the PySpark counterpart of ``mapGroupsWithState``: the job groups the
+parsed events by application and calls::
+
+    events.groupBy("gkey").transformWithStateInPandas(
+        DetectionProcessor(stream), OUTPUT_SCHEMA, "Append", "EventTime")
+
+Per key and micro-batch the processor makes one state ``get`` and one
+``update`` (each is a round trip to the JVM state server): the key's whole state
+-- open windows, the watermark it last closed at, and every detector's own
+``to_state()`` blob -- is one binary value. It closes the windows the watermark
+has passed, feeds their values to the detectors in event-time order, and emits
+one output row per (window or point, detector). Events whose window was already
+scored come back as dead letters with reason ``late``; a detector that raises
+sends that key's points to the dead letters with reason ``detector_error`` and
+keeps its previous state, so one bad key cannot stop the others.
+
+Keys that have open windows but no new data are served by an event-time timer
+at the end of their earliest open window; a key idle for longer than
+``idle_timeout_millis`` of event time is evicted.
+
+Input rows whose ``gkey`` is :data:`INVALID_KEY` are messages that failed
+validation in the source stage; they pass through as dead letters so that one
+query, one Kafka read, carries both results and rejects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pyspark.sql.streaming import StatefulProcessor, StatefulProcessorHandle
+from pyspark.sql.types import (
+    BinaryType,
+    BooleanType,
+    DoubleType,
+    IntegerType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+)
+
+from detectors import detector_from_state
+from detectors.base import StateError, pack_state, unpack_state
+from jobs import aggregation
+from jobs.config import StreamConfig
+
+# Cannot collide with an application name: the source rejects control characters.
+INVALID_KEY = "\u0000invalid"
+KIND_RESULT = "result"
+KIND_DEAD_LETTER = "dead_letter"
+KEY_STATE_VERSION = 1
+
+OUTPUT_SCHEMA = StructType(
+    [
+        StructField("kind", StringType(), False),
+        StructField("application", StringType(), True),
+        StructField("ts_ms", LongType(), True),
+        StructField("agg_function", StringType(), True),
+        StructField("agg_window_millis", LongType(), True),
+        StructField("agg_value", DoubleType(), True),
+        StructField("detector", StringType(), True),
+        StructField("value_lower_limit", DoubleType(), True),
+        StructField("value_upper_limit", DoubleType(), True),
+        StructField("anomaly_probability", DoubleType(), True),
+        StructField("is_anomaly", BooleanType(), True),
+        # dead letters only
+        StructField("reason", StringType(), True),
+        StructField("detail", StringType(), True),
+        StructField("raw", BinaryType(), True),
+        StructField("kafka_key", BinaryType(), True),
+        StructField("src_topic", StringType(), True),
+        StructField("src_partition", IntegerType(), True),
+        StructField("src_offset", LongType(), True),
+    ]
+)
+OUTPUT_COLUMNS = [f.name for f in OUTPUT_SCHEMA.fields]
+STATE_SCHEMA = StructType([StructField("blob", BinaryType(), False)])
+
+
+class KeyState:
+    """Everything one application carries between micro-batches."""
+
+    def __init__(self, agg_function: str) -> None:
+        self.windows = aggregation.WindowState.empty(agg_function)
+        self.last_event_ms = np.iinfo(np.int64).min
+        self.timer_ms = -1
+        self.detector_blobs: dict[str, bytes] = {}
+
+    def encode(self) -> bytes:
+        fields: dict[str, Any] = aggregation.to_fields(self.windows)
+        fields["last_event_ms"] = int(self.last_event_ms)
+        fields["timer_ms"] = int(self.timer_ms)
+        for label, blob in self.detector_blobs.items():
+            fields["d:" + label] = np.frombuffer(blob, dtype=np.uint8)
+        return pack_state("key_state", KEY_STATE_VERSION, {}, fields)
+
+    @staticmethod
+    def decode(blob: bytes, agg_function: str) -> KeyState:
+        header, fields = unpack_state(blob)
+        if header["name"] != "key_state" or header["version"] > KEY_STATE_VERSION:
+            raise StateError(f"unsupported key state {header}; start from a new checkpoint")
+        state = KeyState(agg_function)
+        state.windows = aggregation.from_fields(fields)
+        state.last_event_ms = int(fields["last_event_ms"])
+        state.timer_ms = int(fields["timer_ms"])
+        state.detector_blobs = {k[2:]: v.tobytes() for k, v in fields.items() if k.startswith("d:")}
+        return state
+
+
+class DetectionProcessor(StatefulProcessor):
+    """Thin adapter: state in, aggregation + detectors, state and rows out."""
+
+    def __init__(self, stream: StreamConfig) -> None:
+        self.agg_function = stream.aggregation.agg_function
+        self.window_ms = stream.aggregation.agg_window_millis
+        self.detectors = [(d.label, d.name, dict(d.params)) for d in stream.detectors]
+        self.idle_timeout_ms = stream.idle_timeout_millis
+
+    def init(self, handle: StatefulProcessorHandle) -> None:
+        self.handle = handle
+        self.state = handle.getValueState("key_state", STATE_SCHEMA)
+
+    # -- Spark callbacks --------------------------------------------------------
+    def handleInputRows(self, key: Any, rows: Iterator[pd.DataFrame], timerValues: Any) -> Iterator[pd.DataFrame]:
+        application = key[0]
+        frames = list(rows)
+        batch = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+        if application == INVALID_KEY:
+            yield _rejects(batch)
+            return
+        watermark = int(timerValues.getCurrentWatermarkInMs())
+        # Rows of a group arrive in shuffle order, which may differ on replay.
+        # Sorting by event time then source position makes results deterministic.
+        batch = batch.sort_values(["ts_ms", "src_topic", "src_partition", "src_offset"], kind="stable")
+        state = self._load()
+        ts = batch["ts_ms"].to_numpy(dtype=np.int64)
+        values = batch["value"].to_numpy(dtype=np.float64)
+        state.windows, late = aggregation.add_events(
+            state.windows, ts, values, self.agg_function, self.window_ms
+        )
+        state.last_event_ms = max(state.last_event_ms, int(ts.max()))
+        out = []
+        if late.any():
+            out.append(_late(batch[late], application, state.windows.closed_until))
+        out.extend(self._close(application, state, watermark))
+        self._schedule(state)
+        self.state.update((state.encode(),))
+        yield from out
+
+    def handleExpiredTimer(self, key: Any, timerValues: Any, expiredTimerInfo: Any) -> Iterator[pd.DataFrame]:
+        application = key[0]
+        watermark = int(timerValues.getCurrentWatermarkInMs())
+        state = self._load()
+        out = self._close(application, state, watermark)
+        if len(state.windows.starts) == 0 and watermark - state.last_event_ms >= self.idle_timeout_ms:
+            self.state.clear()  # idle key: forget it; its timer just fired, none is left
+        else:
+            state.timer_ms = -1 if state.timer_ms <= watermark else state.timer_ms
+            self._schedule(state)
+            self.state.update((state.encode(),))
+        yield from out
+
+    def close(self) -> None:
+        pass
+
+    # -- internals --------------------------------------------------------------
+    def _load(self) -> KeyState:
+        stored = self.state.get()
+        if stored is None:
+            return KeyState(self.agg_function)
+        return KeyState.decode(bytes(stored[0]), self.agg_function)
+
+    def _schedule(self, state: KeyState) -> None:
+        """Keep exactly one timer: the next window close, else the idle eviction."""
+        target = aggregation.next_close_time(state.windows, self.agg_function, self.window_ms)
+        if target is None:
+            target = state.last_event_ms + self.idle_timeout_ms
+        if target == state.timer_ms:
+            return
+        if state.timer_ms >= 0:
+            self.handle.deleteTimer(state.timer_ms)
+        self.handle.registerTimer(target)
+        state.timer_ms = target
+
+    def _close(self, application: str, state: KeyState, watermark: int) -> list[pd.DataFrame]:
+        state.windows, starts, agg_values = aggregation.close_windows(
+            state.windows, watermark, self.agg_function, self.window_ms
+        )
+        if len(starts) == 0:
+            return []
+        frames = []
+        for label, name, params in self.detectors:
+            try:
+                detector = detector_from_state(name, params, state.detector_blobs.get(label))
+                scored = detector.update_batch(starts, agg_values)
+                blob = detector.to_state()
+            except Exception as err:
+                frames.append(_detector_errors(application, label, starts, agg_values, err))
+                continue
+            state.detector_blobs[label] = blob
+            n = len(starts)
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "kind": KIND_RESULT,
+                        "application": application,
+                        "ts_ms": starts,
+                        "agg_function": self.agg_function,
+                        "agg_window_millis": np.full(n, self.window_ms, dtype=np.int64),
+                        "agg_value": agg_values,
+                        "detector": label,
+                        "value_lower_limit": scored.value_lower_limit,
+                        "value_upper_limit": scored.value_upper_limit,
+                        "anomaly_probability": scored.anomaly_probability,
+                        "is_anomaly": scored.is_anomaly.astype(bool),
+                    },
+                    columns=OUTPUT_COLUMNS,
+                )
+            )
+        return frames
+
+
+def _rejects(batch: pd.DataFrame) -> pd.DataFrame:
+    out = pd.DataFrame(index=batch.index, columns=OUTPUT_COLUMNS)
+    out["kind"] = KIND_DEAD_LETTER
+    for column in ("reason", "detail", "raw", "kafka_key", "src_topic", "src_partition", "src_offset"):
+        out[column] = batch[column].to_numpy()
+    return out
+
+
+def _late(rows: pd.DataFrame, application: str, closed_until: int) -> pd.DataFrame:
+    out = _rejects(rows)
+    out["reason"] = "late"
+    out["application"] = application
+    out["ts_ms"] = rows["ts_ms"].to_numpy()
+    out["agg_value"] = rows["value"].to_numpy()
+    out["detail"] = f"event time is behind the watermark: its window was closed at {closed_until} ms"
+    return out
+
+
+def _detector_errors(
+    application: str, label: str, starts: np.ndarray, values: np.ndarray, err: Exception
+) -> pd.DataFrame:
+    out = pd.DataFrame(index=range(len(starts)), columns=OUTPUT_COLUMNS)
+    out["kind"] = KIND_DEAD_LETTER
+    out["application"] = application
+    out["ts_ms"] = starts
+    out["agg_value"] = values
+    out["detector"] = label
+    out["reason"] = "detector_error"
+    out["detail"] = f"{label}: {type(err).__name__}: {err}"[:2000]
+    return out

@@ -1,0 +1,200 @@
+"""Entry point: ``python -m jobs.main --config conf/demo.yaml`` (or via spark-submit.sh).
+
+One streaming query per configured stream::
+
+    Kafka -> parse/validate (jobs/source.py) -> watermark
+          -> groupBy(application).transformWithStateInPandas(windowing + detectors)
+          -> foreachBatch: results to Kafka + JDBC, rejects to the dead-letter topic
+
+The config is validated before Spark starts. Each stream checkpoints under
+``checkpoint_dir/<stream name>``; restarting with the same config resumes from
+there. A change that would silently corrupt state (aggregation, a detector's
+parameters) is refused with a message saying what to do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from jobs.config import ConfigError, JobConfig, StreamConfig, load_config
+
+log = logging.getLogger("anomaly.job")
+FINGERPRINT_FILE = "anomaly-job-config.json"
+
+
+class CheckpointMismatch(RuntimeError):
+    pass
+
+
+def _stream_fingerprint(stream: StreamConfig) -> dict[str, Any]:
+    return {
+        "agg_function": stream.aggregation.agg_function,
+        "agg_window_millis": stream.aggregation.agg_window_millis,
+        "detectors": {d.label: {"name": d.name, "params": dict(d.params)} for d in stream.detectors},
+    }
+
+
+def check_checkpoint(stream: StreamConfig, checkpoint: str) -> None:
+    """Refuse a restart whose config would misread the state in ``checkpoint``.
+
+    Adding a detector (a new label) is safe: it starts fresh. Changing the
+    aggregation or an existing detector's name or parameters is not.
+    """
+    if "://" in checkpoint and not checkpoint.startswith("file:"):
+        return  # remote checkpoints (HDFS, S3...) are not checked here
+    path = Path(checkpoint.removeprefix("file:")) / FINGERPRINT_FILE
+    current = json.loads(json.dumps(_stream_fingerprint(stream), default=str))
+    if path.exists():
+        stored = json.loads(path.read_text())
+        problems = []
+        for key in ("agg_function", "agg_window_millis"):
+            if stored[key] != current[key]:
+                problems.append(f"{key} was {stored[key]!r}, config says {current[key]!r}")
+        for label, spec in stored["detectors"].items():
+            if label in current["detectors"] and current["detectors"][label] != spec:
+                problems.append(f"detector {label!r} was {spec}, config says {current['detectors'][label]}")
+        if problems:
+            raise CheckpointMismatch(
+                f"stream {stream.name!r}: the checkpoint at {path.parent} holds state built with another "
+                f"config ({'; '.join(problems)}). Revert the change, or start this stream from a new "
+                "checkpoint (change checkpoint_dir or the stream name); its state then starts empty."
+            )
+        merged = {**stored, "detectors": {**stored["detectors"], **current["detectors"]}}
+    else:
+        merged = current
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(merged, indent=2, sort_keys=True))
+
+
+def start_stream(spark: Any, job: JobConfig, stream: StreamConfig) -> Any:
+    """Build and start one stream's query."""
+    from jobs.detection import OUTPUT_SCHEMA, DetectionProcessor
+    from jobs.jdbc import JdbcTable
+    from jobs.sinks import make_batch_writer
+    from jobs.source import parse_messages, read_kafka, with_watermark
+
+    checkpoint = f"{job.checkpoint_dir.rstrip('/')}/{stream.name}"
+    check_checkpoint(stream, checkpoint)
+    jdbc = JdbcTable(spark, stream.sinks.jdbc, stream.name) if stream.sinks.jdbc else None
+    if jdbc is not None:
+        jdbc.ensure_schema()
+    events = with_watermark(
+        parse_messages(read_kafka(spark, stream.source), stream.source),
+        stream.aggregation.allowed_lateness_millis,
+    )
+    scored = events.groupBy("gkey").transformWithStateInPandas(
+        statefulProcessor=DetectionProcessor(stream),
+        outputStructType=OUTPUT_SCHEMA,
+        outputMode="Append",
+        timeMode="EventTime",
+    )
+    writer = (
+        scored.writeStream.queryName(stream.name)
+        .option("checkpointLocation", checkpoint)
+        .foreachBatch(make_batch_writer(stream, jdbc))
+    )
+    if job.trigger == "available_now":
+        writer = writer.trigger(availableNow=True)
+    else:
+        writer = writer.trigger(processingTime=job.trigger_interval)
+    query = writer.start()
+    log.info(
+        "[%s] reading %s from %s, %s over %s ms, detectors %s -> %s",
+        stream.name,
+        stream.source.topic_pattern or ",".join(stream.source.topics),
+        stream.source.bootstrap_servers,
+        stream.aggregation.agg_function,
+        stream.aggregation.agg_window_millis,
+        ",".join(d.label for d in stream.detectors),
+        ", ".join(
+            x
+            for x in (
+                stream.sinks.output_topic and f"topic {stream.sinks.output_topic}",
+                stream.sinks.jdbc and f"table {stream.sinks.jdbc.table}",
+                f"dead letters {stream.sinks.dead_letter_topic}",
+            )
+            if x
+        ),
+    )
+    return query
+
+
+def run(job: JobConfig, spark: Any = None, stop_event: threading.Event | None = None) -> int:
+    """Start every stream and wait; returns a process exit code."""
+    from jobs.progress import ProgressListener
+    from jobs.session import build_session
+
+    spark = spark or build_session(conf=job.spark_conf)
+    listener = ProgressListener()
+    spark.streams.addListener(listener)
+    queries = []
+    try:
+        for stream in job.streams:
+            queries.append(start_stream(spark, job, stream))
+        stop_event = stop_event or threading.Event()
+        while not stop_event.is_set():
+            active = [q for q in queries if q.isActive]
+            failed = [q for q in queries if not q.isActive and q.exception() is not None]
+            if failed:
+                for q in failed:
+                    log.error("[%s] failed: %s", q.name, str(q.exception()).splitlines()[0])
+                return 1
+            if not active:
+                return 0
+            stop_event.wait(0.5)
+        return 0
+    finally:
+        for q in queries:
+            if q.isActive:
+                q.stop()
+        spark.streams.removeListener(listener)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="anomaly-job",
+        description="Streaming anomaly detection: Kafka -> windowed aggregation -> detectors -> Kafka + JDBC.",
+        epilog="Submit to a cluster with ./spark-submit.sh; see README.md.",
+    )
+    parser.add_argument("--config", required=True, help="YAML job config (see conf/demo.yaml)")
+    parser.add_argument("--available-now", action="store_true", help="consume what is in Kafka now, then exit")
+    parser.add_argument("--checkpoint-dir", help="override checkpoint_dir from the config")
+    parser.add_argument("--validate", action="store_true", help="validate the config and exit")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        job = load_config(args.config)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    if args.available_now or args.checkpoint_dir:
+        from dataclasses import replace
+
+        job = replace(
+            job,
+            trigger="available_now" if args.available_now else job.trigger,
+            checkpoint_dir=args.checkpoint_dir or job.checkpoint_dir,
+        )
+    if args.validate:
+        print(f"config OK: {len(job.streams)} stream(s): {', '.join(s.name for s in job.streams)}")
+        return 0
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        return run(job, stop_event=stop)
+    except CheckpointMismatch as err:
+        print(f"refusing to start: {err}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""Contract tests every built-in detector of this module set must pass.
+
+Batch == point by point (exactly), state round trip mid-stream continues
+bit-identically, StateError on foreign state, NaN/inf rejected without touching
+the state, and (hypothesis) any finite sequence - 1e308, subnormals, -0.0 -
+gives valid results.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from detectors import AnomalyResult, NonFiniteValueError, StateError, build_detector, get_detector_class
+from detectors.base import pack_state, unpack_state
+
+FMAX = sys.float_info.max
+
+# Small parameters so every phase (warm-up, full window, likelihood fit and
+# re-fit, ring wrap) is reached within a few dozen points.
+CASES = {
+    "ema": ("ema", {"window": 8, "warmup": 3}),
+    "robust": ("robust", {"window": 7, "warmup": 3}),
+    "robust_even": ("robust", {"window": 6, "warmup": 4}),
+    "likelihood": (
+        "likelihood",
+        {
+            "base": "ema",
+            "base_params": {"window": 8, "warmup": 3},
+            "learning_period": 4,
+            "estimation_samples": 8,
+            "historic_window_size": 15,
+            "reestimation_period": 5,
+            "averaging_window": 3,
+        },
+    ),
+    "likelihood_robust": (
+        "likelihood",
+        {
+            "base": "robust",
+            "base_params": {"window": 5, "warmup": 3},
+            "learning_period": 3,
+            "estimation_samples": 6,
+            "historic_window_size": 10,
+            "reestimation_period": 4,
+            "averaging_window": 2,
+            "log_scale": False,
+            "threshold": 0.999,
+        },
+    ),
+}
+IDS = list(CASES)
+
+
+def make(case: str):
+    name, params = CASES[case]
+    return build_detector(name, params)
+
+
+def series(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = 100.0 + 5.0 * np.sin(np.arange(n) / 7.0) + rng.normal(0.0, 1.0, n)
+    x[n // 3 :: 37] += 60.0  # some outliers
+    x[n // 2 : n // 2 + 15] = 100.0  # a flat stretch
+    return x
+
+
+def check_valid(det, x: float, r: AnomalyResult) -> None:
+    assert isinstance(r.is_anomaly, bool)
+    assert 0.0 <= r.anomaly_probability <= 1.0
+    lo, hi = r.value_lower_limit, r.value_upper_limit
+    assert (lo is None) == (hi is None)
+    if lo is not None:
+        assert math.isfinite(lo) and math.isfinite(hi) and lo <= hi
+    threshold = det.config["threshold"]
+    assert r.is_anomaly == (r.anomaly_probability >= threshold)
+    if det.name in ("ema", "robust") and lo is not None:
+        assert r.is_anomaly == (x < lo or x > hi)
+    if lo is None:
+        assert r == AnomalyResult.warming_up()
+
+
+def as_arrays(results: list[AnomalyResult]) -> tuple[np.ndarray, ...]:
+    lo = np.array([np.nan if r.value_lower_limit is None else r.value_lower_limit for r in results])
+    hi = np.array([np.nan if r.value_upper_limit is None else r.value_upper_limit for r in results])
+    return lo, hi, np.array([r.anomaly_probability for r in results]), np.array([r.is_anomaly for r in results])
+
+
+def assert_batch_equal(batch, results: list[AnomalyResult]) -> None:
+    lo, hi, prob, flag = as_arrays(results)
+    # array_equal(equal_nan) is exact equality: no tolerance anywhere.
+    assert np.array_equal(batch.value_lower_limit, lo, equal_nan=True)
+    assert np.array_equal(batch.value_upper_limit, hi, equal_nan=True)
+    assert np.array_equal(batch.anomaly_probability, prob)
+    assert np.array_equal(batch.is_anomaly, flag)
+
+
+@pytest.mark.parametrize("case", IDS)
+def test_batch_equals_point_by_point_exactly(case: str) -> None:
+    x = series(300)
+    ts = np.arange(len(x)) * 1000
+    a, b = make(case), make(case)
+    pointwise = [a.update(int(t), float(v)) for t, v in zip(ts, x, strict=True)]
+    # Uneven chunks: one inside warm-up, one across the window filling, big ones.
+    results = []
+    for chunk in np.split(np.arange(len(x)), [2, 9, 10, 150]):
+        batch = b.update_batch(ts[chunk], x[chunk])
+        results.append(batch)
+        assert len(batch) == len(chunk)
+    lo = np.concatenate([r.value_lower_limit for r in results])
+    hi = np.concatenate([r.value_upper_limit for r in results])
+    prob = np.concatenate([r.anomaly_probability for r in results])
+    flag = np.concatenate([r.is_anomaly for r in results])
+    exp = as_arrays(pointwise)
+    for got, want in zip((lo, hi, prob, flag), exp, strict=True):
+        assert np.array_equal(got, want, equal_nan=True)
+    assert a.to_state() == b.to_state()
+    assert any(r.is_anomaly for r in pointwise)  # the series does exercise alarms
+
+
+@pytest.mark.parametrize("case", IDS)
+@pytest.mark.parametrize("cut", [0, 2, 5, 17, 120])
+def test_state_round_trip_continues_bit_identically(case: str, cut: int) -> None:
+    x = series(200, seed=cut)
+    reference = make(case)
+    expected = [reference.update(i, v) for i, v in enumerate(x)]
+    first = make(case)
+    got = [first.update(i, v) for i, v in enumerate(x[:cut])]
+    blob = first.to_state()
+    name, params = CASES[case]
+    resumed = get_detector_class(name).from_state(blob, **params)
+    assert resumed.to_state() == blob
+    got += [resumed.update(cut + i, v) for i, v in enumerate(x[cut:])]
+    assert got == expected  # dataclass equality on floats: bit-identical (no NaNs here)
+    assert resumed.to_state() == reference.to_state()
+
+
+@pytest.mark.parametrize("case", IDS)
+def test_state_errors(case: str) -> None:
+    name, params = CASES[case]
+    det = make(case)
+    for i, v in enumerate(series(40)):
+        det.update(i, v)
+    blob = det.to_state()
+    cls = get_detector_class(name)
+    other = "robust" if name != "robust" else "ema"
+    with pytest.raises(StateError, match="is for detector"):
+        get_detector_class(other).from_state(blob)
+    with pytest.raises(StateError, match="other parameters"):
+        cls.from_state(blob, **{**params, "threshold": 0.75})
+    header, fields = unpack_state(blob)
+    newer = pack_state(name, cls.state_version + 1, det.config, fields)
+    with pytest.raises(StateError, match="version"):
+        cls.from_state(newer, **params)
+    with pytest.raises(StateError):
+        cls.from_state(b"garbage", **params)
+    with pytest.raises(StateError):
+        cls.from_state(blob[: len(blob) // 2], **params)
+    missing = pack_state(name, cls.state_version, det.config, dict(list(fields.items())[1:]))
+    with pytest.raises(StateError):
+        cls.from_state(missing, **params)
+
+
+@pytest.mark.parametrize("case", IDS)
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_values_rejected_and_state_untouched(case: str, bad: float) -> None:
+    det = make(case)
+    for i, v in enumerate(series(30)):
+        det.update(i, v)
+    before = det.to_state()
+    with pytest.raises(NonFiniteValueError):
+        det.update(30, bad)
+    with pytest.raises(NonFiniteValueError):
+        det.update_batch(np.arange(3), np.array([1.0, bad, 2.0]))
+    assert det.to_state() == before
+
+
+EXTREMES = [FMAX, -FMAX, 1e308, -1e308, 1e154, 5e-324, -5e-324, 2.2250738585072014e-308, 0.0, -0.0, 1e-300]
+finite = st.floats(allow_nan=False, allow_infinity=False)
+values_strategy = st.lists(st.one_of(finite, st.sampled_from(EXTREMES), st.just(1.0)), max_size=40)
+
+
+@pytest.mark.parametrize("case", IDS)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(values=values_strategy)
+def test_any_finite_sequence_gives_valid_results(case: str, values: list[float]) -> None:
+    det, twin = make(case), make(case)
+    results = [det.update(i, v) for i, v in enumerate(values)]
+    for v, r in zip(values, results, strict=True):
+        check_valid(det, v, r)
+    batch = twin.update_batch(np.arange(len(values)), np.array(values, dtype=np.float64))
+    assert_batch_equal(batch, results)
+    assert twin.to_state() == det.to_state()
+
+
+@pytest.mark.parametrize("case", IDS)
+@settings(max_examples=25, deadline=None)
+@given(values=values_strategy, bad=st.sampled_from([math.nan, math.inf, -math.inf]))
+def test_any_non_finite_value_raises(case: str, values: list[float], bad: float) -> None:
+    det = make(case)
+    for i, v in enumerate(values):
+        det.update(i, v)
+    with pytest.raises(NonFiniteValueError):
+        det.update(len(values), bad)
+
+
+@pytest.mark.parametrize("case", IDS)
+def test_warm_up_is_explicit(case: str) -> None:
+    det = make(case)
+    name, params = CASES[case]
+    warmup = (
+        params["learning_period"] + params["estimation_samples"]
+        if name == "likelihood"
+        else params["warmup"]
+    )
+    results = [det.update(i, v) for i, v in enumerate(series(warmup + 3))]
+    assert all(r == AnomalyResult.warming_up() for r in results[:warmup])
+    assert all(r.value_lower_limit is not None for r in results[warmup:])

@@ -1,0 +1,133 @@
+"""RobustDetector: hand-computed median/MAD, zero MAD, ring buffer, state size."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from statistics import NormalDist
+
+import numpy as np
+import pytest
+
+from detectors import AnomalyResult, ParamError
+from detectors.robust import RobustDetector
+
+Z9999 = NormalDist().inv_cdf((1 + 0.9999) / 2)
+
+
+def expected(window: list[float], x: float) -> tuple[float, float, float]:
+    """Independent median/MAD computation: (lower, upper, probability)."""
+    med = statistics.median(window)
+    mad = statistics.median([abs(v - med) for v in window])
+    sigma = mad / 0.6745
+    z = abs(x - med) / sigma
+    return med - Z9999 * sigma, med + Z9999 * sigma, math.erf(z / math.sqrt(2))
+
+
+@pytest.mark.parametrize(
+    ("history", "x"),
+    [
+        ([1.0, 2.0, 3.0, 4.0, 100.0], 10.0),  # odd window: median 3, MAD 1
+        ([1.0, 2.0, 3.0, 10.0], 2.0),  # even window: median 2.5, MAD 1
+        ([5.0, -1.0, 7.5, 2.0, 2.5, 3.0, 2.25], 2.6),
+    ],
+)
+def test_hand_computed(history: list[float], x: float) -> None:
+    det = RobustDetector(window=len(history), warmup=len(history))
+    for i, v in enumerate(history):
+        assert det.update(i, v) == AnomalyResult.warming_up()
+    r = det.update(99, x)
+    lo, hi, prob = expected(history, x)
+    assert r.value_lower_limit == pytest.approx(lo, rel=1e-12)
+    assert r.value_upper_limit == pytest.approx(hi, rel=1e-12)
+    assert r.anomaly_probability == pytest.approx(prob, rel=1e-12)
+    assert r.is_anomaly == (prob >= 0.9999)
+
+
+def test_first_case_is_an_anomaly() -> None:
+    det = RobustDetector(window=5, warmup=5)
+    for i, v in enumerate([1.0, 2.0, 3.0, 4.0, 100.0]):
+        det.update(i, v)
+    r = det.update(5, 10.0)  # robust z = 0.6745 * 7 = 4.72
+    assert r.is_anomaly
+
+
+def test_window_slides() -> None:
+    det = RobustDetector(window=4, warmup=3)
+    data = [100.0, 100.0, 100.0, 100.0, 1.0, 2.0, 3.0, 4.0]
+    for i, v in enumerate(data):
+        det.update(i, v)
+    assert det.history().tolist() == [1.0, 2.0, 3.0, 4.0]
+    r = det.update(9, 2.5)
+    lo, hi, _ = expected([1.0, 2.0, 3.0, 4.0], 2.5)
+    assert (r.value_lower_limit, r.value_upper_limit) == (pytest.approx(lo), pytest.approx(hi))
+
+
+def test_value_is_not_part_of_its_own_prediction() -> None:
+    outcomes = []
+    for current in (10.0, 1e9):
+        det = RobustDetector(window=9, warmup=5)
+        for i, v in enumerate([10.0, 11.0, 9.0, 10.5, 9.5, 10.2, 9.8, 10.1, 9.9]):
+            det.update(i, v)
+        outcomes.append(det.update(20, current))
+    assert outcomes[0].value_upper_limit == outcomes[1].value_upper_limit
+    assert outcomes[0].value_lower_limit == outcomes[1].value_lower_limit
+    assert [r.is_anomaly for r in outcomes] == [False, True]
+
+
+@pytest.mark.parametrize("level", [0.0, 7.0, -2.5, 1e15])
+def test_zero_mad_constant(level: float) -> None:
+    det = RobustDetector(window=10, warmup=3)
+    for i in range(30):
+        assert not det.update(i, level).is_anomaly
+    r = det.update(30, level)
+    assert not r.is_anomaly and r.anomaly_probability == 0.0
+    assert det.update(31, level + max(abs(level) * 1e-3, 1.0)).is_anomaly
+
+
+def test_zero_mad_with_spikes_falls_back_to_mean_absolute_deviation() -> None:
+    window = [5.0] * 8 + [100.0, 100.0]  # MAD = 0: more than half on the median
+    det = RobustDetector(window=10, warmup=10)
+    for i, v in enumerate(window):
+        det.update(i, v)
+    r = det.update(10, 5.0)
+    sigma = (190.0 / 10.0) * math.sqrt(math.pi / 2)
+    assert r.value_lower_limit == pytest.approx(5.0 - Z9999 * sigma, rel=1e-12)
+    assert r.value_upper_limit == pytest.approx(5.0 + Z9999 * sigma, rel=1e-12)
+    assert not r.is_anomaly
+
+
+def test_state_is_bounded() -> None:
+    rng = np.random.default_rng(0)
+    det = RobustDetector()
+    x = rng.normal(size=20_000)
+    det.update_batch(np.arange(10_000), x[:10_000])
+    size_10k = len(det.to_state())
+    det.update_batch(np.arange(10_000, 20_000), x[10_000:])
+    assert len(det.to_state()) == size_10k
+    assert size_10k < 8 * 100 + 200  # the window of float64 plus a small header
+    fresh = RobustDetector()
+    fresh.update(0, 1.0)
+    assert len(fresh.to_state()) == size_10k  # allocated in full from the first point
+
+
+def test_params_validated() -> None:
+    with pytest.raises(ParamError, match="window"):
+        RobustDetector(window=2)
+    with pytest.raises(ParamError, match="warmup"):
+        RobustDetector(warmup=2)
+    with pytest.raises(ParamError, match="threshold"):
+        RobustDetector(threshold=1.0)
+
+
+def test_batch_on_large_input_equals_loop() -> None:
+    # More rows than one internal chunk, with huge values mixed in (scaled path).
+    rng = np.random.default_rng(9)
+    x = rng.normal(0.0, 1.0, 9000)
+    x[::500] = 1.7e308
+    x[250::500] = -1.7e308
+    a, b = RobustDetector(window=25, warmup=5), RobustDetector(window=25, warmup=5)
+    batch = a.update_batch(np.arange(len(x)), x)
+    loop = [b.update(i, v) for i, v in enumerate(x)]
+    assert [batch.result(i) for i in range(len(batch))] == loop
+    assert a.to_state() == b.to_state()
