@@ -53,6 +53,9 @@ setup(
             "chispa>=0.10",
             "hypothesis>=6.100",
             "ruff>=0.6",
+            # the plugin example test builds a wheel of tests/plugin_example offline
+            "setuptools>=70.1",
+            "wheel",
         ],
     },
     entry_points={

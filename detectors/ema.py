@@ -138,8 +138,9 @@ class EMADetector(Detector):
             # on halved quantities (exact scaling), std saturated at the float max.
             mean = decay * self._mean + a * x
             half_diff = x * 0.5 - self._mean * 0.5
-            std = min(2.0 * self._sqrt_decay * math.hypot(self._std * 0.5, self._sqrt_alpha * half_diff),
-                      FLOAT_MAX)
+            std = min(
+                2.0 * self._sqrt_decay * math.hypot(self._std * 0.5, self._sqrt_alpha * half_diff), FLOAT_MAX
+            )
         self._mean, self._std = mean, std
         self._w2 = decay * decay * self._w2 + a * a
         self._count += 1

@@ -203,8 +203,13 @@ def log_likelihood(likelihood: float) -> float:
 
 
 def state_to_fields(state: LikelihoodState) -> dict[str, Any]:
-    return {"history": state.history, "pos": state.pos, "count": state.count,
-            "mean": state.mean, "std": state.std}
+    return {
+        "history": state.history,
+        "pos": state.pos,
+        "count": state.count,
+        "mean": state.mean,
+        "std": state.std,
+    }
 
 
 def state_from_fields(params: LikelihoodParams, fields: dict[str, Any]) -> LikelihoodState:
@@ -249,13 +254,20 @@ class LikelihoodDetector(Detector):
             ),
             Param("log_scale", bool, True, "report the log-scaled likelihood instead of the plain one"),
             Param("learning_period", int, 288, "scores that only fill the history", minimum=0),
-            Param("estimation_samples", int, 100, "scores after the learning period before the first fit",
-                  minimum=2),
+            Param(
+                "estimation_samples",
+                int,
+                100,
+                "scores after the learning period before the first fit",
+                minimum=2,
+            ),
             Param("historic_window_size", int, 8640, "raw scores kept for fitting (ring buffer)", minimum=2),
-            Param("reestimation_period", int, 100, "re-fit the distribution every this many scores",
-                  minimum=1),
-            Param("averaging_window", int, 10, "points in the short-term moving average of scores",
-                  minimum=1),
+            Param(
+                "reestimation_period", int, 100, "re-fit the distribution every this many scores", minimum=1
+            ),
+            Param(
+                "averaging_window", int, 10, "points in the short-term moving average of scores", minimum=1
+            ),
         )
     )
 
@@ -290,8 +302,9 @@ class LikelihoodDetector(Detector):
         if not was_ready:
             return AnomalyResult.warming_up()
         prob = log_likelihood(likelihood) if self.config["log_scale"] else likelihood
-        return AnomalyResult(base.value_lower_limit, base.value_upper_limit, prob,
-                             prob >= self.config["threshold"])
+        return AnomalyResult(
+            base.value_lower_limit, base.value_upper_limit, prob, prob >= self.config["threshold"]
+        )
 
     def _update(self, ts_ms: int, value: float) -> AnomalyResult:
         return self._judge(self._base.update(ts_ms, value))

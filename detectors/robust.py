@@ -183,8 +183,9 @@ class RobustDetector(Detector):
                 median, sigma, factor = _window_stats(windows[start:stop])
                 for j in range(stop - start):
                     results.append(
-                        self._score(float(values[i + start + j]), float(median[j]), float(sigma[j]),
-                                    float(factor[j]))
+                        self._score(
+                            float(values[i + start + j]), float(median[j]), float(sigma[j]), float(factor[j])
+                        )
                     )
             # Learn the batch: same ring-buffer contents, position and count as
             # pushing one by one.

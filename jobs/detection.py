@@ -44,7 +44,7 @@ from pyspark.sql.types import (
     StructType,
 )
 
-from detectors import detector_from_state
+from detectors import get_detector_class
 from detectors.base import StateError, pack_state, unpack_state
 from jobs import aggregation
 from jobs.config import StreamConfig
@@ -118,7 +118,9 @@ class DetectionProcessor(StatefulProcessor):
     def __init__(self, stream: StreamConfig) -> None:
         self.agg_function = stream.aggregation.agg_function
         self.window_ms = stream.aggregation.agg_window_millis
-        self.detectors = [(d.label, d.name, dict(d.params)) for d in stream.detectors]
+        # Classes are resolved here, on the driver, and pickled by reference: the
+        # Python workers import the same modules (built-ins or installed plugins).
+        self.detectors = [(d.label, get_detector_class(d.name), dict(d.params)) for d in stream.detectors]
         self.idle_timeout_ms = stream.idle_timeout_millis
 
     def init(self, handle: StatefulProcessorHandle) -> None:
@@ -194,35 +196,69 @@ class DetectionProcessor(StatefulProcessor):
         if len(starts) == 0:
             return []
         frames = []
-        for label, name, params in self.detectors:
+        for label, cls, params in self.detectors:
+            blob = state.detector_blobs.get(label)
             try:
-                detector = detector_from_state(name, params, state.detector_blobs.get(label))
+                detector = cls(**params) if blob is None else cls.from_state(blob, **params)
                 scored = detector.update_batch(starts, agg_values)
-                blob = detector.to_state()
-            except Exception as err:
-                frames.append(_detector_errors(application, label, starts, agg_values, err))
-                continue
-            state.detector_blobs[label] = blob
-            n = len(starts)
-            frames.append(
-                pd.DataFrame(
-                    {
-                        "kind": KIND_RESULT,
-                        "application": application,
-                        "ts_ms": starts,
-                        "agg_function": self.agg_function,
-                        "agg_window_millis": np.full(n, self.window_ms, dtype=np.int64),
-                        "agg_value": agg_values,
-                        "detector": label,
-                        "value_lower_limit": scored.value_lower_limit,
-                        "value_upper_limit": scored.value_upper_limit,
-                        "anomaly_probability": scored.anomaly_probability,
-                        "is_anomaly": scored.is_anomaly.astype(bool),
-                    },
-                    columns=OUTPUT_COLUMNS,
+                state.detector_blobs[label] = detector.to_state()
+                frames.append(self._results(application, label, starts, agg_values, scored))
+            except Exception:
+                # a detector failure is isolated to this key (and to the failing points)
+                frames.extend(
+                    self._score_one_by_one(application, label, cls, params, blob, state, starts, agg_values)
                 )
-            )
         return frames
+
+    def _score_one_by_one(
+        self,
+        application: str,
+        label: str,
+        cls: type,
+        params: dict[str, Any],
+        blob: bytes | None,
+        state: KeyState,
+        starts: np.ndarray,
+        agg_values: np.ndarray,
+    ) -> list[pd.DataFrame]:
+        """After a failed batch: score point by point, dead-letter only the points that fail.
+
+        A failing point leaves the detector as it was before that point.
+        """
+        frames = []
+        for i in range(len(starts)):
+            point_ts, point_value = starts[i : i + 1], agg_values[i : i + 1]
+            try:
+                detector = cls(**params) if blob is None else cls.from_state(blob, **params)
+                scored = detector.update_batch(point_ts, point_value)
+                blob = detector.to_state()
+                frames.append(self._results(application, label, point_ts, point_value, scored))
+            except Exception as err:
+                frames.append(_detector_errors(application, label, point_ts, point_value, err))
+        if blob is not None:
+            state.detector_blobs[label] = blob
+        return frames
+
+    def _results(
+        self, application: str, label: str, starts: np.ndarray, agg_values: np.ndarray, scored: Any
+    ) -> pd.DataFrame:
+        n = len(starts)
+        return pd.DataFrame(
+            {
+                "kind": KIND_RESULT,
+                "application": application,
+                "ts_ms": starts,
+                "agg_function": self.agg_function,
+                "agg_window_millis": np.full(n, self.window_ms, dtype=np.int64),
+                "agg_value": agg_values,
+                "detector": label,
+                "value_lower_limit": scored.value_lower_limit,
+                "value_upper_limit": scored.value_upper_limit,
+                "anomaly_probability": scored.anomaly_probability,
+                "is_anomaly": scored.is_anomaly.astype(bool),
+            },
+            columns=OUTPUT_COLUMNS,
+        )
 
 
 def _rejects(batch: pd.DataFrame) -> pd.DataFrame:

@@ -640,10 +640,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    stop = threading.Event()
-    # Ctrl-C raises KeyboardInterrupt; make SIGTERM/SIGHUP end the wait the same clean way.
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda *_: stop.set())
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    # SIGINT explicitly too: a shell starts background jobs with SIGINT ignored.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupt)
     broker = LocalKafkaBroker(
         args.log_dir, port=args.port, controller_port=args.controller_port, num_partitions=args.partitions
     )
@@ -653,12 +657,12 @@ def main(argv: list[str] | None = None) -> int:
             broker.create_topic(topic)
         print(broker.bootstrap_servers, flush=True)
         print(
-            f"Kafka {broker.bootstrap_servers} up in {broker.last_startup_seconds:.1f} s "
-            f"(pid {broker.pid}, log {broker.broker_log}). Ctrl-C to stop.",
+            f"pid {broker.pid}, log {broker.broker_log}. Ctrl-C to stop.",
             file=sys.stderr,
             flush=True,
         )
-        while not stop.wait(1.0):
+        while True:
+            time.sleep(1.0)
             if not broker.is_running:
                 print(f"the broker died; last lines of its log:\n{_tail(broker.broker_log)}", file=sys.stderr)
                 return 1

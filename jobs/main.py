@@ -73,28 +73,36 @@ def check_checkpoint(stream: StreamConfig, checkpoint: str) -> None:
     path.write_text(json.dumps(merged, indent=2, sort_keys=True))
 
 
+def score_events(records: Any, stream: StreamConfig) -> Any:
+    """Kafka-shaped records -> operator output (results and dead letters), unwritten.
+
+    ``records`` has the Kafka source's columns (key, value, topic, partition,
+    offset, timestamp); tests feed it from a file stream instead of Kafka.
+    """
+    from jobs.detection import OUTPUT_SCHEMA, DetectionProcessor
+    from jobs.source import parse_messages, with_watermark
+
+    events = with_watermark(parse_messages(records, stream.source), stream.aggregation.allowed_lateness_millis)
+    return events.groupBy("gkey").transformWithStateInPandas(
+        statefulProcessor=DetectionProcessor(stream),
+        outputStructType=OUTPUT_SCHEMA,
+        outputMode="Append",
+        timeMode="EventTime",
+    )
+
+
 def start_stream(spark: Any, job: JobConfig, stream: StreamConfig) -> Any:
     """Build and start one stream's query."""
-    from jobs.detection import OUTPUT_SCHEMA, DetectionProcessor
     from jobs.jdbc import JdbcTable
     from jobs.sinks import make_batch_writer
-    from jobs.source import parse_messages, read_kafka, with_watermark
+    from jobs.source import read_kafka
 
     checkpoint = f"{job.checkpoint_dir.rstrip('/')}/{stream.name}"
     check_checkpoint(stream, checkpoint)
     jdbc = JdbcTable(spark, stream.sinks.jdbc, stream.name) if stream.sinks.jdbc else None
     if jdbc is not None:
         jdbc.ensure_schema()
-    events = with_watermark(
-        parse_messages(read_kafka(spark, stream.source), stream.source),
-        stream.aggregation.allowed_lateness_millis,
-    )
-    scored = events.groupBy("gkey").transformWithStateInPandas(
-        statefulProcessor=DetectionProcessor(stream),
-        outputStructType=OUTPUT_SCHEMA,
-        outputMode="Append",
-        timeMode="EventTime",
-    )
+    scored = score_events(read_kafka(spark, stream.source), stream)
     writer = (
         scored.writeStream.queryName(stream.name)
         .option("checkpointLocation", checkpoint)
@@ -157,6 +165,13 @@ def run(job: JobConfig, spark: Any = None, stop_event: threading.Event | None = 
         spark.streams.removeListener(listener)
 
 
+def configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # kafka-python and py4j narrate every connection at INFO
+    for noisy in ("kafka", "py4j"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="anomaly-job",
@@ -168,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint-dir", help="override checkpoint_dir from the config")
     parser.add_argument("--validate", action="store_true", help="validate the config and exit")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     try:
         job = load_config(args.config)
     except ConfigError as err:

@@ -91,7 +91,8 @@ def parse_messages(kafka_df: DataFrame, source: SourceConfig) -> DataFrame:
     app = F.try_variant_get(v, "$.application", "string")
     value = F.try_variant_get(v, "$.value", "double")
     ts_text = F.try_variant_get(v, "$.ts", "string")
-    ts = F.try_to_timestamp(ts_text)
+    # RFC 3339 allows a lower-case "z"; Spark's parser only takes "Z"
+    ts = F.try_to_timestamp(F.regexp_replace(F.trim(ts_text), "z$", "Z"))
     df = df.select("*", app.alias("application"), value.alias("num"), ts_text.alias("ts_text"), ts.alias("ts"))
 
     is_number = F.col("t_value").isin(*_NUMERIC_TYPES) | F.col("t_value").startswith("DECIMAL")
@@ -111,7 +112,7 @@ def parse_messages(kafka_df: DataFrame, source: SourceConfig) -> DataFrame:
         ("ts", F.col("t_ts"), "an ISO-8601 string", F.col("t_ts") == "STRING"),
     ):
         checks.append((type_col.isNull(), "missing_field", F.lit(f"{name} is missing")))
-        checks.append((type_col == "NULL", "null_field", F.lit(f"{name} is null")))
+        checks.append((type_col.isin("VOID", "NULL"), "null_field", F.lit(f"{name} is null")))
         checks.append(
             (
                 ~ok,

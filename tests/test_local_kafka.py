@@ -32,15 +32,6 @@ except KafkaBrokerError as exc:  # pragma: no cover - depends on the machine
 needs_broker = pytest.mark.skipif(_SKIP_REASON is not None, reason=_SKIP_REASON or "")
 
 
-# TODO(lead): move to a session-scoped fixture in tests/conftest.py.
-@pytest.fixture(scope="module")
-def kafka_broker():
-    if _SKIP_REASON is not None:
-        pytest.skip(_SKIP_REASON)
-    with LocalKafkaBroker(num_partitions=2) as broker:
-        yield broker
-
-
 def _topic(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 

@@ -88,7 +88,12 @@ def check_valid(det, x: float, r: AnomalyResult) -> None:
 def as_arrays(results: list[AnomalyResult]) -> tuple[np.ndarray, ...]:
     lo = np.array([np.nan if r.value_lower_limit is None else r.value_lower_limit for r in results])
     hi = np.array([np.nan if r.value_upper_limit is None else r.value_upper_limit for r in results])
-    return lo, hi, np.array([r.anomaly_probability for r in results]), np.array([r.is_anomaly for r in results])
+    return (
+        lo,
+        hi,
+        np.array([r.anomaly_probability for r in results]),
+        np.array([r.is_anomaly for r in results]),
+    )
 
 
 def assert_batch_equal(batch, results: list[AnomalyResult]) -> None:
@@ -153,7 +158,7 @@ def test_state_errors(case: str) -> None:
         get_detector_class(other).from_state(blob)
     with pytest.raises(StateError, match="other parameters"):
         cls.from_state(blob, **{**params, "threshold": 0.75})
-    header, fields = unpack_state(blob)
+    _header, fields = unpack_state(blob)
     newer = pack_state(name, cls.state_version + 1, det.config, fields)
     with pytest.raises(StateError, match="version"):
         cls.from_state(newer, **params)
@@ -214,9 +219,7 @@ def test_warm_up_is_explicit(case: str) -> None:
     det = make(case)
     name, params = CASES[case]
     warmup = (
-        params["learning_period"] + params["estimation_samples"]
-        if name == "likelihood"
-        else params["warmup"]
+        params["learning_period"] + params["estimation_samples"] if name == "likelihood" else params["warmup"]
     )
     results = [det.update(i, v) for i, v in enumerate(series(warmup + 3))]
     assert all(r == AnomalyResult.warming_up() for r in results[:warmup])

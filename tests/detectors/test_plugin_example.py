@@ -86,7 +86,10 @@ def test_plugin_found_via_setup_py_metadata(on_sys_path: Path, tmp_path: Path) -
     src = shutil.copytree(PLUGIN_SRC, tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(
         [sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(on_sys_path)],
-        cwd=src, check=True, capture_output=True, timeout=60,
+        cwd=src,
+        check=True,
+        capture_output=True,
+        timeout=60,
     )
     shutil.copytree(src / "zscore_example", on_sys_path / "zscore_example")
     entry_points = (next(on_sys_path.glob("*.egg-info")) / "entry_points.txt").read_text()
@@ -98,8 +101,21 @@ def test_plugin_found_via_setup_py_metadata(on_sys_path: Path, tmp_path: Path) -
 def test_plugin_installed_with_pip(on_sys_path: Path, tmp_path: Path) -> None:
     src = shutil.copytree(PLUGIN_SRC, tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--no-index", "--target", str(on_sys_path), str(src)],
-        check=True, capture_output=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(on_sys_path),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
     _check_plugin_works(on_sys_path)

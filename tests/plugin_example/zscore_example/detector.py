@@ -29,8 +29,14 @@ class ZScoreDetector(Detector):
     state_version: ClassVar[int] = 1
     params: ClassVar[ParamSchema] = ParamSchema(
         (
-            Param("z", float, 3.0, "distance from the mean, in standard deviations", minimum=0.0,
-                  exclusive_minimum=True),
+            Param(
+                "z",
+                float,
+                3.0,
+                "distance from the mean, in standard deviations",
+                minimum=0.0,
+                exclusive_minimum=True,
+            ),
             Param("warmup", int, 10, "points learned before the first scored point", minimum=2),
         )
     )

@@ -1,0 +1,54 @@
+"""Session-wide fixtures: one SparkSession and one Kafka broker for the whole run."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("ANOMALY_SHARED_DIR", REPO.parent / "shared"))
+
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+# Spark's Python workers must import test-only detectors from tests/ too
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """../shared (NAB data and seeds); tests that need it skip cleanly without it."""
+    if not (SHARED / "data" / "nab").is_dir():
+        pytest.skip(f"../shared not found at {SHARED}: NAB data tests skipped")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from jobs.session import build_session
+
+    session = build_session(
+        "anomaly-tests",
+        conf={
+            "spark.sql.shuffle.partitions": "2",
+            "spark.default.parallelism": "2",
+            "spark.ui.enabled": "false",
+            "spark.sql.streaming.minBatchesToRetain": "5",
+        },
+    )
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory):
+    from jobs.local_kafka import KafkaBrokerError, LocalKafkaBroker
+
+    try:
+        broker = LocalKafkaBroker(tmp_path_factory.mktemp("kafka"), num_partitions=2)
+    except KafkaBrokerError as err:  # jars missing: scripts/bootstrap.sh was not run
+        pytest.fail(str(err))
+    with broker:
+        yield broker

@@ -1,0 +1,133 @@
+"""DefaultDetector: contract (state, warm-up, no leak, bounds, validity) on small inputs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from detectors import build_detector
+from detectors.base import Detector, NonFiniteValueError
+from detectors.default import HISTORY, WARMUP, DefaultDetector
+
+
+def _series(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    return 10.0 + np.sin(2 * np.pi * t / 97) + 0.1 * rng.standard_normal(n)
+
+
+def _run(det: Detector, values: np.ndarray, start: int = 0) -> list:
+    return [det.update((start + i) * 60_000, float(v)) for i, v in enumerate(values)]
+
+
+def test_registered_as_default() -> None:
+    assert isinstance(build_detector("default"), DefaultDetector)
+
+
+@pytest.mark.parametrize("cut", [0, 5, WARMUP, 400, HISTORY + 123])
+def test_state_round_trip_continues_identically(cut: int) -> None:
+    values = _series(HISTORY + 600)
+    values[cut + 50] += 8.0  # an anomaly after the cut
+    straight = _run(DefaultDetector(), values)
+    first = DefaultDetector()
+    head = _run(first, values[:cut])
+    resumed = DefaultDetector.from_state(first.to_state())
+    tail = _run(resumed, values[cut:], start=cut)
+    assert head + tail == straight
+
+
+def test_batch_equals_point_by_point() -> None:
+    values = _series(900, seed=3)
+    ts = np.arange(900) * 60_000
+    batch = DefaultDetector().update_batch(ts, values)
+    points = _run(DefaultDetector(), values)
+    assert [batch.result(i) for i in range(900)] == points
+
+
+def test_state_is_bounded() -> None:
+    det = DefaultDetector()
+    _run(det, _series(2_000))
+    size_2k = len(det.to_state())
+    _run(det, _series(8_000, seed=1), start=2_000)
+    size_10k = len(det.to_state())
+    assert size_10k == size_2k < 16_000
+
+
+def test_warm_up_is_explicit() -> None:
+    results = _run(DefaultDetector(), _series(WARMUP + 1))
+    assert all(r.value_lower_limit is None and not r.is_anomaly for r in results[:WARMUP])
+    assert results[WARMUP].value_lower_limit is not None
+
+
+def test_no_leak_point_not_in_its_own_baseline() -> None:
+    # A constant stream: a new value is maximally novel the first time it appears,
+    # whatever its size, because the point is not part of the range it is judged by.
+    det = DefaultDetector()
+    _run(det, np.full(500, 3.0))
+    first = det.update(500 * 60_000, 3.5)
+    assert first.is_anomaly and first.value_upper_limit is not None and first.value_upper_limit < 3.5
+    # the future cannot change the past: scores of a prefix do not depend on what follows
+    values = _series(700)
+    a = _run(DefaultDetector(), values)
+    b = _run(DefaultDetector(), np.concatenate([values[:600], values[600:] + 100.0]))
+    assert a[:600] == b[:600]
+
+
+def test_clean_cycle_quiet_and_level_shift_flagged() -> None:
+    values = _series(1_500)
+    results = _run(DefaultDetector(), values)
+    # Gaussian noise sets a new record now and then (chance ~1/n): rare, not zero.
+    assert sum(r.is_anomaly for r in results[600:]) <= 3
+    det = DefaultDetector()
+    _run(det, values)
+    r = det.update(1_500 * 60_000, 30.0)
+    assert r.is_anomaly and r.anomaly_probability < 1.0
+
+
+def test_graded_probabilities_not_saturated() -> None:
+    det = DefaultDetector()
+    _run(det, _series(600))
+    probs = [det.update((600 + i) * 60_000, 20.0 + 10.0 * i).anomaly_probability for i in range(3)]
+    assert probs[0] >= det.config["threshold"] and all(p < 1.0 for p in probs)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_values_raise(bad: float) -> None:
+    det = DefaultDetector()
+    _run(det, _series(30))
+    with pytest.raises(NonFiniteValueError):
+        det.update(0, bad)
+
+
+finite = st.floats(allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(finite, min_size=1, max_size=60), st.integers(0, 60))
+def test_any_finite_sequence_gives_valid_results(values: list[float], cut: int) -> None:
+    det = DefaultDetector()
+    out = []
+    for i, v in enumerate(values):
+        if i == cut:
+            det = DefaultDetector.from_state(det.to_state())
+        out.append(det.update(i, v))
+    for r in out:
+        assert 0.0 <= r.anomaly_probability <= 1.0
+        assert r.is_anomaly == (r.anomaly_probability >= det.config["threshold"])
+        assert (r.value_lower_limit is None) == (r.value_upper_limit is None)
+        if r.value_lower_limit is not None:
+            assert math.isfinite(r.value_lower_limit) and math.isfinite(r.value_upper_limit)
+            assert r.value_lower_limit <= r.value_upper_limit
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(finite, min_size=340, max_size=400))
+def test_context_stage_valid_for_any_finite_values(values: list[float]) -> None:
+    det = DefaultDetector()
+    for i, v in enumerate(values):
+        r = det.update(i, v)
+        assert 0.0 <= r.anomaly_probability <= 1.0

@@ -1,0 +1,88 @@
+"""Windowing and aggregation functions (jobs/aggregation.py), without Spark."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from jobs import aggregation as agg
+
+W = 10_000
+# events: window [0,10s) gets 1, 2, 4 (9.999 s is still inside); 10 s opens [10s,20s): 8, 16
+TS = np.array([0, 3_000, 9_999, 10_000, 19_999])
+VALUES = np.array([1.0, 2.0, 4.0, 8.0, 16.0])
+EXPECTED = {
+    "sum": [7.0, 24.0],
+    "avg": [7 / 3, 12.0],
+    "count": [3.0, 2.0],
+    "min": [1.0, 8.0],
+    "max": [4.0, 16.0],
+    # linear interpolation between closest ranks: [1,2,4] at 50% -> 2; [8,16] at 50% -> 12
+    "percentile50": [2.0, 12.0],
+    "percentile75": [3.0, 14.0],
+    "percentile95": [3.8, 15.6],
+    "percentile99": [3.96, 15.92],
+}
+
+
+@pytest.mark.parametrize("function", sorted(EXPECTED))
+def test_each_function_on_window_edges(function):
+    state = agg.WindowState.empty(function)
+    state, late = agg.add_events(state, TS, VALUES, function, W)
+    assert not late.any()
+    state, starts, values = agg.close_windows(state, 20_000, function, W)
+    assert starts.tolist() == [0, 10_000]
+    np.testing.assert_allclose(values, EXPECTED[function], rtol=1e-12)
+    assert len(state.starts) == 0
+
+
+@pytest.mark.parametrize("function", sorted(EXPECTED))
+def test_split_across_batches_gives_the_same_windows(function):
+    state = agg.WindowState.empty(function)
+    for i in range(len(TS)):  # one event per micro-batch, out of order inside the window
+        state, _ = agg.add_events(state, TS[[i]], VALUES[[i]], function, W)
+    state, starts, values = agg.close_windows(state, 20_000, function, W)
+    np.testing.assert_allclose(values, EXPECTED[function], rtol=1e-12)
+
+
+def test_window_closes_only_when_watermark_reaches_its_end():
+    state, _ = agg.add_events(agg.WindowState.empty("sum"), TS, VALUES, "sum", W)
+    state, starts, _ = agg.close_windows(state, 9_999, "sum", W)
+    assert starts.tolist() == []
+    state, starts, values = agg.close_windows(state, 10_000, "sum", W)
+    assert (starts.tolist(), values.tolist()) == ([0], [7.0])
+    assert agg.next_close_time(state, "sum", W) == 20_000
+
+
+def test_late_events_are_returned_not_dropped():
+    state, _ = agg.add_events(agg.WindowState.empty("avg"), TS, VALUES, "avg", W)
+    state, _, _ = agg.close_windows(state, 10_000, "avg", W)
+    state, late = agg.add_events(state, np.array([9_999, 10_000, 5]), np.array([1.0, 2.0, 3.0]), "avg", W)
+    assert late.tolist() == [True, False, True]
+    state, starts, values = agg.close_windows(state, 20_000, "avg", W)
+    assert starts.tolist() == [10_000] and values.tolist() == [(8 + 16 + 2) / 3]
+
+
+def test_none_emits_points_in_event_time_order_and_keeps_duplicates():
+    ts = np.array([5, 1, 3, 3])
+    state, _ = agg.add_events(agg.WindowState.empty("none"), ts, np.array([50.0, 10.0, 30.0, 31.0]), "none", 0)
+    state, starts, values = agg.close_windows(state, 4, "none", 0)
+    assert starts.tolist() == [1, 3, 3] and values.tolist() == [10.0, 30.0, 31.0]
+    state, late = agg.add_events(state, np.array([3, 4]), np.array([0.0, 40.0]), "none", 0)
+    assert late.tolist() == [True, False]
+    state, starts, values = agg.close_windows(state, 100, "none", 0)
+    assert starts.tolist() == [4, 5] and values.tolist() == [40.0, 50.0]
+
+
+def test_empty_windows_emit_nothing_and_negative_times_align_to_the_epoch():
+    state, _ = agg.add_events(agg.WindowState.empty("count"), np.array([-1, 25_000]), np.ones(2), "count", W)
+    state, starts, values = agg.close_windows(state, 40_000, "count", W)
+    assert starts.tolist() == [-10_000, 20_000] and values.tolist() == [1.0, 1.0]
+
+
+def test_state_round_trips_through_fields():
+    state, _ = agg.add_events(agg.WindowState.empty("percentile95"), TS, VALUES, "percentile95", W)
+    again = agg.from_fields(agg.to_fields(state))
+    _, s1, v1 = agg.close_windows(state, 20_000, "percentile95", W)
+    _, s2, v2 = agg.close_windows(again, 20_000, "percentile95", W)
+    assert s1.tolist() == s2.tolist() and v1.tolist() == v2.tolist()

@@ -1,0 +1,133 @@
+"""The scoring pipeline through Spark (file stream in, memory sink out): windows, late data, state."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from chispa import assert_df_equality
+
+import tests.failing_detector  # noqa: F401 - registers "fail_on_value" in the driver
+from detectors import build_detector
+from tests.stream_harness import T0_MS, FileStream, msg, stream_config
+
+W = 10_000
+# a: window [0,10s) = 1, 2, 4 (9.999 s is inside), [10s,20s) = 8, 16 (10 s opens it)
+# b: one value per window
+BATCH = [
+    msg("a", 1, 0), msg("a", 2, 3), msg("a", 4, 9.999), msg("a", 8, 10), msg("a", 16, 19.999),
+    msg("b", 5, 1), msg("b", 7, 12),
+]
+EXPECTED = {
+    "sum": {"a": [7.0, 24.0], "b": [5.0, 7.0]},
+    "avg": {"a": [7 / 3, 12.0], "b": [5.0, 7.0]},
+    "count": {"a": [3.0, 2.0], "b": [1.0, 1.0]},
+    "min": {"a": [1.0, 8.0], "b": [5.0, 7.0]},
+    "max": {"a": [4.0, 16.0], "b": [5.0, 7.0]},
+    "percentile50": {"a": [2.0, 12.0], "b": [5.0, 7.0]},
+    "percentile75": {"a": [3.0, 14.0], "b": [5.0, 7.0]},
+    "percentile95": {"a": [3.8, 15.6], "b": [5.0, 7.0]},
+    "percentile99": {"a": [3.96, 15.92], "b": [5.0, 7.0]},
+}
+
+
+FUNCTION_GROUPS = [sorted(EXPECTED)[i : i + 3] for i in range(0, len(EXPECTED), 3)]
+
+
+@pytest.mark.parametrize("functions", FUNCTION_GROUPS, ids=["+".join(g) for g in FUNCTION_GROUPS])
+def test_every_aggregation_function_through_spark(spark, tmp_path, functions):
+    # a few queries side by side: query start-up, not work, dominates on 2 cores
+    streams = {f: FileStream(spark, tmp_path / f, stream_config(f, W)) for f in functions}
+    try:
+        for stream in streams.values():
+            stream.send(*BATCH, wait=False)
+        for stream in streams.values():
+            stream.wait()
+        for stream in streams.values():  # a later event moves the watermark past both windows
+            stream.send(msg("c", 0, 60), wait=False)
+        for stream in streams.values():
+            stream.wait()
+        for function, stream in streams.items():
+            got = stream.frame().select(
+                "application", "ts_ms", "agg_function", "agg_window_millis", "agg_value"
+            )
+            expected = spark.createDataFrame(
+                [
+                    (app, T0_MS + i * W, function, W, float(v))
+                    for app, values in sorted(EXPECTED[function].items())
+                    for i, v in enumerate(values)
+                ],
+                "application string, ts_ms long, agg_function string, agg_window_millis long, agg_value double",
+            )
+            assert_df_equality(got, expected, ignore_row_order=True, ignore_nullable=True)
+    finally:
+        for stream in streams.values():
+            stream.stop()
+
+
+def test_late_events_go_to_dead_letters_and_nothing_else_changes(spark, tmp_path):
+    stream = FileStream(spark, tmp_path, stream_config("sum", W, allowed_lateness_millis=5_000))
+    try:
+        stream.send(msg("a", 1, 0), msg("a", 2, 14))  # watermark -> 9 s: nothing closes yet
+        stream.send(msg("a", 4, 9.5))  # still on time: [0,10s) is open until the watermark reaches 10 s
+        stream.send(msg("a", 8, 30))  # watermark -> 25 s: closes [0,10s) and [10s,20s)
+        stream.send(msg("a", 100, 9), msg("a", 200, 19.999), msg("a", 16, 20))  # two late, one on time
+        stream.send(msg("a", 0, 60))
+        results = [(r["ts_ms"] - T0_MS, r["agg_value"]) for r in stream.rows()]
+        assert results == [(0, 5.0), (10_000, 2.0), (20_000, 16.0), (30_000, 8.0)]
+        late = stream.rows("dead_letter")
+        assert [(r["reason"], r["ts_ms"] - T0_MS, r["agg_value"]) for r in late] == [
+            ("late", 9_000, 100.0),
+            ("late", 19_999, 200.0),
+        ]
+        assert all(r["application"] == "a" and r["raw"] and r["src_topic"] == "t" for r in late)
+    finally:
+        stream.stop()
+
+
+def test_detectors_in_spark_state_match_the_library(spark, tmp_path):
+    detectors = [
+        {"name": "ema", "params": {"window": 4, "warmup": 3}},
+        {"name": "robust", "params": {"window": 5, "warmup": 3}},
+    ]
+    stream = FileStream(spark, tmp_path, stream_config("none", 0, detectors=detectors))
+    rng = np.random.default_rng(7)
+    values = {app: rng.normal(10, 2, 24).round(3) for app in ("a", "b")}
+    values["a"][17] = 60.0  # a spike
+    try:
+        for start in range(0, 24, 6):  # four micro-batches: state crosses batch boundaries
+            stream.send(*[msg(app, float(v[i]), i) for app, v in values.items() for i in range(start, start + 6)])
+        stream.send(msg("zz", 0, 1_000))
+        rows = stream.rows()
+        for app in ("a", "b"):
+            for spec in detectors:
+                det = build_detector(spec["name"], spec["params"])
+                expected = [det.update(T0_MS + i * 1000, float(v)) for i, v in enumerate(values[app])]
+                got = [r for r in rows if r["application"] == app and r["detector"] == spec["name"]]
+                assert [r["ts_ms"] - T0_MS for r in got] == [i * 1000 for i in range(24)]
+                for r, e in zip(got, expected, strict=True):
+                    assert r["anomaly_probability"] == e.anomaly_probability
+                    assert r["is_anomaly"] == e.is_anomaly
+                    assert r["value_lower_limit"] == e.value_lower_limit
+                    assert r["value_upper_limit"] == e.value_upper_limit
+        flagged = {(r["application"], r["detector"], r["ts_ms"] - T0_MS) for r in rows if r["is_anomaly"]}
+        assert ("a", "ema", 17_000) in flagged and ("a", "robust", 17_000) in flagged
+    finally:
+        stream.stop()
+
+
+def test_a_failing_detector_only_affects_its_own_key(spark, tmp_path):
+    stream = FileStream(spark, tmp_path, stream_config("none", 0, detectors=["fail_on_value"]))
+    try:
+        stream.send(msg("a", 1, 0), msg("a", 13, 1), msg("b", 2, 0), msg("b", 3, 1))
+        stream.send(msg("a", 4, 2), msg("b", 5, 2), "not json")
+        stream.send(msg("a", 0, 100))
+        results = {(r["application"], r["ts_ms"] - T0_MS) for r in stream.rows()}
+        assert {("b", 0), ("b", 1000), ("b", 2000), ("a", 2000)} <= results
+        dead = stream.rows("dead_letter")
+        errors = [r for r in dead if r["reason"] == "detector_error"]
+        assert {(r["application"], r["ts_ms"] - T0_MS) for r in errors} == {("a", 1000)}
+        assert ("a", 0) in results
+        assert "cannot score 13.0" in errors[0]["detail"]
+        assert [r["reason"] for r in dead if r["reason"] != "detector_error"] == ["invalid_json"]
+    finally:
+        stream.stop()
