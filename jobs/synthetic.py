@@ -184,6 +184,10 @@ class ConsumedRecord(NamedTuple):
     value: bytes | None
     partition: int
     offset: int
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+    def header(self, name: str) -> bytes | None:
+        return next((v for k, v in self.headers if k == name), None)
 
 
 def encode_message(message: dict[str, Any] | bytes | str) -> bytes:
@@ -276,7 +280,9 @@ def consume_all(
             got = False
             for recs in batch.values():
                 for r in recs:
-                    records.append(ConsumedRecord(r.key, r.value, r.partition, r.offset))
+                    records.append(
+                        ConsumedRecord(r.key, r.value, r.partition, r.offset, tuple(r.headers or ()))
+                    )
                     got = True
             now = time.monotonic()
             if got:
