@@ -38,12 +38,14 @@ used contexts become neurons and in which order new contexts get their ids).
 
 Value range: with ``min_value``/``max_value`` configured, values outside are
 clamped into the range. Without them the range is learned online: the first
-``range_warmup`` points are buffered (reported as warming up), the range is set
-to their min/max widened by 20 % of their spread on each side, and the buffer
-is replayed into the model. Because CAD reports 0 during its first
-``rest_period`` points anyway, nothing is lost when ``range_warmup <=
-rest_period``. A later value outside the range widens it (to the value plus the
-same 20 % margin). Learned contexts are *not* re-encoded (they hold bit facts,
+``range_warmup`` points (default: ``rest_period``) are buffered (reported as
+warming up), the range is set to their min/max widened by 50 % of their spread
+on each side, and the buffer is replayed into the model. Because CAD reports 0
+during its first ``rest_period`` points anyway, nothing is lost when
+``range_warmup <= rest_period``. A later value outside the range widens it (to
+the value plus 50 % of the old range). On the NAB corpus a wide margin and a
+long warm-up scored best among the few settings tried (margin 0.1/0.2/0.5/1.0,
+warm-up 30 or rest_period). Learned contexts are *not* re-encoded (they hold bit facts,
 not values); after a widening old contexts describe other value bands, so the
 detector relearns (scores run high for a while) and the stale contexts age out
 through the context cap. Widening is geometric, so it happens rarely.
@@ -81,7 +83,7 @@ from detectors.params import Param, ParamError, ParamSchema
 NEURON_BASE = 1 << 31
 """Neuron facts are ``NEURON_BASE + context id`` (sensor facts are small numbers)."""
 
-RANGE_MARGIN = 0.2
+RANGE_MARGIN = 0.5
 """Online range: share of the spread added on each side when the range is set or widened."""
 
 _EVICT_TO = 0.9  # after hitting max_contexts keep this share of the cap
@@ -119,7 +121,6 @@ def py27_dict_order(keys: list[int]) -> list[int]:
     [9, 1]
     """
     size, table = 8, [None] * 8
-    fill = 0
 
     def place(tab: list, mask: int, key: int) -> None:
         i = key & mask
@@ -133,9 +134,8 @@ def py27_dict_order(keys: list[int]) -> list[int]:
                 perturb >>= 5
         tab[i] = key
 
-    for key in keys:
+    for fill, key in enumerate(keys, 1):
         place(table, size - 1, key)
-        fill += 1
         if fill * 3 >= size * 2:  # resize to the smallest power of two > 4 * used
             size = 8
             while size <= 4 * fill:
@@ -209,8 +209,8 @@ class CADDetector(Detector):
                   maximum=16),
             Param("max_contexts", int, 300_000, "cap on stored contexts (least recently used are "
                   "dropped)", minimum=100),
-            Param("range_warmup", int, 30, "points buffered to set the range when min/max are null",
-                  minimum=1),
+            Param("range_warmup", int, None, "points buffered to set the range when min/max are "
+                  "null; null: rest_period", minimum=1, nullable=True),
         )
     )
 
@@ -510,7 +510,7 @@ class CADDetector(Detector):
         if not self._fixed:
             if self._warm is not None:
                 self._warm.append(value)
-                if len(self._warm) < self.config["range_warmup"]:
+                if len(self._warm) < (self.config["range_warmup"] or self._rest):
                     return AnomalyResult.warming_up()
                 lo, hi = min(self._warm), max(self._warm)
                 span = hi - lo or max(abs(lo), 1.0)
@@ -573,7 +573,9 @@ class CADDetector(Detector):
     def _set_state(self, state: dict[str, Any], version: int) -> None:
         try:
             self._reset()
-            if not self._fixed:
+            if self._fixed:
+                self._set_range(self.config["min_value"], self.config["max_value"])
+            else:
                 self._lo, self._hi = float(state["lo"]), float(state["hi"])
                 if not state["warming"]:
                     self._set_range(self._lo, self._hi)

@@ -29,6 +29,7 @@ Relative paths (checkpoint_dir, SQLite files) are resolved against the current d
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -370,15 +371,37 @@ def parse_config(raw: Any, base_dir: Path | None = None, source_path: str | None
     )
 
 
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(text: str, environ: Mapping[str, str] | None = None) -> str:
+    """Replace ``${NAME}`` and ``${NAME:-default}`` with environment values.
+
+    >>> expand_env("servers: ${X:-127.0.0.1:9092}", {})
+    'servers: 127.0.0.1:9092'
+    """
+    env = os.environ if environ is None else environ
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"${{{name}}}", "environment variable is not set and has no default (${NAME:-default})")
+
+    return _ENV_REF.sub(substitute, text)
+
+
 def load_config(path: str | Path) -> JobConfig:
-    """Read and validate a YAML config file."""
+    """Read a YAML config file (with ``${ENV}`` references) and validate it."""
     import yaml
 
     path = Path(path)
     if not path.is_file():
         raise ConfigError("config", f"file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(expand_env(path.read_text()))
     except yaml.YAMLError as err:
         raise ConfigError("config", f"{path} is not valid YAML: {err}") from None
     return parse_config(raw, base_dir=Path.cwd(), source_path=str(path))

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# README command 2: bootstrap, lint, then the whole test suite (one SparkSession, one broker).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+"$ROOT/scripts/bootstrap.sh"
+cd "$ROOT"
+.venv/bin/ruff check jobs detectors tests bench
+exec .venv/bin/python -m pytest -q "$@"
