@@ -85,8 +85,11 @@ def main() -> int:
     ap.add_argument("--no-online", action="store_true", help="skip the online-range run")
     args = ap.parse_args()
     if not (NAB / "data").is_dir() or not (NAB / "reference_results" / "contextOSE").is_dir():
-        print(f"NAB data not found at {NAB} (expected data/ and reference_results/contextOSE/); "
-              "nothing to check.", file=sys.stderr)
+        print(
+            f"NAB data not found at {NAB} (expected data/ and reference_results/contextOSE/); "
+            "nothing to check.",
+            file=sys.stderr,
+        )
         return 2
 
     paths = sorted(p for p in (NAB / "data").glob("*/*.csv") if args.only in f"{p.parent.name}/{p.name}")

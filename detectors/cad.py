@@ -53,7 +53,8 @@ through the context cap. Widening is geometric, so it happens rarely.
 Memory: CAD's context memory grows with the stream. ``max_contexts`` caps it:
 when more contexts exist at the end of a step, the least recently used ones
 (last activation or creation) are dropped down to 90 % of the cap, with the
-semi-contexts only they used. The default (300,000) is above what the NAB
+semi-contexts only they used. The default (100,000; a state of ~1.6 MB at the
+cap, typical real series need 50-110 kB after 10,000 points) is above what the NAB
 series need (at most ~64k contexts, on the pure-noise ``art_noisy``; real series
 stay below ~13k), so it never changes their results.
 
@@ -207,7 +208,7 @@ class CADDetector(Detector):
                   "(NAB: 15)", minimum=1),
             Param("num_norm_value_bits", int, 3, "bits encoding the normalised value", minimum=1,
                   maximum=16),
-            Param("max_contexts", int, 300_000, "cap on stored contexts (least recently used are "
+            Param("max_contexts", int, 100_000, "cap on stored contexts (least recently used are "
                   "dropped)", minimum=100),
             Param("range_warmup", int, None, "points buffered to set the range when min/max are "
                   "null; null: rest_period", minimum=1, nullable=True),

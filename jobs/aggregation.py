@@ -168,7 +168,13 @@ def close_windows(
             raise ValueError(f"unknown agg_function {agg_function!r}")
     if agg_function in RAW_VALUE_FUNCTIONS:
         new = WindowState(
-            closed_until, state.starts[keep], state.ts[keep], state.counts, state.sums[keep], state.mins, state.maxs
+            closed_until,
+            state.starts[keep],
+            state.ts[keep],
+            state.counts,
+            state.sums[keep],
+            state.mins,
+            state.maxs,
         )
     else:
         new = WindowState(
@@ -191,9 +197,7 @@ def next_close_time(state: WindowState, agg_function: str, window_ms: int) -> in
 
 
 def _with_closed_until(state: WindowState, closed_until: int) -> WindowState:
-    return WindowState(
-        closed_until, state.starts, state.ts, state.counts, state.sums, state.mins, state.maxs
-    )
+    return WindowState(closed_until, state.starts, state.ts, state.counts, state.sums, state.mins, state.maxs)
 
 
 def to_fields(state: WindowState) -> dict[str, object]:

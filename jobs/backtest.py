@@ -290,9 +290,7 @@ def run_backtest(
         if out_resolved in src.resolve().parents:
             continue  # --out inside --data: do not feed earlier results back in
         rel = src.relative_to(data)
-        tasks.append(
-            _Task(src, out / rel, rel.as_posix(), detector, dict(params), roundtrip_every, keep_scores)
-        )
+        tasks.append(_Task(src, out / rel, rel.as_posix(), detector, dict(params), roundtrip_every, keep_scores))
     # Largest first, so parallel workers finish together.
     tasks.sort(key=lambda t: -t.source.stat().st_size)
     progress = progress or Progress(len(tasks), enabled=False)
@@ -432,9 +430,7 @@ def _detectors_help() -> str:
             lines.append(f"  {name}: unavailable ({type(err).__name__}: {err})")
             continue
         doc = (cls.__doc__ or "").strip().splitlines()
-        lines.append(
-            f"  {name}" + (f": {doc[0]}" if doc else "") + ("" if "detectors." in origin else f" [{origin}]")
-        )
+        lines.append(f"  {name}" + (f": {doc[0]}" if doc else "") + ("" if "detectors." in origin else f" [{origin}]"))
         lines.append(cls.params.help(indent="      ") or "      (no parameters)")
     return "\n".join(lines)
 
@@ -455,9 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  anomaly-backtest --score-only ../shared/data/nab/reference_results/numenta \\\n"
         "      --labels ../shared/data/nab/labels/combined_windows.json",
     )
-    parser.add_argument(
-        "--data", type=Path, metavar="DIR", help="folder of input *.csv (searched recursively)"
-    )
+    parser.add_argument("--data", type=Path, metavar="DIR", help="folder of input *.csv (searched recursively)")
     parser.add_argument("--out", type=Path, metavar="DIR", help="folder for the result CSVs")
     parser.add_argument("--detector", metavar="NAME", help="detector name (see below)")
     parser.add_argument(
@@ -484,8 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=DEFAULT_ROUNDTRIP_EVERY,
         metavar="N",
-        help=f"points per chunk between to_state/from_state round-trips; 0 = never "
-        f"(default {DEFAULT_ROUNDTRIP_EVERY})",
+        help=f"points per chunk between to_state/from_state round-trips; 0 = never (default {DEFAULT_ROUNDTRIP_EVERY})",
     )
     parser.add_argument(
         "--jobs",
@@ -542,11 +535,7 @@ def _main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print_scores(table, sys.stdout)
         return 0
 
-    missing = [
-        flag
-        for flag, v in (("--data", args.data), ("--out", args.out), ("--detector", args.detector))
-        if not v
-    ]
+    missing = [flag for flag, v in (("--data", args.data), ("--out", args.out), ("--detector", args.detector)) if not v]
     if missing:
         parser.error(f"the following arguments are required: {', '.join(missing)} (or use --score-only DIR)")
     if args.state_roundtrip_every < 0:

@@ -198,8 +198,16 @@ def _source(raw: Any, name: str) -> SourceConfig:
     section = _mapping(raw, name)
     _check_keys(
         section,
-        ("bootstrap_servers", "topics", "topic_pattern", "starting_offsets",
-         "max_offsets_per_trigger", "require_timezone", "max_future_millis", "kafka_options"),
+        (
+            "bootstrap_servers",
+            "topics",
+            "topic_pattern",
+            "starting_offsets",
+            "max_offsets_per_trigger",
+            "require_timezone",
+            "max_future_millis",
+            "kafka_options",
+        ),
         name,
     )
     topics_raw = section.get("topics")
@@ -290,7 +298,7 @@ def _jdbc(raw: Any, name: str, base_dir: Path | None) -> JdbcConfig | None:
     if not (url.startswith("jdbc:sqlite:") or url.startswith("jdbc:postgresql:")):
         raise ConfigError(f"{name}.url", f"must start with jdbc:sqlite: or jdbc:postgresql:, got {url!r}")
     if url.startswith("jdbc:sqlite:") and base_dir is not None:
-        path = url[len("jdbc:sqlite:"):]
+        path = url[len("jdbc:sqlite:") :]
         if path and path != ":memory:" and not Path(path).is_absolute():
             url = "jdbc:sqlite:" + str((base_dir / path).resolve())
     table = _str(section.get("table") or "predictions", f"{name}.table")
@@ -317,9 +325,7 @@ def _sinks(raw: Any, name: str, base_dir: Path | None) -> SinksConfig:
     if sinks.output_topic is None and sinks.jdbc is None:
         raise ConfigError(name, "configure at least one of output_topic or jdbc, or results go nowhere")
     if sinks.dead_letter_topic is None:
-        raise ConfigError(
-            f"{name}.dead_letter_topic", "is required: bad and late messages are never dropped silently"
-        )
+        raise ConfigError(f"{name}.dead_letter_topic", "is required: bad and late messages are never dropped silently")
     return sinks
 
 

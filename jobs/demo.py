@@ -107,19 +107,32 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
 
     stream = generate(points_per_app=args.points)
-    print(f"demo: {len(stream.messages):,} metric messages for 4 applications, "
-          f"{len(stream.anomalies)} injected anomalies, {len(BAD_MESSAGES)} malformed messages")
+    print(
+        f"demo: {len(stream.messages):,} metric messages for 4 applications, "
+        f"{len(stream.anomalies)} injected anomalies, {len(BAD_MESSAGES)} malformed messages"
+    )
     with LocalKafkaBroker(work / "kafka", num_partitions=2) as broker:
         print(f"demo: Kafka broker at {broker.bootstrap_servers} (started in {broker.last_startup_seconds:.1f} s)")
         for topic in ("metrics", "anomalies", "metrics-dead-letters"):
             broker.create_topic(topic, partitions=2)
         produce_messages(broker.bootstrap_servers, "metrics", stream.messages)
         produce_messages(broker.bootstrap_servers, "metrics", BAD_MESSAGES)
-        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers, "ANOMALY_WORK_DIR": str(work)}
+        env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+            "ANOMALY_WORK_DIR": str(work),
+        }
         started = time.monotonic()
         job = subprocess.run(
-            [str(REPO / "spark-submit.sh"), "--master", "local[2]", "--",
-             "--config", str(REPO / "conf" / "demo.yaml"), "--available-now"],
+            [
+                str(REPO / "spark-submit.sh"),
+                "--master",
+                "local[2]",
+                "--",
+                "--config",
+                str(REPO / "conf" / "demo.yaml"),
+                "--available-now",
+            ],
             env=env,
             cwd=REPO,
         )
@@ -137,8 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     for record in dead:
         reason = (record.header("anomaly.reason") or b"?").decode()
         reasons[reason] = reasons.get(reason, 0) + 1
-    print(f"job ran {elapsed:.0f} s; {len(results):,} results on topic 'anomalies', "
-          f"{len(dead)} dead letters on 'metrics-dead-letters' ({', '.join(f'{k}: {v}' for k, v in sorted(reasons.items()))})")
+    print(
+        f"job ran {elapsed:.0f} s; {len(results):,} results on topic 'anomalies', "
+        f"{len(dead)} dead letters on 'metrics-dead-letters' "
+        f"({', '.join(f'{k}: {v}' for k, v in sorted(reasons.items()))})"
+    )
     print(f"results table: {work / 'anomalies.db'} (table predictions)")
     print("the last windows of each application stay open: the watermark has not passed them yet")
     if not all_found:

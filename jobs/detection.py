@@ -142,9 +142,7 @@ class DetectionProcessor(StatefulProcessor):
         state = self._load()
         ts = batch["ts_ms"].to_numpy(dtype=np.int64)
         values = batch["value"].to_numpy(dtype=np.float64)
-        state.windows, late = aggregation.add_events(
-            state.windows, ts, values, self.agg_function, self.window_ms
-        )
+        state.windows, late = aggregation.add_events(state.windows, ts, values, self.agg_function, self.window_ms)
         state.last_event_ms = max(state.last_event_ms, int(ts.max()))
         out = []
         if late.any():
@@ -205,9 +203,7 @@ class DetectionProcessor(StatefulProcessor):
                 frames.append(self._results(application, label, starts, agg_values, scored))
             except Exception:
                 # a detector failure is isolated to this key (and to the failing points)
-                frames.extend(
-                    self._score_one_by_one(application, label, cls, params, blob, state, starts, agg_values)
-                )
+                frames.extend(self._score_one_by_one(application, label, cls, params, blob, state, starts, agg_values))
         return frames
 
     def _score_one_by_one(

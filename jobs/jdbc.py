@@ -137,12 +137,9 @@ class JdbcTable:
         with self.connect() as conn:
             stmt = conn.createStatement()
             stmt.executeUpdate(
-                f"CREATE TABLE IF NOT EXISTS {self.table} ({columns}, "
-                f"PRIMARY KEY ({', '.join(KEY_COLUMNS)}))"
+                f"CREATE TABLE IF NOT EXISTS {self.table} ({columns}, PRIMARY KEY ({', '.join(KEY_COLUMNS)}))"
             )
-            stmt.executeUpdate(
-                f"CREATE INDEX IF NOT EXISTS {self.table}_app_ts ON {self.table} (application, ts)"
-            )
+            stmt.executeUpdate(f"CREATE INDEX IF NOT EXISTS {self.table}_app_ts ON {self.table} (application, ts)")
             stmt.executeUpdate(f"CREATE TABLE IF NOT EXISTS {self.staging} ({staging_columns})")
             conn.commit()
             existing = self._columns(conn, self.table)

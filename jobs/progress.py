@@ -45,10 +45,10 @@ class ProgressListener(StreamingQueryListener):
         self.stats_board = stats_board
         self.totals: dict[str, dict[str, int]] = {}
 
-    def onQueryStarted(self, event) -> None:  # noqa: ANN001 - Spark event types
+    def onQueryStarted(self, event) -> None:
         log.info("[%s] started (id %s, run %s)", event.name, event.id, event.runId)
 
-    def onQueryProgress(self, event) -> None:  # noqa: ANN001
+    def onQueryProgress(self, event) -> None:
         progress = event.progress
         data = {
             "name": progress.name,
@@ -64,10 +64,10 @@ class ProgressListener(StreamingQueryListener):
         totals["batches"] += 1
         log.info("%s", format_progress(data, self.stats_board))
 
-    def onQueryIdle(self, event) -> None:  # noqa: ANN001
+    def onQueryIdle(self, event) -> None:
         pass
 
-    def onQueryTerminated(self, event) -> None:  # noqa: ANN001
+    def onQueryTerminated(self, event) -> None:
         if event.exception:
             log.error("query %s failed: %s", event.id, event.exception.splitlines()[0])
         else:

@@ -15,8 +15,9 @@ JAR_DIR = Path(os.environ.get("ANOMALY_SPARK_JARS", REPO_ROOT / ".jars" / "spark
 
 DEFAULT_CONF = {
     # transformWithState keeps its state in RocksDB (required by the operator)
-    "spark.sql.streaming.stateStore.providerClass":
-        "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider",
+    "spark.sql.streaming.stateStore.providerClass": (
+        "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"
+    ),
     # changelog checkpointing: each batch uploads a small delta, not a snapshot
     "spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled": "true",
     "spark.sql.session.timeZone": "UTC",

@@ -120,9 +120,7 @@ def generate(
 
         if inject:
             kinds = [SPIKE, LEVEL_SHIFT] if i == len(applications) - 1 else [SPIKE, DIP]
-            starts = _pick_starts(
-                rng, n, step_s, epoch0, len(kinds), warmup_points, dur_pts, gap_pts, align_s
-            )
+            starts = _pick_starts(rng, n, step_s, epoch0, len(kinds), warmup_points, dur_pts, gap_pts, align_s)
             # A level shift lasts until the end, so it must come after the other anomalies of the app.
             for kind, idx in zip(kinds[: len(starts)], sorted(starts), strict=False):
                 delta = round(MAGNITUDE[kind] * base, 3)
@@ -280,9 +278,7 @@ def consume_all(
             got = False
             for recs in batch.values():
                 for r in recs:
-                    records.append(
-                        ConsumedRecord(r.key, r.value, r.partition, r.offset, tuple(r.headers or ()))
-                    )
+                    records.append(ConsumedRecord(r.key, r.value, r.partition, r.offset, tuple(r.headers or ())))
                     got = True
             now = time.monotonic()
             if got:

@@ -103,7 +103,11 @@ def msg(app: str, value: float, seconds: float) -> dict[str, Any]:
     from datetime import datetime, timedelta, timezone
 
     ts = datetime(2024, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=seconds)
-    return {"application": app, "value": value, "ts": ts.isoformat(timespec="milliseconds").replace("+00:00", "Z")}
+    return {
+        "application": app,
+        "value": value,
+        "ts": ts.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+    }
 
 
 T0_MS = 1704067200000  # 2024-01-01T00:00:00Z

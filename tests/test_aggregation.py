@@ -41,7 +41,7 @@ def test_split_across_batches_gives_the_same_windows(function):
     state = agg.WindowState.empty(function)
     for i in range(len(TS)):  # one event per micro-batch, out of order inside the window
         state, _ = agg.add_events(state, TS[[i]], VALUES[[i]], function, W)
-    state, starts, values = agg.close_windows(state, 20_000, function, W)
+    state, _, values = agg.close_windows(state, 20_000, function, W)
     np.testing.assert_allclose(values, EXPECTED[function], rtol=1e-12)
 
 

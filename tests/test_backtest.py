@@ -30,9 +30,7 @@ class TinyZScore(Detector):
     params = ParamSchema(
         (
             Param("warmup", int, 5, "points before the first score", minimum=2),
-            Param(
-                "k", float, 3.0, "band half-width in standard deviations", minimum=0.0, exclusive_minimum=True
-            ),
+            Param("k", float, 3.0, "band half-width in standard deviations", minimum=0.0, exclusive_minimum=True),
             Param("label", str, None, "unused; tests nullable values", nullable=True),
         )
     )
@@ -47,9 +45,7 @@ class TinyZScore(Detector):
             std = math.sqrt(self.m2 / (self.n - 1)) or 1e-9
             z = abs(value - self.mean) / std
             half = self.config["k"] * std
-            result = AnomalyResult(
-                self.mean - half, self.mean + half, 1.0 - math.exp(-z / 3), z > self.config["k"]
-            )
+            result = AnomalyResult(self.mean - half, self.mean + half, 1.0 - math.exp(-z / 3), z > self.config["k"])
         self.n += 1
         delta = value - self.mean
         self.mean += delta / self.n
@@ -186,9 +182,7 @@ def test_missing_or_empty_data_dir(tmp_path: Path, capsys):
 
 def test_bad_csv_is_reported_with_file_and_line(tmp_path: Path, capsys):
     (tmp_path / "d").mkdir()
-    (tmp_path / "d" / "x.csv").write_text(
-        "timestamp,value\n2020-01-01 00:00:00,1.0\n2020-01-01 00:05:00,oops\n"
-    )
+    (tmp_path / "d" / "x.csv").write_text("timestamp,value\n2020-01-01 00:00:00,1.0\n2020-01-01 00:05:00,oops\n")
     (tmp_path / "d" / "y.csv").write_text("time,val\n1,2\n")
     assert run(["--data", tmp_path / "d", "--out", tmp_path / "o", "--detector", NAME, "--quiet"]) == 1
     err = capsys.readouterr().err

@@ -64,16 +64,24 @@ def job_config(bootstrap: str, tmp_path) -> dict:
                 "source": {"bootstrap_servers": bootstrap, "topic_pattern": "e2e-w.*"},
                 "aggregation": {"agg_function": "none"},
                 "detectors": [{"name": "ema", "params": EMA}],
-                "sinks": {"output_topic": "e2e-out-points", "dead_letter_topic": "e2e-dlq-points", "jdbc": {"url": db}},
+                "sinks": {
+                    "output_topic": "e2e-out-points",
+                    "dead_letter_topic": "e2e-dlq-points",
+                    "jdbc": {"url": db},
+                },
             },
         ],
     }
 
 
+def iso_ms(ts: str) -> int:
+    return int(np.datetime64(ts.rstrip("Z"), "ms").astype(np.int64))
+
+
 def expected_windows(messages: list[dict], watermark_ms: int) -> dict[str, list[tuple[int, float]]]:
     by_window: dict[tuple[str, int], list[float]] = defaultdict(list)
     for m in messages:
-        ts = T0_MS + int(round((np.datetime64(m["ts"][:-1]) - np.datetime64("2024-01-01T00:00:00")) / np.timedelta64(1, "ms")))
+        ts = iso_ms(m["ts"])
         by_window[(m["application"], ts - ts % WINDOW_MS)].append(m["value"])
     out: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for (app, start), values in sorted(by_window.items()):
@@ -112,8 +120,13 @@ def test_kafka_to_kafka_and_sqlite_with_restart(kafka_broker, spark, tmp_path):
             det = build_detector(label, params)
             for start, value in points:
                 r = det.update(start, value)
-                expected[(app, label, start)] = (value, r.value_lower_limit, r.value_upper_limit,
-                                                  r.anomaly_probability, r.is_anomaly)
+                expected[(app, label, start)] = (
+                    value,
+                    r.value_lower_limit,
+                    r.value_upper_limit,
+                    r.anomaly_probability,
+                    r.is_anomaly,
+                )
 
     # -- SQLite ----------------------------------------------------------------------------
     con = sqlite3.connect(tmp_path / "results.db")
@@ -123,7 +136,7 @@ def test_kafka_to_kafka_and_sqlite_with_restart(kafka_broker, spark, tmp_path):
     ).fetchall()
     got = {}
     for app, det, ts, value, lo, hi, prob, flag in rows:
-        start = int(np.datetime64(ts[:-1], "ms").astype(np.int64))
+        start = iso_ms(ts)
         got[(app, det, start)] = (value, lo, hi, prob, bool(flag))
     assert set(got) == set(expected)
     for key, (value, lo, hi, prob, flag) in expected.items():
@@ -133,7 +146,9 @@ def test_kafka_to_kafka_and_sqlite_with_restart(kafka_broker, spark, tmp_path):
         assert g[3] == pytest.approx(prob, abs=1e-15), key
     flagged = {(a, d, s - T0_MS) for (a, d, s), v in got.items() if v[4]}
     assert ("web", "ema", 1_200_000) in flagged and ("web", "robust", 1_200_000) in flagged
-    points = con.execute("SELECT COUNT(*), COUNT(DISTINCT application) FROM predictions WHERE agg_function='none'").fetchone()
+    points = con.execute(
+        "SELECT COUNT(*), COUNT(DISTINCT application) FROM predictions WHERE agg_function='none'"
+    ).fetchone()
     # every web point up to the final watermark of the points stream (no lateness configured)
     assert points == (len([m for m in web1 + web2 if m["ts"] < "2024-01-01T00:39:50.000Z"]), 1)
 
@@ -146,8 +161,17 @@ def test_kafka_to_kafka_and_sqlite_with_restart(kafka_broker, spark, tmp_path):
     for record, message in zip(out, messages, strict=True):  # the key names the row it upserts
         key = json.loads(record.key)
         assert key == {k: message[k] for k in ("application", "detector", "agg_function", "agg_window_millis", "ts")}
-    sample = next(m for m in messages if m["application"] == "web" and m["detector"] == "ema" and m["ts"].endswith("00:20:00.000Z"))
-    assert set(sample["anomaly_results"]) == {"value_lower_limit", "value_upper_limit", "anomaly_probability", "is_anomaly"}
+    sample = next(
+        m
+        for m in messages
+        if m["application"] == "web" and m["detector"] == "ema" and m["ts"].endswith("00:20:00.000Z")
+    )
+    assert set(sample["anomaly_results"]) == {
+        "value_lower_limit",
+        "value_upper_limit",
+        "anomaly_probability",
+        "is_anomaly",
+    }
     assert sample["anomaly_results"]["is_anomaly"] is True and sample["agg_window_millis"] == WINDOW_MS
 
     # -- dead letters: every bad message once, with its reason and original bytes ----------

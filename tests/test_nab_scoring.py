@@ -60,9 +60,7 @@ def test_probationary_period_is_15_percent_capped_at_750():
 
 def test_timestamps_and_windows_load(tmp_path):
     path = tmp_path / "w.json"
-    path.write_text(
-        json.dumps({"a/x.csv": [["1970-01-02 00:00:00.000000", "1970-01-03 00:00:00"]], "b.csv": []})
-    )
+    path.write_text(json.dumps({"a/x.csv": [["1970-01-02 00:00:00.000000", "1970-01-03 00:00:00"]], "b.csv": []}))
     assert ns.load_windows(path) == {"a/x.csv": [(DAY, 2 * DAY)], "b.csv": []}
 
 
@@ -188,8 +186,7 @@ def test_optimiser_matches_brute_force_over_every_threshold():
         corpus[f"s{s}.csv"] = SeriesScores([i * DAY for i in range(n)], scores)
         starts = sorted(rng.sample(range(10, n - 10), 2))
         windows[f"s{s}.csv"] = [
-            (a * DAY, min(a + rng.randrange(1, 9), b - 1) * DAY)
-            for a, b in zip(starts, [*starts[1:], n], strict=True)
+            (a * DAY, min(a + rng.randrange(1, 9), b - 1) * DAY) for a, b in zip(starts, [*starts[1:], n], strict=True)
         ]
     prepared = ns.prepare_corpus(corpus, windows)
     for cost in ns.STANDARD_PROFILES.values():

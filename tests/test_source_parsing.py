@@ -66,25 +66,69 @@ BAD = [
     (None, "null_value", "record has no value (tombstone)"),
     (b"\xff\xfe{}", "invalid_utf8", "value is not valid UTF-8"),
     ('{"application": "a", "value": 1', "invalid_json", "value is not valid JSON"),
-    ('{"application": "a", "value": NaN, "ts": "2024-01-01T00:00:00Z"}', "invalid_json", "value is not valid JSON"),
+    (
+        '{"application": "a", "value": NaN, "ts": "2024-01-01T00:00:00Z"}',
+        "invalid_json",
+        "value is not valid JSON",
+    ),
     ("[1, 2]", "not_an_object", "value must be a JSON object, got ARRAY"),
     ('"text"', "not_an_object", "value must be a JSON object, got STRING"),
     ('{"value": 1, "ts": "2024-01-01T00:00:00Z"}', "missing_field", "application is missing"),
     ('{"application": null, "value": 1, "ts": "2024-01-01T00:00:00Z"}', "null_field", "application is null"),
-    ('{"application": 5, "value": 1, "ts": "2024-01-01T00:00:00Z"}', "wrong_type", "application must be a string, got BIGINT"),
+    (
+        '{"application": 5, "value": 1, "ts": "2024-01-01T00:00:00Z"}',
+        "wrong_type",
+        "application must be a string, got BIGINT",
+    ),
     ('{"application": "a", "ts": "2024-01-01T00:00:00Z"}', "missing_field", "value is missing"),
-    ('{"application": "a", "value": "1.5", "ts": "2024-01-01T00:00:00Z"}', "wrong_type", "value must be a number, got STRING"),
-    ('{"application": "a", "value": true, "ts": "2024-01-01T00:00:00Z"}', "wrong_type", "value must be a number, got BOOLEAN"),
-    ('{"application": "a", "value": {"x": 1}, "ts": "2024-01-01T00:00:00Z"}', "wrong_type", "value must be a number, got OBJECT"),
+    (
+        '{"application": "a", "value": "1.5", "ts": "2024-01-01T00:00:00Z"}',
+        "wrong_type",
+        "value must be a number, got STRING",
+    ),
+    (
+        '{"application": "a", "value": true, "ts": "2024-01-01T00:00:00Z"}',
+        "wrong_type",
+        "value must be a number, got BOOLEAN",
+    ),
+    (
+        '{"application": "a", "value": {"x": 1}, "ts": "2024-01-01T00:00:00Z"}',
+        "wrong_type",
+        "value must be a number, got OBJECT",
+    ),
     ('{"application": "a", "value": 1}', "missing_field", "ts is missing"),
-    ('{"application": "a", "value": 1, "ts": 1704067200}', "wrong_type", "ts must be an ISO-8601 string, got BIGINT"),
-    ('{"application": "", "value": 1, "ts": "2024-01-01T00:00:00Z"}', "empty_application", "application is empty"),
-    ('{"application": "  ", "value": 1, "ts": "2024-01-01T00:00:00Z"}', "empty_application", "application is empty"),
+    (
+        '{"application": "a", "value": 1, "ts": 1704067200}',
+        "wrong_type",
+        "ts must be an ISO-8601 string, got BIGINT",
+    ),
+    (
+        '{"application": "", "value": 1, "ts": "2024-01-01T00:00:00Z"}',
+        "empty_application",
+        "application is empty",
+    ),
+    (
+        '{"application": "  ", "value": 1, "ts": "2024-01-01T00:00:00Z"}',
+        "empty_application",
+        "application is empty",
+    ),
     ('{"application": "a\\u0000b", "value": 1, "ts": "2024-01-01T00:00:00Z"}', "invalid_application", None),
-    ('{"application": "a", "value": 1e999, "ts": "2024-01-01T00:00:00Z"}', "value_not_finite", "value must be a finite number"),
-    ('{"application": "a", "value": 1, "ts": "yesterday"}', "ts_unparseable", "ts is not an ISO-8601 timestamp: yesterday"),
+    (
+        '{"application": "a", "value": 1e999, "ts": "2024-01-01T00:00:00Z"}',
+        "value_not_finite",
+        "value must be a finite number",
+    ),
+    (
+        '{"application": "a", "value": 1, "ts": "yesterday"}',
+        "ts_unparseable",
+        "ts is not an ISO-8601 timestamp: yesterday",
+    ),
     ('{"application": "a", "value": 1, "ts": "2024-01-01T00:00:00"}', "ts_no_timezone", None),
-    ('{"application": "a", "value": 1, "ts": "1969-12-31T23:59:59Z"}', "ts_out_of_range", "ts is before 1970-01-01T00:00:00Z"),
+    (
+        '{"application": "a", "value": 1, "ts": "1969-12-31T23:59:59Z"}',
+        "ts_out_of_range",
+        "ts is before 1970-01-01T00:00:00Z",
+    ),
     ('{"application": "a", "value": 1, "ts": "2030-01-01T00:00:00Z"}', "ts_out_of_range", None),
 ]
 
@@ -106,15 +150,19 @@ def test_every_bad_message_gets_its_reason_and_keeps_its_bytes(spark):
 
 def test_large_finite_values_and_long_names_are_accepted(spark):
     long_name = "x" * 512
-    rows = parse(
-        spark,
-        [
-            '{"application": "a", "value": 1e308, "ts": "2024-01-01T00:00:00Z"}',
-            '{"application": "a", "value": -1e308, "ts": "2024-01-01T00:00:00Z"}',
-            '{"application": "%s", "value": 0, "ts": "2024-01-01T00:00:00Z"}' % long_name,
-            '{"application": "%s", "value": 0, "ts": "2024-01-01T00:00:00Z"}' % (long_name + "y"),
-        ],
-    ).orderBy("src_offset").collect()
+    rows = (
+        parse(
+            spark,
+            [
+                '{"application": "a", "value": 1e308, "ts": "2024-01-01T00:00:00Z"}',
+                '{"application": "a", "value": -1e308, "ts": "2024-01-01T00:00:00Z"}',
+                f'{{"application": "{long_name}", "value": 0, "ts": "2024-01-01T00:00:00Z"}}',
+                f'{{"application": "{long_name}y", "value": 0, "ts": "2024-01-01T00:00:00Z"}}',
+            ],
+        )
+        .orderBy("src_offset")
+        .collect()
+    )
     assert [r.value for r in rows[:3]] == [1e308, -1e308, 0.0]
     assert [r.reason for r in rows] == [None, None, None, "invalid_application"]
 

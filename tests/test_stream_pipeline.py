@@ -14,8 +14,13 @@ W = 10_000
 # a: window [0,10s) = 1, 2, 4 (9.999 s is inside), [10s,20s) = 8, 16 (10 s opens it)
 # b: one value per window
 BATCH = [
-    msg("a", 1, 0), msg("a", 2, 3), msg("a", 4, 9.999), msg("a", 8, 10), msg("a", 16, 19.999),
-    msg("b", 5, 1), msg("b", 7, 12),
+    msg("a", 1, 0),
+    msg("a", 2, 3),
+    msg("a", 4, 9.999),
+    msg("a", 8, 10),
+    msg("a", 16, 19.999),
+    msg("b", 5, 1),
+    msg("b", 7, 12),
 ]
 EXPECTED = {
     "sum": {"a": [7.0, 24.0], "b": [5.0, 7.0]},
@@ -47,9 +52,7 @@ def test_every_aggregation_function_through_spark(spark, tmp_path, functions):
         for stream in streams.values():
             stream.wait()
         for function, stream in streams.items():
-            got = stream.frame().select(
-                "application", "ts_ms", "agg_function", "agg_window_millis", "agg_value"
-            )
+            got = stream.frame().select("application", "ts_ms", "agg_function", "agg_window_millis", "agg_value")
             expected = spark.createDataFrame(
                 [
                     (app, T0_MS + i * W, function, W, float(v))

@@ -24,8 +24,12 @@ NAB_PARAMS = {
 
 def nab_detector(values: np.ndarray) -> CADDetector:
     probation = min(math.floor(0.15 * len(values)), 0.15 * 5000)
-    return CADDetector(min_value=float(values.min()), max_value=float(values.max()),
-                       rest_period=int(probation / 5.0), **NAB_PARAMS)
+    return CADDetector(
+        min_value=float(values.min()),
+        max_value=float(values.max()),
+        rest_period=int(probation / 5.0),
+        **NAB_PARAMS,
+    )
 
 
 def series(n: int = 3000, seed: int = 3) -> np.ndarray:
@@ -40,8 +44,14 @@ def scores(det: CADDetector, values: np.ndarray, start: int = 0) -> np.ndarray:
     return det.update_batch(np.arange(start, start + len(values)) * 60_000, values).anomaly_probability
 
 
-@pytest.mark.parametrize("key", ["realTraffic/speed_7578.csv", "realAdExchange/exchange-3_cpm_results.csv",
-                                 "realKnownCause/rogue_agent_key_hold.csv"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "realTraffic/speed_7578.csv",
+        "realAdExchange/exchange-3_cpm_results.csv",
+        "realKnownCause/rogue_agent_key_hold.csv",
+    ],
+)
 def test_matches_published_contextose_scores(key: str) -> None:
     data = NAB / "data" / key
     folder, name = key.split("/")

@@ -218,9 +218,7 @@ def test_any_non_finite_value_raises(case: str, values: list[float], bad: float)
 def test_warm_up_is_explicit(case: str) -> None:
     det = make(case)
     name, params = CASES[case]
-    warmup = (
-        params["learning_period"] + params["estimation_samples"] if name == "likelihood" else params["warmup"]
-    )
+    warmup = params["learning_period"] + params["estimation_samples"] if name == "likelihood" else params["warmup"]
     results = [det.update(i, v) for i, v in enumerate(series(warmup + 3))]
     assert all(r == AnomalyResult.warming_up() for r in results[:warmup])
     assert all(r.value_lower_limit is not None for r in results[warmup:])

@@ -99,11 +99,7 @@ def test_probability_and_band_are_consistent_on_real_data() -> None:
     flagged = [r.is_anomaly for r in results[10:]]
     assert 0 < sum(flagged) < 200
     for v, r in zip(x[10:], results[10:], strict=True):
-        assert (
-            r.is_anomaly
-            == (r.anomaly_probability >= 0.99)
-            == (v < r.value_lower_limit or v > r.value_upper_limit)
-        )
+        assert r.is_anomaly == (r.anomaly_probability >= 0.99) == (v < r.value_lower_limit or v > r.value_upper_limit)
 
 
 def test_state_is_tiny_and_constant() -> None:

@@ -156,9 +156,7 @@ def test_wrapper_keeps_base_bounds_and_replaces_probability(base: str, log_scale
             assert r == AnomalyResult.warming_up()
             continue
         prob = log_likelihood(lik) if log_scale else lik
-        assert r == AnomalyResult(
-            b.value_lower_limit, b.value_upper_limit, prob, prob >= det.config["threshold"]
-        )
+        assert r == AnomalyResult(b.value_lower_limit, b.value_upper_limit, prob, prob >= det.config["threshold"])
     assert not any(r.is_anomaly for r in results[:400])
     # A sustained shift is caught once it dominates the 10-point average; the
     # single first outlier is not (see the module docstring).
