@@ -86,8 +86,7 @@ def main() -> int:
     args = ap.parse_args()
     if not (NAB / "data").is_dir() or not (NAB / "reference_results" / "contextOSE").is_dir():
         print(
-            f"NAB data not found at {NAB} (expected data/ and reference_results/contextOSE/); "
-            "nothing to check.",
+            f"NAB data not found at {NAB} (expected data/ and reference_results/contextOSE/); nothing to check.",
             file=sys.stderr,
         )
         return 2

@@ -51,9 +51,7 @@ class Collector(StreamingQueryListener):
 
     def onQueryProgress(self, event) -> None:  # noqa: ANN001
         p = event.progress
-        self.batches.append(
-            {"rows": p.numInputRows, "ms": p.durationMs.get("triggerExecution", 0), "batch": p.batchId}
-        )
+        self.batches.append({"rows": p.numInputRows, "ms": p.durationMs.get("triggerExecution", 0), "batch": p.batchId})
 
     def onQueryIdle(self, event) -> None:  # noqa: ANN001
         pass
@@ -89,12 +87,7 @@ def produce(spark, bootstrap: str, topic: str, events: int, apps: int) -> float:
 
 def state_bytes_per_key(spark, checkpoint: str) -> float:
     try:
-        state = (
-            spark.read.format("statestore")
-            .option("path", checkpoint)
-            .option("stateVarName", "key_state")
-            .load()
-        )
+        state = spark.read.format("statestore").option("path", checkpoint).option("stateVarName", "key_state").load()
         row = state.select(F.avg(F.length(F.col("value.blob"))).alias("b")).first()
         return float(row["b"] or 0.0)
     except Exception as err:  # noqa: BLE001 - report, don't fail the benchmark

@@ -11,9 +11,11 @@ Semantics:
 * Tumbling windows ``[start, start + agg_window_millis)``, aligned to the epoch.
   For ``none`` every event is its own point, a window of one millisecond.
 * A window is *closed* (aggregated, scored, emitted) once the watermark reaches
-  its end. ``closed_until`` remembers the watermark of the last close: an event
-  whose window ends at or before it is *late*: its window has been scored
-  already, and adding it would feed the detectors out of event-time order.
+  its end. The operator closes windows at the batch's watermark *before* adding
+  the batch's events, and ``closed_until`` remembers that watermark: an event
+  whose window ends at or before it is *late* -- the same rule as Spark's own
+  (an event older than the watermark), applied per window. Adding it would
+  change a scored window and feed the detectors out of event-time order.
 * Windows with no events produce no point (``count`` never emits 0).
 * Percentiles are exact, with linear interpolation between closest ranks (the
   same definition as Spark's ``percentile``); they keep the window's raw values.

@@ -27,7 +27,9 @@ query, one Kafka read, carries both results and rejects.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -54,6 +56,7 @@ INVALID_KEY = "\u0000invalid"
 KIND_RESULT = "result"
 KIND_DEAD_LETTER = "dead_letter"
 KEY_STATE_VERSION = 1
+TIMER_GRANULARITY_MS = 60_000
 
 OUTPUT_SCHEMA = StructType(
     [
@@ -136,21 +139,26 @@ class DetectionProcessor(StatefulProcessor):
             yield _rejects(batch)
             return
         watermark = int(timerValues.getCurrentWatermarkInMs())
-        # Rows of a group arrive in shuffle order, which may differ on replay.
-        # Sorting by event time then source position makes results deterministic.
-        batch = batch.sort_values(["ts_ms", "src_topic", "src_partition", "src_offset"], kind="stable")
-        state = self._load()
         ts = batch["ts_ms"].to_numpy(dtype=np.int64)
         values = batch["value"].to_numpy(dtype=np.float64)
+        # Rows of a group arrive in shuffle order, which may differ on replay.
+        # Sorting by event time, then source position, makes results deterministic.
+        topics = pd.factorize(batch["src_topic"], sort=True)[0]
+        order = np.lexsort((batch["src_offset"].to_numpy(), batch["src_partition"].to_numpy(), topics, ts))
+        ts, values = ts[order], values[order]
+        state = self._load()
+        # Close what the watermark has passed *before* adding: an event whose
+        # window ends at or before the watermark is late whether or not this
+        # key's timer happened to close that window already.
+        out = self._close(application, state, watermark)
         state.windows, late = aggregation.add_events(state.windows, ts, values, self.agg_function, self.window_ms)
-        state.last_event_ms = max(state.last_event_ms, int(ts.max()))
-        out = []
+        state.last_event_ms = max(state.last_event_ms, int(ts[-1]))
         if late.any():
-            out.append(_late(batch[late], application, state.windows.closed_until))
-        out.extend(self._close(application, state, watermark))
+            out.append(_late(batch.iloc[order[late]], application, state.windows.closed_until))
         self._schedule(state)
         self.state.update((state.encode(),))
-        yield from out
+        if out:
+            yield out[0] if len(out) == 1 else pd.concat(out, ignore_index=True)
 
     def handleExpiredTimer(self, key: Any, timerValues: Any, expiredTimerInfo: Any) -> Iterator[pd.DataFrame]:
         application = key[0]
@@ -163,7 +171,8 @@ class DetectionProcessor(StatefulProcessor):
             state.timer_ms = -1 if state.timer_ms <= watermark else state.timer_ms
             self._schedule(state)
             self.state.update((state.encode(),))
-        yield from out
+        if out:
+            yield out[0] if len(out) == 1 else pd.concat(out, ignore_index=True)
 
     def close(self) -> None:
         pass
@@ -176,12 +185,24 @@ class DetectionProcessor(StatefulProcessor):
         return KeyState.decode(bytes(stored[0]), self.agg_function)
 
     def _schedule(self, state: KeyState) -> None:
-        """Keep exactly one timer: the next window close, else the idle eviction."""
+        """Keep exactly one timer per key, moved as rarely as possible.
+
+        The timer serves keys that stop sending: it closes their open windows,
+        or evicts them after ``idle_timeout_millis``. A key that does send gets
+        its windows closed in ``handleInputRows``, so its timer only needs to
+        be roughly right: rounding it up to :data:`TIMER_GRANULARITY_MS`
+        means it moves about once a minute of event time instead of every
+        window -- each move costs two calls to the JVM. The price: an idle
+        key's last windows are emitted up to a minute of event time late.
+        """
         target = aggregation.next_close_time(state.windows, self.agg_function, self.window_ms)
         if target is None:
             target = state.last_event_ms + self.idle_timeout_ms
+        target = -(-target // TIMER_GRANULARITY_MS) * TIMER_GRANULARITY_MS
         if target == state.timer_ms:
             return
+        # Deleting a timer that is due in this batch also keeps it from firing
+        # after handleInputRows has already done its work.
         if state.timer_ms >= 0:
             self.handle.deleteTimer(state.timer_ms)
         self.handle.registerTimer(target)
@@ -193,22 +214,24 @@ class DetectionProcessor(StatefulProcessor):
         )
         if len(starts) == 0:
             return []
-        frames = []
+        scored, frames = [], []
         for label, cls, params in self.detectors:
             blob = state.detector_blobs.get(label)
             try:
                 detector = cls(**params) if blob is None else cls.from_state(blob, **params)
-                scored = detector.update_batch(starts, agg_values)
+                scored.append((label, starts, agg_values, detector.update_batch(starts, agg_values)))
                 state.detector_blobs[label] = detector.to_state()
-                frames.append(self._results(application, label, starts, agg_values, scored))
             except Exception:
                 # a detector failure is isolated to this key (and to the failing points)
-                frames.extend(self._score_one_by_one(application, label, cls, params, blob, state, starts, agg_values))
+                ok, failed = self._score_one_by_one(label, cls, params, blob, state, starts, agg_values)
+                scored.extend(ok)
+                frames.extend(_detector_errors(application, label, t, v, err) for t, v, err in failed)
+        if scored:
+            frames.insert(0, self._results(application, scored))
         return frames
 
     def _score_one_by_one(
         self,
-        application: str,
         label: str,
         cls: type,
         params: dict[str, Any],
@@ -216,42 +239,42 @@ class DetectionProcessor(StatefulProcessor):
         state: KeyState,
         starts: np.ndarray,
         agg_values: np.ndarray,
-    ) -> list[pd.DataFrame]:
+    ) -> tuple[list[tuple], list[tuple]]:
         """After a failed batch: score point by point, dead-letter only the points that fail.
 
         A failing point leaves the detector as it was before that point.
         """
-        frames = []
+        ok, failed = [], []
         for i in range(len(starts)):
             point_ts, point_value = starts[i : i + 1], agg_values[i : i + 1]
             try:
                 detector = cls(**params) if blob is None else cls.from_state(blob, **params)
-                scored = detector.update_batch(point_ts, point_value)
+                result = detector.update_batch(point_ts, point_value)
                 blob = detector.to_state()
-                frames.append(self._results(application, label, point_ts, point_value, scored))
+                ok.append((label, point_ts, point_value, result))
             except Exception as err:
-                frames.append(_detector_errors(application, label, point_ts, point_value, err))
+                failed.append((point_ts, point_value, err))
         if blob is not None:
             state.detector_blobs[label] = blob
-        return frames
+        return ok, failed
 
-    def _results(
-        self, application: str, label: str, starts: np.ndarray, agg_values: np.ndarray, scored: Any
-    ) -> pd.DataFrame:
-        n = len(starts)
+    def _results(self, application: str, scored: list[tuple]) -> pd.DataFrame:
+        """One frame for all detectors' results of this key: one construction, not one per detector."""
+        n = sum(len(starts) for _, starts, _, _ in scored)
         return pd.DataFrame(
             {
-                "kind": KIND_RESULT,
-                "application": application,
-                "ts_ms": starts,
-                "agg_function": self.agg_function,
+                "kind": np.full(n, KIND_RESULT, dtype=object),
+                "application": np.full(n, application, dtype=object),
+                "ts_ms": np.concatenate([s for _, s, _, _ in scored]),
+                "agg_function": np.full(n, self.agg_function, dtype=object),
                 "agg_window_millis": np.full(n, self.window_ms, dtype=np.int64),
-                "agg_value": agg_values,
-                "detector": label,
-                "value_lower_limit": scored.value_lower_limit,
-                "value_upper_limit": scored.value_upper_limit,
-                "anomaly_probability": scored.anomaly_probability,
-                "is_anomaly": scored.is_anomaly.astype(bool),
+                "agg_value": np.concatenate([v for _, _, v, _ in scored]),
+                "detector": np.concatenate([np.full(len(s), label, dtype=object) for label, s, _, _ in scored]),
+                "value_lower_limit": np.concatenate([r.value_lower_limit for *_, r in scored]),
+                "value_upper_limit": np.concatenate([r.value_upper_limit for *_, r in scored]),
+                "anomaly_probability": np.concatenate([r.anomaly_probability for *_, r in scored]),
+                "is_anomaly": np.concatenate([r.is_anomaly for *_, r in scored]).astype(bool),
+                **{column: np.full(n, None, dtype=object) for column in OUTPUT_COLUMNS[11:]},
             },
             columns=OUTPUT_COLUMNS,
         )
@@ -266,13 +289,25 @@ def _rejects(batch: pd.DataFrame) -> pd.DataFrame:
 
 
 def _late(rows: pd.DataFrame, application: str, closed_until: int) -> pd.DataFrame:
+    """Dead letters for late events, re-encoded as canonical JSON (valid rows carry no raw bytes)."""
     out = _rejects(rows)
+    ts_ms = rows["ts_ms"].to_numpy()
+    values = rows["value"].to_numpy()
     out["reason"] = "late"
     out["application"] = application
-    out["ts_ms"] = rows["ts_ms"].to_numpy()
-    out["agg_value"] = rows["value"].to_numpy()
-    out["detail"] = f"event time is behind the watermark: its window was closed at {closed_until} ms"
+    out["ts_ms"] = ts_ms
+    out["agg_value"] = values
+    out["raw"] = [
+        json.dumps({"application": application, "value": float(v), "ts": _iso(int(t))}, separators=(",", ":")).encode()
+        for t, v in zip(ts_ms, values, strict=True)
+    ]
+    out["kafka_key"] = application.encode()
+    out["detail"] = f"event time is behind the watermark: its window was closed at {_iso(closed_until)}"
     return out
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def _detector_errors(

@@ -8,7 +8,8 @@ Every record comes out as one row of :data:`EVENT_COLUMNS`. A valid record has
 ``reason`` null and ``gkey`` = its application; an invalid one has ``gkey`` =
 :data:`jobs.detection.INVALID_KEY`, a ``reason`` code and a human ``detail``,
 and keeps its original bytes, key and topic/partition/offset so the dead-letter
-topic can say exactly which record was refused and why.
+topic can say exactly which record was refused and why. Valid records carry
+only their topic/partition/offset (a late one is re-encoded from its fields).
 
 Reason codes: ``null_value`` (tombstone), ``invalid_utf8``, ``invalid_json``,
 ``not_an_object``, ``missing_field``, ``null_field``, ``wrong_type``,
@@ -170,8 +171,10 @@ def parse_messages(kafka_df: DataFrame, source: SourceConfig) -> DataFrame:
         F.when(valid, F.col("num")).alias("value"),
         "reason",
         "detail",
-        "raw",
-        "kafka_key",
+        # the original bytes ride along only for rejects: shipping every valid
+        # record's bytes through the shuffle would double what the operator reads
+        F.when(~valid, F.col("raw")).alias("raw"),
+        F.when(~valid, F.col("kafka_key")).alias("kafka_key"),
         "src_topic",
         "src_partition",
         "src_offset",

@@ -74,7 +74,7 @@ def test_late_events_go_to_dead_letters_and_nothing_else_changes(spark, tmp_path
         stream.send(msg("a", 4, 9.5))  # still on time: [0,10s) is open until the watermark reaches 10 s
         stream.send(msg("a", 8, 30))  # watermark -> 25 s: closes [0,10s) and [10s,20s)
         stream.send(msg("a", 100, 9), msg("a", 200, 19.999), msg("a", 16, 20))  # two late, one on time
-        stream.send(msg("a", 0, 60))
+        stream.send(msg("b", 0, 200))  # another key moves the watermark; a's timer closes its windows
         results = [(r["ts_ms"] - T0_MS, r["agg_value"]) for r in stream.rows()]
         assert results == [(0, 5.0), (10_000, 2.0), (20_000, 16.0), (30_000, 8.0)]
         late = stream.rows("dead_letter")
