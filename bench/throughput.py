@@ -29,14 +29,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pyspark.sql import functions as F  # noqa: E402
-from pyspark.sql.streaming import StreamingQueryListener  # noqa: E402
+from pyspark.sql import functions as F
+from pyspark.sql.streaming import StreamingQueryListener
 
-from jobs.config import parse_config  # noqa: E402
-from jobs.local_kafka import LocalKafkaBroker  # noqa: E402
-from jobs.main import run  # noqa: E402
-from jobs.session import build_session  # noqa: E402
-from jobs.sinks import BOARD  # noqa: E402
+from jobs.config import parse_config
+from jobs.local_kafka import LocalKafkaBroker
+from jobs.main import run
+from jobs.session import build_session
+from jobs.sinks import BOARD
 
 T0_MS = 1_704_067_200_000
 STEP_MS = 500
@@ -46,17 +46,17 @@ class Collector(StreamingQueryListener):
     def __init__(self) -> None:
         self.batches: list[dict] = []
 
-    def onQueryStarted(self, event) -> None:  # noqa: ANN001
+    def onQueryStarted(self, event) -> None:
         pass
 
-    def onQueryProgress(self, event) -> None:  # noqa: ANN001
+    def onQueryProgress(self, event) -> None:
         p = event.progress
         self.batches.append({"rows": p.numInputRows, "ms": p.durationMs.get("triggerExecution", 0), "batch": p.batchId})
 
-    def onQueryIdle(self, event) -> None:  # noqa: ANN001
+    def onQueryIdle(self, event) -> None:
         pass
 
-    def onQueryTerminated(self, event) -> None:  # noqa: ANN001
+    def onQueryTerminated(self, event) -> None:
         pass
 
 
@@ -90,7 +90,7 @@ def state_bytes_per_key(spark, checkpoint: str) -> float:
         state = spark.read.format("statestore").option("path", checkpoint).option("stateVarName", "key_state").load()
         row = state.select(F.avg(F.length(F.col("value.blob"))).alias("b")).first()
         return float(row["b"] or 0.0)
-    except Exception as err:  # noqa: BLE001 - report, don't fail the benchmark
+    except Exception as err:
         logging.warning("could not read state back: %s", str(err).splitlines()[0])
         return float("nan")
 
@@ -121,7 +121,7 @@ def run_case(spark, bootstrap, topic, work, name, aggregation, detectors, max_of
     results = 0
     original_put = BOARD.put
 
-    def counting_put(stream, batch_id, stats):  # noqa: ANN001
+    def counting_put(stream, batch_id, stats):
         nonlocal results
         results += stats.results
         original_put(stream, batch_id, stats)
