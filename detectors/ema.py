@@ -4,9 +4,12 @@ Each point is scored against the exponentially weighted mean and standard
 deviation of the points *before* it, then folded into them (West/Finch
 incremental EW variance). The band is ``mean ± z * std`` where ``z`` is the
 standard-normal quantile for the two-sided ``threshold``; the anomaly
-probability is the two-sided normal probability ``2*Phi(|x - mean| / std) - 1``,
-so ``is_anomaly``, ``anomaly_probability >= threshold`` and "value outside the
-band" always agree.
+probability is the two-sided normal probability ``2*Phi(|x - mean| / std) - 1``
+up to ``1 - 1e-9`` (6.1 sigma) and a graded, documented compression of the tail
+beyond (:mod:`detectors._stats`: strictly increasing in ``|x - mean| / std``,
+always below 1.0, so far-out points stay ordered by how far out they are). So
+``is_anomaly``, ``anomaly_probability >= threshold`` and "value outside the
+band" always agree, and the default ``threshold = 0.9999`` is a 3.89 sigma band.
 
 >>> from detectors.ema import EMADetector
 >>> det = EMADetector(window=20, warmup=5)
@@ -68,7 +71,8 @@ class EMADetector(Detector):
                 "threshold",
                 float,
                 0.9999,
-                "two-sided normal tail probability above which a point is anomalous",
+                "two-sided normal probability P(|Z| <= z) at or above which a point is anomalous "
+                "(0.9999: 3.89 sigma; above 1 - 1e-9 on the graded scale of detectors._stats)",
                 minimum=0.5,
                 maximum=1.0,
                 exclusive_minimum=True,

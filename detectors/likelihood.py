@@ -9,6 +9,24 @@ is the standard normal tail. A log-scaled variant,
 ``log(1.0000000001 - L) / log(1 - 0.9999999999)``, spreads the interesting
 region near ``L = 1`` over ``[0, 1]`` (0.5 there is ``L ~ 0.99999``).
 
+Graded top end (a deviation from the paper's formulas, in float64 terms only):
+computed literally, ``L`` rounds to exactly 1.0 once ``Q < 1.1e-16`` (z > 8.2) and
+the log scale then saturates at 1.0 too, so the strongest alarms all tie. Here the
+tail ``Q`` is never formed as ``1 - L``: it is computed directly, and below a floor
+replaced by the graded tail ``floor / (1 + ln(1 + ln(floor / Q)))`` of
+:func:`detectors._stats.graded_tail` (continuous, strictly decreasing in ``z``,
+never 0). So
+
+* plain: ``L = 1 - graded(Q)`` with floor ``1e-9``: exactly the paper's ``L`` up to
+  ``1 - 1e-9``, graded and ``< 1`` beyond;
+* log scale: ``1 - log1p(graded(Q) / e) / ln(1 / e)`` with ``e = 1.0000000001 - 1``
+  (the same value as the paper's formula, written so that small tails keep their
+  digits) and floor ``1e-18``: exactly the paper's value up to ``1 - 4.3e-10``,
+  graded and ``< 1`` beyond.
+
+Both are monotone in the same ``z``; thresholds keep their meaning wherever the
+paper's scale was representable.
+
 The core is plain data and pure functions, so it is easy to test and to keep
 in any state store:
 
@@ -21,7 +39,7 @@ in any state store:
 0.5
 >>> for _ in range(4):
 ...     state, lik = likelihood_update(state, 1.0)
->>> lik > 0.9999
+>>> 0.9999 < lik < 1.0
 True
 
 :class:`LikelihoodDetector` composes it with any registered detector: the base
@@ -65,7 +83,8 @@ Details and choices (where the paper leaves them open)
   ``1/averaging_window``.
 * ``threshold`` applies to the reported ``anomaly_probability``: with the default
   ``log_scale=True`` the default 0.5 means ``L >= ~0.99999``; with
-  ``log_scale=False`` set it on the plain likelihood scale (e.g. 0.99999).
+  ``log_scale=False`` set it on the plain likelihood scale (e.g. 0.99999). As the
+  reported value is always below 1.0, ``threshold = 1.0`` means "never".
 * State: the base detector's own blob (bytes) + the score ring buffer
   (``historic_window_size`` float64: 69 KB at the default 8640) + 4 numbers;
   constant size over the stream's life.
@@ -80,12 +99,16 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from detectors._stats import EXACT_TAIL, SQRT2, graded_tail
 from detectors.base import AnomalyResult, BatchResult, Detector, StateError
 from detectors.params import Param, ParamError, ParamSchema
 
 MIN_STD = 0.01
 _LOG_OFFSET = 1.0000000001
-_LOG_NORM = math.log(1.0 - 0.9999999999)
+_LOG_EPS = _LOG_OFFSET - 1.0  # == 1 - 0.9999999999 in float64 (1.00000008274e-10)
+_LOG_NORM = -math.log(_LOG_EPS)
+LOG_SCALE_EXACT_TAIL = 1e-18
+"""Below this tail the log scale is graded (the paper's value is ``1 - 4.3e-10`` there)."""
 
 
 # -- pure core ---------------------------------------------------------------------
@@ -169,8 +192,21 @@ def likelihood_update(
 ) -> tuple[LikelihoodState, float]:
     """Judge ``raw_score`` (in [0, 1]) and learn it; returns ``(new_state, likelihood)``.
 
-    The likelihood is 0.5 until the first fit. ``state`` is left untouched unless
-    ``inplace=True`` (which saves copying the history array on every call).
+    The likelihood is :func:`likelihood_from_z` of the judged z-score (graded, < 1),
+    0.5 until the first fit. ``state`` is left untouched unless ``inplace=True``
+    (which saves copying the history array on every call).
+    """
+    state, z = likelihood_z_update(state, raw_score, inplace=inplace)
+    return state, 0.5 if z is None else likelihood_from_z(z)
+
+
+def likelihood_z_update(
+    state: LikelihoodState, raw_score: float, *, inplace: bool = False
+) -> tuple[LikelihoodState, float | None]:
+    """Like :func:`likelihood_update`, but returns the z-score ``(short average - mu) / sigma``
+    that the likelihood is a function of (``None`` before the first fit).
+
+    ``|z| <= 1 / MIN_STD`` since scores and their averages lie in [0, 1].
     """
     raw_score = float(raw_score)
     if not 0.0 <= raw_score <= 1.0:  # also rejects NaN
@@ -183,10 +219,9 @@ def likelihood_update(
         # result does not depend on where the ring buffer wraps.
         recent = _last(state, p.averaging_window - 1)
         short_avg = math.fsum((*recent.tolist(), raw_score)) / p.averaging_window
-        z = (short_avg - state.mean) / state.std
-        likelihood = 1.0 - 0.5 * math.erfc(z / math.sqrt(2.0))
+        z: float | None = (short_avg - state.mean) / state.std
     else:
-        likelihood = 0.5
+        z = None
     # Learn only now: the fit that judged this score did not contain it.
     state.history[state.pos] = raw_score
     state.pos = (state.pos + 1) % p.historic_window_size
@@ -194,12 +229,33 @@ def likelihood_update(
     first_fit = p.learning_period + p.estimation_samples
     if state.count >= first_fit and (state.count - first_fit) % p.reestimation_period == 0:
         _fit(state)
-    return state, likelihood
+    return state, z
+
+
+def likelihood_from_z(z: float) -> float:
+    """``L = 1 - Q(z)``, exact for ``Q >= 1e-9`` and graded beyond (always ``< 1``)."""
+    return 1.0 - graded_tail(z / SQRT2, 0.5, EXACT_TAIL)
+
+
+def _log_scale_of_tail(tail: float) -> float:
+    # log(e + tail) / log(e) = 1 - log1p(tail / e) / ln(1 / e): no digits of a tiny
+    # tail are lost to the addition.
+    return max(0.0, 1.0 - math.log1p(tail / _LOG_EPS) / _LOG_NORM)
+
+
+def log_likelihood_from_z(z: float) -> float:
+    """The log-scaled likelihood of ``z``: the paper's value up to ``1 - 4.3e-10``, graded beyond, in [0, 1)."""
+    return _log_scale_of_tail(graded_tail(z / SQRT2, 0.5, LOG_SCALE_EXACT_TAIL))
 
 
 def log_likelihood(likelihood: float) -> float:
-    """The paper's log scale: ``log(1.0000000001 - L) / log(1 - 0.9999999999)``, clipped to [0, 1]."""
-    return min(1.0, max(0.0, math.log(_LOG_OFFSET - likelihood) / _LOG_NORM))
+    """The paper's log scale of a plain likelihood: ``log(1.0000000001 - L) / log(1 - 0.9999999999)``,
+    clipped to [0, 1].
+
+    Only as precise as ``1 - L`` (it saturates at 1.0 for ``L = 1``); the detector
+    uses :func:`log_likelihood_from_z`, which never forms ``1 - L``.
+    """
+    return min(1.0, _log_scale_of_tail(1.0 - likelihood))
 
 
 def state_to_fields(state: LikelihoodState) -> dict[str, Any]:
@@ -297,11 +353,10 @@ class LikelihoodDetector(Detector):
         return self._state
 
     def _judge(self, base: AnomalyResult) -> AnomalyResult:
-        was_ready = self._state.ready
-        _, likelihood = likelihood_update(self._state, base.anomaly_probability, inplace=True)
-        if not was_ready:
+        _, z = likelihood_z_update(self._state, base.anomaly_probability, inplace=True)
+        if z is None:
             return AnomalyResult.warming_up()
-        prob = log_likelihood(likelihood) if self.config["log_scale"] else likelihood
+        prob = log_likelihood_from_z(z) if self.config["log_scale"] else likelihood_from_z(z)
         return AnomalyResult(
             base.value_lower_limit, base.value_upper_limit, prob, prob >= self.config["threshold"]
         )

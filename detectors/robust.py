@@ -4,7 +4,9 @@ Each point is scored against the median and the median absolute deviation
 (MAD) of the last ``window`` points *before* it. The robust z-score
 ``0.6745 * (x - median) / MAD`` (0.6745 makes MAD/0.6745 estimate sigma for
 normal data) is turned into a two-sided normal probability exactly as in
-:mod:`detectors.ema`, and the band is ``median ± z * MAD / 0.6745``. Median
+:mod:`detectors.ema` (``2*Phi(z) - 1`` up to ``1 - 1e-9``, graded and always
+below 1.0 beyond, see :mod:`detectors._stats`), and the band is
+``median ± z * MAD / 0.6745``. Median
 and MAD ignore outliers, so a burst of spikes does not widen the band the way
 it widens a standard deviation.
 
@@ -105,7 +107,8 @@ class RobustDetector(Detector):
                 "threshold",
                 float,
                 0.9999,
-                "two-sided normal tail probability above which a point is anomalous",
+                "two-sided normal probability P(|Z| <= z) at or above which a point is anomalous "
+                "(0.9999: 3.89 sigma; above 1 - 1e-9 on the graded scale of detectors._stats)",
                 minimum=0.5,
                 maximum=1.0,
                 exclusive_minimum=True,

@@ -23,6 +23,9 @@ A config holds one or more streams::
           output_topic: anomalies
           dead_letter_topic: anomalies-dlq
           jdbc: {url: "jdbc:sqlite:work/anomalies.db", table: predictions}
+          # PostgreSQL: jdbc: {url: "jdbc:postgresql://db:5432/anomaly", user: job,
+          #                    password_env: PG_PASSWORD}   # or password_file: /run/secrets/pg
+          # (the password itself is never in the config, the url or properties)
 
 Relative paths (checkpoint_dir, SQLite files) are resolved against the current directory.
 """
@@ -99,8 +102,34 @@ class JdbcConfig:
     url: str
     table: str = "predictions"
     user: str | None = None
+    # the password never sits in the config: it is read, when connecting, from the
+    # environment variable named here or from the first line of this file
     password_env: str | None = None
     properties: Mapping[str, str] = field(default_factory=dict)
+    password_file: str | None = None
+
+    def resolve_password(self) -> str | None:
+        """The password from ``password_env`` or ``password_file``; None when neither is set.
+
+        Errors name the variable or file, never a value.
+        """
+        if self.password_env:
+            password = os.environ.get(self.password_env)
+            if password is None:
+                raise ConfigError("sinks.jdbc.password_env", f"environment variable {self.password_env} is not set")
+            return password
+        if self.password_file:
+            try:
+                text = Path(self.password_file).read_text(encoding="utf-8")
+            except OSError as err:
+                raise ConfigError(
+                    "sinks.jdbc.password_file", f"cannot read {self.password_file}: {err.strerror}"
+                ) from None
+            lines = text.splitlines()
+            if not lines or not lines[0]:
+                raise ConfigError("sinks.jdbc.password_file", f"{self.password_file} is empty")
+            return lines[0]
+        return None
 
 
 @dataclass(frozen=True)
@@ -292,9 +321,12 @@ def _jdbc(raw: Any, name: str, base_dir: Path | None) -> JdbcConfig | None:
     if raw is None:
         return None
     section = _mapping(raw, name)
-    _check_keys(section, ("url", "table", "user", "password_env", "properties"), name)
+    _check_keys(section, ("url", "table", "user", "password_env", "password_file", "properties"), name)
     url = _str(section.get("url"), f"{name}.url")
     assert url is not None
+    # checked before anything echoes the url: an error message must not carry a secret
+    if re.search(r"[?&;]password=", url, re.IGNORECASE):
+        raise ConfigError(f"{name}.url", "must not contain the password; use password_env or password_file")
     if not (url.startswith("jdbc:sqlite:") or url.startswith("jdbc:postgresql:")):
         raise ConfigError(f"{name}.url", f"must start with jdbc:sqlite: or jdbc:postgresql:, got {url!r}")
     if url.startswith("jdbc:sqlite:") and base_dir is not None:
@@ -304,12 +336,27 @@ def _jdbc(raw: Any, name: str, base_dir: Path | None) -> JdbcConfig | None:
     table = _str(section.get("table") or "predictions", f"{name}.table")
     if not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$", table or ""):
         raise ConfigError(f"{name}.table", f"must be a plain SQL identifier, got {table!r}")
+    properties = _string_map(section.get("properties"), f"{name}.properties")
+    for key in properties:
+        if "password" in key.lower():
+            raise ConfigError(
+                f"{name}.properties.{key}", "secrets do not go in the config; use password_env or password_file"
+            )
+    password_env = _str(section.get("password_env"), f"{name}.password_env", required=False)
+    password_file = _str(section.get("password_file"), f"{name}.password_file", required=False)
+    if password_env and password_file:
+        raise ConfigError(f"{name}.password_file", "give at most one of password_env or password_file")
+    if password_env and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", password_env):
+        raise ConfigError(f"{name}.password_env", f"must be an environment variable name, got {password_env!r}")
+    if password_file and base_dir is not None and not Path(password_file).is_absolute():
+        password_file = str((base_dir / password_file).resolve())
     return JdbcConfig(
         url=url,
         table=table,  # type: ignore[arg-type]
         user=_str(section.get("user"), f"{name}.user", required=False),
-        password_env=_str(section.get("password_env"), f"{name}.password_env", required=False),
-        properties=_string_map(section.get("properties"), f"{name}.properties"),
+        password_env=password_env,
+        properties=properties,
+        password_file=password_file,
     )
 
 

@@ -15,20 +15,29 @@ value travels as a bound parameter or through Spark's prepared statements.
 
 SQLite (``jdbc:sqlite:path``, the default) stores ``ts`` as ISO-8601 UTC text
 with milliseconds, which sorts in time order; PostgreSQL uses ``timestamptz``.
+
+An existing table is checked before anything is created in it: missing columns,
+no unique key on the key columns or (PostgreSQL) a column type that cannot hold
+the values raise :class:`JdbcSchemaError` naming the table.
+
+The password comes only from ``password_env`` or ``password_file`` (see
+jobs/config.py). Every database error leaves this module as :class:`JdbcError`
+with the password masked out of its message and no chained driver exception,
+since Spark and the driver format their own messages.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs.config import JdbcConfig
+from jobs.config import ConfigError, JdbcConfig
 
 KEY_COLUMNS = ("application", "detector", "agg_function", "agg_window_millis", "ts")
 COLUMNS = (
@@ -70,10 +79,58 @@ _TYPES = {
     },
 }
 _DRIVERS = {"sqlite": "org.sqlite.JDBC", "postgresql": "org.postgresql.Driver"}
+_TEXT = ("text", "character varying")
+_FLOAT = ("double precision", "numeric")
+# PostgreSQL types (as format_type() spells them) an existing table may use per column
+_PG_ACCEPTED = {
+    "application": _TEXT,
+    "ts": ("timestamp with time zone",),
+    "agg_function": _TEXT,
+    "agg_window_millis": ("bigint", "numeric"),
+    "agg_value": _FLOAT,
+    "detector": _TEXT,
+    "value_lower_limit": _FLOAT,
+    "value_upper_limit": _FLOAT,
+    "anomaly_probability": _FLOAT,
+    "is_anomaly": ("boolean",),
+}
+# the columns, then the key columns, of each unique index of a PostgreSQL table
+_PG_COLUMNS_SQL = (
+    "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+    "WHERE a.attrelid = to_regclass(?) AND a.attnum > 0 AND NOT a.attisdropped"
+)
+_PG_UNIQUE_SQL = (
+    "SELECT string_agg(a.attname, ',') FROM pg_index i JOIN pg_attribute a "
+    "ON a.attrelid = i.indrelid AND a.attnum = ANY((i.indkey::int2[])[0:i.indnkeyatts - 1]) "
+    "WHERE i.indrelid = to_regclass(?) AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL "
+    "GROUP BY i.indexrelid"
+)
 
 
-class JdbcSchemaError(RuntimeError):
+class JdbcError(RuntimeError):
+    """A database operation failed; the message names the table and URL, never the password."""
+
+
+class JdbcSchemaError(JdbcError):
     """The existing table cannot hold this job's rows."""
+
+
+def describe_error(err: BaseException) -> str:
+    """One line per exception in a Java cause chain (the first line of each), else str(err)'s first line."""
+    java = getattr(err, "java_exception", None) or getattr(err, "_origin", None)
+    parts: list[str] = []
+    try:
+        while java is not None and len(parts) < 6:
+            text = str(java.toString()).strip()
+            parts.append(text.splitlines()[0] if text else "")
+            java = java.getCause()
+    except Exception:  # a dead gateway: fall back to the Python text
+        parts = []
+    parts = [p for p in dict.fromkeys(parts) if p]
+    if not parts:
+        text = str(err).strip()
+        parts = [text.splitlines()[0] if text else type(err).__name__]
+    return " <- caused by ".join(parts)[:4000]
 
 
 @dataclass
@@ -98,15 +155,39 @@ class JdbcTable:
             props.setdefault("journal_mode", "WAL")
         if self.config.user:
             props["user"] = self.config.user
-        if self.config.password_env:
-            password = os.environ.get(self.config.password_env)
-            if password is None:
-                raise RuntimeError(
-                    f"sinks.jdbc.password_env: environment variable {self.config.password_env} is not set"
-                )
+        password = self.config.resolve_password()
+        if password is not None:
             props["password"] = password
         props["driver"] = _DRIVERS[self.dialect]
         return props
+
+    def mask(self, text: str) -> str:
+        """``text`` with the password (plain and URL-encoded) replaced by ***."""
+        try:
+            password = self.config.resolve_password()
+        except ConfigError:
+            return text
+        if password:
+            for form in sorted({password, quote(password, safe=""), quote(password)}, key=len, reverse=True):
+                text = text.replace(form, "***")
+        return text
+
+    def _error(self, action: str, err: BaseException) -> JdbcError:
+        where = self.config.url.split("?", 1)[0]
+        return JdbcError(self.mask(f"table {self.table} ({where}): {action} failed: {describe_error(err)}"))
+
+    @contextmanager
+    def _guard(self, action: str) -> Iterator[None]:
+        """Turn any database error inside into a JdbcError with a masked message and no chained cause."""
+        try:
+            yield
+        except (JdbcError, ConfigError):
+            raise
+        except Exception as err:
+            error = self._error(action, err)
+        else:
+            return
+        raise error  # outside the except block: no __context__ leads back to the driver's exception
 
     @contextmanager
     def connect(self) -> Iterator[Any]:
@@ -121,7 +202,8 @@ class JdbcTable:
         for key, value in props.items():
             if key != "driver":
                 jprops.setProperty(key, value)
-        conn = jvm.java.sql.DriverManager.getConnection(self.config.url, jprops)
+        with self._guard("connecting"):
+            conn = jvm.java.sql.DriverManager.getConnection(self.config.url, jprops)
         try:
             conn.setAutoCommit(False)
             yield conn
@@ -130,30 +212,70 @@ class JdbcTable:
 
     # -- schema -----------------------------------------------------------------
     def ensure_schema(self) -> None:
-        """Create the table, its key and the staging table if missing; check an existing table."""
+        """Check an existing table, or create it with its key; then the index and the staging table."""
         types = _TYPES[self.dialect]
         columns = ", ".join(f"{c} {types[c]}" for c in COLUMNS)
         staging_columns = ", ".join(f"{c} {types[c].replace(' NOT NULL', '')}" for c in COLUMNS)
-        with self.connect() as conn:
+        with self._guard("creating or checking the table"), self.connect() as conn:
             stmt = conn.createStatement()
-            stmt.executeUpdate(
-                f"CREATE TABLE IF NOT EXISTS {self.table} ({columns}, PRIMARY KEY ({', '.join(KEY_COLUMNS)}))"
-            )
+            existing = self._column_types(conn, self.table)
+            if existing:
+                self._check_existing(conn, existing)
+            else:
+                stmt.executeUpdate(
+                    f"CREATE TABLE IF NOT EXISTS {self.table} ({columns}, PRIMARY KEY ({', '.join(KEY_COLUMNS)}))"
+                )
             stmt.executeUpdate(f"CREATE INDEX IF NOT EXISTS {self.table}_app_ts ON {self.table} (application, ts)")
+            staging = self._column_types(conn, self.staging)
+            if staging and set(staging) != set(COLUMNS):
+                # ours, and emptied after every batch: an older shape is simply replaced
+                stmt.executeUpdate(f"DROP TABLE {self.staging}")
             stmt.executeUpdate(f"CREATE TABLE IF NOT EXISTS {self.staging} ({staging_columns})")
             conn.commit()
-            existing = self._columns(conn, self.table)
-            missing = [c for c in COLUMNS if c not in existing]
-            if missing:
+
+    def _check_existing(self, conn: Any, existing: dict[str, str]) -> None:
+        missing = [c for c in COLUMNS if c not in existing]
+        if missing:
+            raise JdbcSchemaError(
+                f"table {self.table} exists but lacks columns {missing}; "
+                f"drop or rename it, or set sinks.jdbc.table to a new name"
+            )
+        if self.dialect == "postgresql":
+            wrong = [
+                f"{c} is {existing[c]} (needs {' or '.join(_PG_ACCEPTED[c])})"
+                for c in COLUMNS
+                if not existing[c].startswith(_PG_ACCEPTED[c])
+            ]
+            if wrong:
                 raise JdbcSchemaError(
-                    f"table {self.table} exists but lacks columns {missing}; "
-                    f"drop or rename it, or set sinks.jdbc.table to a new name"
+                    f"table {self.table} exists with incompatible column types: {'; '.join(wrong)}; "
+                    "migrate it, or set sinks.jdbc.table to a new name"
                 )
-            if not self._has_unique_key(conn):
-                raise JdbcSchemaError(
-                    f"table {self.table} exists without a unique key on {KEY_COLUMNS}; "
-                    "upserts need it: add it, or set sinks.jdbc.table to a new name"
-                )
+        if not self._has_unique_key(conn):
+            raise JdbcSchemaError(
+                f"table {self.table} exists without a unique key on {KEY_COLUMNS}; "
+                "upserts need it: add it, or set sinks.jdbc.table to a new name"
+            )
+
+    def _column_types(self, conn: Any, table: str) -> dict[str, str]:
+        """{column: type} of ``table`` (lower case), empty when it does not exist.
+
+        PostgreSQL resolves the name as a query would (search_path, case folding);
+        SQLite asks the driver's metadata.
+        """
+        if self.dialect != "postgresql":
+            return dict.fromkeys(self._columns(conn, table), "")
+        found: dict[str, str] = {}
+        query = conn.prepareStatement(_PG_COLUMNS_SQL)
+        try:
+            query.setString(1, table)
+            rs = query.executeQuery()
+            while rs.next():
+                found[rs.getString(1).lower()] = rs.getString(2).lower()
+            rs.close()
+        finally:
+            query.close()
+        return found
 
     def _columns(self, conn: Any, table: str) -> set[str]:
         meta = conn.getMetaData()
@@ -168,6 +290,18 @@ class JdbcTable:
         return found
 
     def _has_unique_key(self, conn: Any) -> bool:
+        if self.dialect == "postgresql":
+            query = conn.prepareStatement(_PG_UNIQUE_SQL)
+            try:
+                query.setString(1, self.table)
+                rs = query.executeQuery()
+                keys = []
+                while rs.next():
+                    keys.append({c.lower() for c in rs.getString(1).split(",")})
+                rs.close()
+            finally:
+                query.close()
+            return set(KEY_COLUMNS) in keys
         meta = conn.getMetaData()
         for name in (self.table, self.table.lower()):
             rs = meta.getIndexInfo(None, None, name, True, False)
@@ -212,27 +346,48 @@ class JdbcTable:
 
     def upsert(self, results: DataFrame) -> None:
         """Write one micro-batch of results idempotently (see the module docstring)."""
-        with self.connect() as conn:
+        self.clear_staging()
+        self.write_staging(self.staging_frame(results))
+        self.merge_staging()
+
+    def clear_staging(self) -> None:
+        with self._guard("emptying the staging table"), self.connect() as conn:
             conn.createStatement().executeUpdate(f"DELETE FROM {self.staging}")
             conn.commit()
-        props = self.properties()
-        writer = self.staging_frame(results).write.format("jdbc").option("url", self.config.url)
-        writer = writer.option("dbtable", self.staging).option("batchsize", "5000")
-        if self.dialect == "sqlite":
-            # SQLite has one writer at a time: parallel tasks would only queue on the lock
-            writer = writer.option("numPartitions", "1")
-        for key, value in props.items():
-            writer = writer.option(key, value)
-        writer.mode("append").save()
+
+    def write_staging(self, frame: DataFrame) -> None:
+        """Append ``frame`` (shaped by staging_frame) to the staging table, from the executors."""
+        with self._guard("writing the batch into the staging table"):
+            props = self.properties()
+            writer = frame.write.format("jdbc").option("url", self.config.url)
+            writer = writer.option("dbtable", self.staging).option("batchsize", "5000")
+            if self.dialect == "sqlite":
+                # SQLite has one writer at a time: parallel tasks would only queue on the lock
+                writer = writer.option("numPartitions", "1")
+            for key, value in props.items():
+                writer = writer.option(key, value)
+            writer.mode("append").save()
+
+    def merge_sql(self) -> str:
         columns = ", ".join(COLUMNS)
         updates = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c not in KEY_COLUMNS)
+        keys = ", ".join(KEY_COLUMNS)
+        if self.dialect == "postgresql":
+            # a retried Spark task can leave a row twice in staging, and PostgreSQL refuses
+            # to update one row twice in a statement; the copies are identical
+            select = f"SELECT DISTINCT ON ({keys}) {columns} FROM {self.staging}"
+        else:
+            select = f"SELECT {columns} FROM {self.staging}"
         # "WHERE true" disambiguates ON CONFLICT after INSERT ... SELECT in SQLite's grammar
-        merge = (
-            f"INSERT INTO {self.table} ({columns}) SELECT {columns} FROM {self.staging} WHERE true "
-            f"ON CONFLICT ({', '.join(KEY_COLUMNS)}) DO UPDATE SET {updates}"
+        return (
+            f"INSERT INTO {self.table} ({columns}) {select} WHERE true "
+            f"ON CONFLICT ({keys}) DO UPDATE SET {updates}"
         )
-        with self.connect() as conn:
+
+    def merge_staging(self) -> None:
+        """Copy staging into the table and empty staging, in one transaction."""
+        with self._guard("merging the staging table"), self.connect() as conn:
             stmt = conn.createStatement()
-            stmt.executeUpdate(merge)
+            stmt.executeUpdate(self.merge_sql())
             stmt.executeUpdate(f"DELETE FROM {self.staging}")
             conn.commit()
