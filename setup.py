@@ -48,6 +48,8 @@ setup(
             "grpcio>=1.60",
             "kafka-python>=2.2",
             "pyyaml>=6",
+            # tests/test_postgres_sink.py and jobs/repository.py's PostgreSQL reads
+            "psycopg[binary]>=3.1",
             "pytest>=8",
             "pytest-timeout>=2.3",
             "chispa>=0.10",

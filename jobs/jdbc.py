@@ -28,6 +28,7 @@ since Spark and the driver format their own messages.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from pyspark.sql import functions as F
 
 from jobs.config import ConfigError, JdbcConfig
 
+log = logging.getLogger("anomaly.jdbc")
 KEY_COLUMNS = ("application", "detector", "agg_function", "agg_window_millis", "ts")
 COLUMNS = (
     "application",
@@ -147,7 +149,7 @@ class JdbcTable:
 
     # -- connection -------------------------------------------------------------
     def properties(self) -> dict[str, str]:
-        """Connection properties; the password is read from the environment, never logged."""
+        """Connection properties; the password comes from password_env/password_file, and is never logged."""
         props = dict(self.config.properties)
         if self.dialect == "sqlite":
             # a second writer (another stream, a reader) waits instead of failing
@@ -184,10 +186,8 @@ class JdbcTable:
         except (JdbcError, ConfigError):
             raise
         except Exception as err:
-            error = self._error(action, err)
-        else:
-            return
-        raise error  # outside the except block: no __context__ leads back to the driver's exception
+            # "from None": tracebacks and log records never print the driver's exception
+            raise self._error(action, err) from None
 
     @contextmanager
     def connect(self) -> Iterator[Any]:
@@ -225,13 +225,31 @@ class JdbcTable:
                 stmt.executeUpdate(
                     f"CREATE TABLE IF NOT EXISTS {self.table} ({columns}, PRIMARY KEY ({', '.join(KEY_COLUMNS)}))"
                 )
-            stmt.executeUpdate(f"CREATE INDEX IF NOT EXISTS {self.table}_app_ts ON {self.table} (application, ts)")
+            self._ensure_read_index(conn, existing=bool(existing))
             staging = self._column_types(conn, self.staging)
             if staging and set(staging) != set(COLUMNS):
                 # ours, and emptied after every batch: an older shape is simply replaced
                 stmt.executeUpdate(f"DROP TABLE {self.staging}")
             stmt.executeUpdate(f"CREATE TABLE IF NOT EXISTS {self.staging} ({staging_columns})")
             conn.commit()
+
+    def _ensure_read_index(self, conn: Any, existing: bool) -> None:
+        """The (application, ts) index that reads use; optional on a table someone else owns."""
+        create = f"CREATE INDEX IF NOT EXISTS {self.table}_app_ts ON {self.table} (application, ts)"
+        if self.dialect != "postgresql" or not existing:
+            conn.createStatement().executeUpdate(create)
+            return
+        savepoint = conn.setSavepoint()
+        try:
+            conn.createStatement().executeUpdate(create)
+        except Exception as err:  # typically: the job's user does not own the table
+            conn.rollback(savepoint)
+            log.warning(
+                "table %s: no index on (application, ts) could be created (%s); reads by application and "
+                "time will scan the table",
+                self.table,
+                self.mask(describe_error(err)),
+            )
 
     def _check_existing(self, conn: Any, existing: dict[str, str]) -> None:
         missing = [c for c in COLUMNS if c not in existing]
@@ -244,7 +262,7 @@ class JdbcTable:
             wrong = [
                 f"{c} is {existing[c]} (needs {' or '.join(_PG_ACCEPTED[c])})"
                 for c in COLUMNS
-                if not existing[c].startswith(_PG_ACCEPTED[c])
+                if not existing[c].startswith(_PG_ACCEPTED[c]) or existing[c].endswith("]")  # no arrays
             ]
             if wrong:
                 raise JdbcSchemaError(

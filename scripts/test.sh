@@ -3,6 +3,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$ROOT/scripts/bootstrap.sh"
+"$ROOT/scripts/postgres.sh" >/dev/null || [[ -z "${CI:-}" ]]  # PostgreSQL for the tests; required under CI
 cd "$ROOT"
 .venv/bin/ruff check jobs detectors tests bench
 exec .venv/bin/python -m pytest -q "$@"

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.postgres_fixture import postgres  # noqa: F401 - session fixture: a real PostgreSQL server
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("ANOMALY_SHARED_DIR", REPO.parent / "shared"))
 

@@ -10,6 +10,7 @@ import pytest
 
 from detectors import AnomalyResult, ParamError, build_detector
 from detectors.ema import EMADetector
+from tests.detectors import _graded_reference as ref
 
 Z9999 = NormalDist().inv_cdf((1 + 0.9999) / 2)  # independent of detectors._stats
 
@@ -62,7 +63,38 @@ def test_value_is_not_part_of_its_own_prediction() -> None:
     assert mid == pytest.approx(mean_before, rel=1e-12)
     assert (outcomes[0].value_upper_limit - mid) == pytest.approx(Z9999 * std_before, rel=1e-9)
     assert [r.is_anomaly for r in outcomes] == [False, True, True]
-    assert outcomes[1].anomaly_probability == 1.0
+    # Far outside (z ~ 1e6): graded, above the exact region, but never exactly 1.
+    assert all(1.0 - 1e-9 < r.anomaly_probability < 1.0 for r in outcomes[1:])
+
+
+def test_probability_is_graded_far_out() -> None:
+    # The old 2*Phi(z) - 1 gave exactly 1.0 for every z > 8.3: these would all tie.
+    history = [10.0, 12.0, 11.0, 9.0, 10.5, 11.5, 10.0, 9.5, 10.0, 11.0, 10.2, 9.9]
+    probs = []
+    for spike in (14.0, 16.0, 20.0, 40.0, 1e3, 1e6, 1e12, 1e300):
+        det = EMADetector(window=10, warmup=5)
+        for i, v in enumerate(history):
+            det.update(i, v)
+        z = abs(spike - det.mean) / det.std
+        r = det.update(99, spike)
+        assert r.is_anomaly and r.anomaly_probability < 1.0
+        assert r.anomaly_probability == 1.0 - ref.graded_tail(z / math.sqrt(2.0)) or z < 6.1
+        probs.append(r.anomaly_probability)
+    assert probs == sorted(probs) and len(set(probs)) == len(probs)
+
+
+def test_threshold_in_the_graded_region_keeps_band_and_probability_consistent() -> None:
+    rng = np.random.default_rng(8)
+    x = rng.normal(0.0, 1.0, 3000)
+    x[100::97] += rng.uniform(5.0, 5000.0, len(x[100::97]))
+    for threshold in (1.0 - 5e-10, 1.0 - 2e-10):
+        det = EMADetector(window=50, warmup=10, threshold=threshold)
+        results = [det.update(i, v) for i, v in enumerate(x)]
+        flagged = sum(r.is_anomaly for r in results)
+        assert 0 < flagged < 60
+        for v, r in zip(x[10:], results[10:], strict=True):
+            outside = v < r.value_lower_limit or v > r.value_upper_limit
+            assert r.is_anomaly == (r.anomaly_probability >= threshold) == outside
 
 
 @pytest.mark.parametrize("level", [0.0, 5.0, -3.25, 1e12, 0.3])

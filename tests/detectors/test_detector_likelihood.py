@@ -14,15 +14,25 @@ from detectors.likelihood import (
     MIN_STD,
     LikelihoodDetector,
     LikelihoodParams,
+    likelihood_from_z,
     likelihood_update,
+    likelihood_z_update,
     log_likelihood,
+    log_likelihood_from_z,
     new_likelihood_state,
 )
 from detectors.registry import UnknownDetectorError
+from tests.detectors import _graded_reference as ref
 
 P = LikelihoodParams(
     learning_period=2, estimation_samples=6, historic_window_size=9, reestimation_period=3, averaging_window=2
 )
+
+
+def expected_likelihood(short: float, mean: float, std: float) -> float:
+    """1 - Q(z), with the tail graded below 1e-9 (independent reference); = NormalDist(mean, std).cdf(short) above."""
+    z = (short - mean) / std
+    return 1.0 - ref.graded_tail(z / math.sqrt(2.0), 0.5)
 
 
 def independent_fit(scores_after_learning: list[float], p: LikelihoodParams) -> tuple[float, float]:
@@ -47,7 +57,8 @@ def test_matches_independent_computation() -> None:
         fit_at = first_fit + (n - first_fit) // P.reestimation_period * P.reestimation_period
         mean, std = independent_fit(scores[P.learning_period : fit_at], P)
         short = (scores[n - 1] + s) / 2
-        assert lik == pytest.approx(NormalDist(mean, std).cdf(short), abs=1e-12)
+        assert lik == pytest.approx(NormalDist(mean, std).cdf(short), abs=1e-9)
+        assert lik == pytest.approx(expected_likelihood(short, mean, std), rel=1e-13)
 
 
 def test_pure_function_does_not_mutate_its_input() -> None:
@@ -73,8 +84,7 @@ def test_score_is_judged_by_the_fit_before_it() -> None:
     mean, std = state.mean, state.std
     for s in (0.0, 1.0):
         new, lik = likelihood_update(state, s)
-        expected = NormalDist(mean, std).cdf((0.1 + s) / 2)
-        assert lik == pytest.approx(expected, abs=1e-12)
+        assert lik == pytest.approx(expected_likelihood((0.1 + s) / 2, mean, std), rel=1e-13)
         assert (new.mean, new.std) != (mean, std)
 
 
@@ -83,8 +93,9 @@ def test_flat_scores_use_the_std_floor() -> None:
     for _ in range(20):
         state, lik = likelihood_update(state, 0.0)
     assert state.std == MIN_STD and lik == 0.5  # avg 0 == mean 0: z = 0
-    _, lik = likelihood_update(state, 1.0)
-    assert lik == pytest.approx(NormalDist(0.0, MIN_STD).cdf(0.5))
+    _, lik = likelihood_update(state, 1.0)  # z = 50: graded, below 1
+    assert lik == pytest.approx(expected_likelihood(0.5, 0.0, MIN_STD), rel=1e-13)
+    assert 1.0 - 1e-9 < lik < 1.0
 
 
 def test_raw_scores_must_be_probabilities() -> None:
@@ -108,6 +119,40 @@ def test_log_scale() -> None:
     assert log_likelihood(0.99999) == pytest.approx(0.5, abs=1e-4)
     ls = [log_likelihood(x) for x in np.linspace(0, 1, 101)]
     assert ls == sorted(ls)
+
+
+def paper_log_scale(z: float) -> float:
+    """log(1.0000000001 - L) / log(1 - 0.9999999999) with L = 1 - Q(z), at 60 digits (no grading)."""
+    from decimal import Decimal, localcontext
+
+    with localcontext() as ctx:
+        ctx.prec = 60
+        eps = Decimal.from_float(1.0000000001) - 1  # the float constants' exact values
+        tail = (ref.log_erfc(z / math.sqrt(2.0))).exp() / 2
+        return float((eps + tail).ln() / (1 - Decimal.from_float(0.9999999999)).ln())
+
+
+@pytest.mark.parametrize("z", [-8.0, -1.0, 0.0, 1.0, 2.5, 4.26, 5.0, 6.0, 7.0, 8.0, 8.7])
+def test_log_scale_from_z_is_the_papers_where_representable(z: float) -> None:
+    # Exact up to a tail of 1e-18 (z = 8.76), i.e. up to 1 - 4.3e-10 on this scale.
+    assert log_likelihood_from_z(z) == pytest.approx(max(0.0, paper_log_scale(z)), rel=1e-13, abs=1e-15)
+    assert log_likelihood_from_z(4.26) == pytest.approx(0.5, abs=2e-3)  # L ~ 0.99999
+
+
+def test_likelihood_is_graded_at_the_top() -> None:
+    # Computed literally, L and its log scale are exactly 1.0 for every z > 8.3.
+    zs = [6.0, 8.0, 8.5, 9.0, 10.0, 20.0, 50.0, 100.0, 1e3, 1e300]
+    plain = [likelihood_from_z(z) for z in zs]
+    logs = [log_likelihood_from_z(z) for z in zs]
+    for values in (plain, logs):
+        assert values == sorted(values) and len(set(values)) == len(values) and values[-1] < 1.0
+    assert all(p == 1.0 - ref.graded_tail(z / math.sqrt(2.0), 0.5) for p, z in zip(plain, zs, strict=True))
+    assert logs[3] > 1.0 - 4.4e-10  # beyond the paper's representable range: graded
+    assert likelihood_from_z(-40.0) == 0.0 and log_likelihood_from_z(-40.0) == 0.0
+    grid = np.linspace(-120.0, 120.0, 24_001)
+    for f in (likelihood_from_z, log_likelihood_from_z):
+        values = np.array([f(float(z)) for z in grid])
+        assert np.all(np.diff(values) >= 0.0) and values.max() < 1.0 and values.min() >= 0.0
 
 
 def test_params_cross_checks() -> None:
@@ -144,24 +189,30 @@ def test_wrapper_keeps_base_bounds_and_replaces_probability(base: str, log_scale
     )
     reference = build_detector(base)  # default base parameters, like the wrapper's
     state = new_likelihood_state(LikelihoodParams(**params))
+    twin = new_likelihood_state(LikelihoodParams(**params))
     rng = np.random.default_rng(4)
     x = np.concatenate([rng.normal(0, 1, 400), rng.normal(0, 1, 15) + 25, rng.normal(0, 1, 20)])
     results = []
     for i, v in enumerate(x):
         r, b = det.update(i, v), reference.update(i, v)
         ready = state.ready
-        state, lik = likelihood_update(state, b.anomaly_probability)
+        state, z = likelihood_z_update(state, b.anomaly_probability)
+        twin, lik = likelihood_update(twin, b.anomaly_probability)
         results.append(r)
         if not ready:
-            assert r == AnomalyResult.warming_up()
+            assert r == AnomalyResult.warming_up() and z is None and lik == 0.5
             continue
-        prob = log_likelihood(lik) if log_scale else lik
+        assert lik == likelihood_from_z(z)
+        prob = log_likelihood_from_z(z) if log_scale else lik
         assert r == AnomalyResult(b.value_lower_limit, b.value_upper_limit, prob, prob >= det.config["threshold"])
     assert not any(r.is_anomaly for r in results[:400])
     # A sustained shift is caught once it dominates the 10-point average; the
     # single first outlier is not (see the module docstring).
     assert not results[400].is_anomaly
     assert any(r.is_anomaly for r in results[400:415])
+    # The shift's strongest points are graded, not a run of ties at 1.0.
+    top = [r.anomaly_probability for r in results[400:]]
+    assert max(top) < 1.0 and len(set(top)) > len(top) // 2
 
 
 def test_wrapper_config_and_errors() -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from detectors import AnomalyResult, ParamError
 from detectors.robust import RobustDetector
+from tests.detectors import _graded_reference as ref
 
 Z9999 = NormalDist().inv_cdf((1 + 0.9999) / 2)
 
@@ -21,7 +22,7 @@ def expected(window: list[float], x: float) -> tuple[float, float, float]:
     mad = statistics.median([abs(v - med) for v in window])
     sigma = mad / 0.6745
     z = abs(x - med) / sigma
-    return med - Z9999 * sigma, med + Z9999 * sigma, math.erf(z / math.sqrt(2))
+    return med - Z9999 * sigma, med + Z9999 * sigma, ref.two_sided(z)
 
 
 @pytest.mark.parametrize(
@@ -30,6 +31,8 @@ def expected(window: list[float], x: float) -> tuple[float, float, float]:
         ([1.0, 2.0, 3.0, 4.0, 100.0], 10.0),  # odd window: median 3, MAD 1
         ([1.0, 2.0, 3.0, 10.0], 2.0),  # even window: median 2.5, MAD 1
         ([5.0, -1.0, 7.5, 2.0, 2.5, 3.0, 2.25], 2.6),
+        ([1.0, 2.0, 3.0, 4.0, 100.0], 30.0),  # z = 0.6745 * 27 = 18: graded region
+        ([1.0, 2.0, 3.0, 4.0, 100.0], -1e200),
     ],
 )
 def test_hand_computed(history: list[float], x: float) -> None:
@@ -50,6 +53,21 @@ def test_first_case_is_an_anomaly() -> None:
         det.update(i, v)
     r = det.update(5, 10.0)  # robust z = 0.6745 * 7 = 4.72
     assert r.is_anomaly
+
+
+def test_probability_is_graded_far_out() -> None:
+    # Quantised data (many equal values) gives tiny MADs and huge robust z-scores;
+    # they must stay ordered, not tie at 1.0.
+    window = [10.0, 10.0, 10.0, 11.0, 10.0, 9.0, 10.0, 10.0, 12.0, 10.0]
+    probs = []
+    for spike in (13.0, 20.0, 50.0, 1e3, 1e9, 1e300):
+        det = RobustDetector(window=10, warmup=10)
+        for i, v in enumerate(window):
+            det.update(i, v)
+        r = det.update(10, spike)
+        assert r.is_anomaly and r.anomaly_probability < 1.0
+        probs.append(r.anomaly_probability)
+    assert probs == sorted(probs) and len(set(probs)) == len(probs)
 
 
 def test_window_slides() -> None:

@@ -1,0 +1,307 @@
+"""Detector micro-benchmark (pure Python, no Spark), optionally with NAB scores.
+
+    .venv/bin/python bench/detectors.py [--points 10000] [--repeat 3] [--nab] [--nab-dir DIR]
+
+For every built-in detector (``ema``, ``robust``, ``cad`` with a fixed range and
+with the range learned online, ``likelihood`` over EMA, ``default``) on one
+seeded synthetic series (5-minute points, daily sine + Gaussian noise + a few
+spikes), prints a markdown table:
+
+* points/s of ``update`` called point by point;
+* points/s of one ``update_batch`` call over the whole series;
+* bytes of ``to_state()`` after the series;
+* time of one ``to_state()`` + ``from_state()`` round trip (median of several),
+  checked to restore the same state.
+
+Speeds are the best of ``--repeat`` runs on a fresh detector each. With ``--nab``
+it also runs each detector over the NAB corpus (``DIR/data``, 31 series) through
+:mod:`jobs.backtest` (``--jobs 2``, a state round trip every 1,000 points, as the
+backtest CLI does) and prints the NAB score per profile next to NAB's published
+numenta and contextOSE results (scored from ``DIR/reference_results`` with the
+same scorer). The fixed-range CAD gets each series' own min/max there (NAB's
+setting; a look-ahead a stream cannot have). Without the NAB data the NAB part is
+skipped with a message.
+
+A detector that fails to import or run (``detectors/default.py`` is being
+rewritten) gets an ``error`` row instead of stopping the benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from detectors import nab_scoring  # noqa: E402
+from detectors.registry import build_detector, detector_from_state  # noqa: E402
+from jobs import backtest as bt  # noqa: E402
+
+STEP_MS = 300_000  # 5-minute points, like most NAB series
+DAY = 288  # points per day
+SEED = 20240601
+NAB_JOBS = 2
+PROFILES = ("standard", "reward_low_FP_rate", "reward_low_FN_rate")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark row: a registered detector and its parameters.
+
+    ``fixed_range``: parameters get ``min_value``/``max_value`` of the series at hand.
+    """
+
+    label: str
+    detector: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    fixed_range: bool = False
+
+    def params_for(self, values: np.ndarray) -> dict[str, Any]:
+        params = dict(self.params)
+        if self.fixed_range:
+            params.update(min_value=float(values.min()), max_value=float(values.max()))
+        return params
+
+
+CASES = (
+    Case("ema", "ema"),
+    Case("robust", "robust"),
+    Case("cad (fixed min/max)", "cad", fixed_range=True),
+    Case("cad (online range)", "cad"),
+    Case("likelihood (base ema)", "likelihood"),
+    Case("default", "default"),
+)
+
+
+def synthetic_series(n: int, seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
+    """``(ts_ms, values)``: daily sine (amplitude 10 around 50) + N(0, 1) noise + 8 spikes of ±15..40."""
+    rng = np.random.default_rng(seed)
+    i = np.arange(n)
+    values = 50.0 + 10.0 * np.sin(2.0 * np.pi * i / DAY) + rng.normal(0.0, 1.0, n)
+    spikes = rng.choice(np.arange(n // 10, n), size=min(8, max(n - n // 10, 0)), replace=False)
+    values[spikes] += rng.choice([-1.0, 1.0], len(spikes)) * rng.uniform(15.0, 40.0, len(spikes))
+    ts = 1_704_067_200_000 + i.astype(np.int64) * STEP_MS
+    return ts, values
+
+
+# -- micro-benchmark -----------------------------------------------------------------------
+@dataclass
+class Row:
+    label: str
+    update_rate: float = float("nan")
+    batch_rate: float = float("nan")
+    state_bytes: int = 0
+    roundtrip_s: float = float("nan")
+    roundtrip_ok: bool = False
+    error: str | None = None
+
+
+def _best_rate(run: Callable[[], None], points: int, repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return points / best
+
+
+def bench_case(case: Case, ts: np.ndarray, values: np.ndarray, repeat: int) -> Row:
+    row = Row(case.label)
+    params = case.params_for(values)
+    try:
+        ts_list, values_list = ts.tolist(), values.tolist()
+
+        def loop() -> None:
+            det = build_detector(case.detector, params)
+            for t, v in zip(ts_list, values_list, strict=True):
+                det.update(t, v)
+
+        row.update_rate = _best_rate(loop, len(values), repeat)
+        row.batch_rate = _best_rate(
+            lambda: build_detector(case.detector, params).update_batch(ts, values), len(values), repeat
+        )
+        det = build_detector(case.detector, params)
+        det.update_batch(ts, values)
+        blob = det.to_state()
+        row.state_bytes = len(blob)
+        times = []
+        restored = det
+        for _ in range(max(5, 3 * repeat)):
+            start = time.perf_counter()
+            restored = detector_from_state(case.detector, params, restored.to_state())
+            times.append(time.perf_counter() - start)
+        row.roundtrip_s = statistics.median(times)
+        row.roundtrip_ok = restored.to_state() == blob
+    except Exception as err:  # one broken detector must not hide the others
+        row.error = f"{type(err).__name__}: {err}".splitlines()[0][:120]
+        if os.environ.get("BENCH_DEBUG"):
+            traceback.print_exc()
+    return row
+
+
+def _fmt_rate(rate: float) -> str:
+    return f"{rate:,.0f}"
+
+
+def _fmt_bytes(n: int) -> str:
+    return f"{n:,} B" if n < 10_000 else f"{n / 1024:,.1f} KiB"
+
+
+def _fmt_seconds(s: float) -> str:
+    return f"{s * 1e6:,.0f} µs" if s < 1e-3 else f"{s * 1e3:,.1f} ms"
+
+
+def micro_table(rows: list[Row], points: int) -> str:
+    lines = [
+        f"| detector | `update` points/s | `update_batch` points/s | `to_state()` after {points:,} points "
+        "| to_state + from_state |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        if r.error:
+            lines.append(f"| {r.label} | error: {r.error} | | | |")
+            continue
+        rt = _fmt_seconds(r.roundtrip_s) + ("" if r.roundtrip_ok else " (state differs!)")
+        lines.append(
+            f"| {r.label} | {_fmt_rate(r.update_rate)} | {_fmt_rate(r.batch_rate)} | "
+            f"{_fmt_bytes(r.state_bytes)} | {rt} |"
+        )
+    return "\n".join(lines)
+
+
+# -- NAB -------------------------------------------------------------------------------------
+def _nab_dir(arg: Path | None) -> Path:
+    if arg is not None:
+        return arg
+    shared = Path(os.environ.get("ANOMALY_SHARED_DIR", REPO.parent / "shared"))
+    return shared / "data" / "nab"
+
+
+def _fixed_range_series(job: tuple[Path, str, Case]) -> tuple[str, nab_scoring.SeriesScores | None, str | None]:
+    path, key, case = job
+    try:
+        series = bt.read_series(path)
+        result = bt.run_detector(case.detector, case.params_for(series.values), series.ts_ms, series.values)
+    except Exception as err:
+        return key, None, f"{key}: {type(err).__name__}: {err}"
+    return key, nab_scoring.SeriesScores(series.timestamps, result.anomaly_probability.tolist()), None
+
+
+def run_nab_case(case: Case, data: Path, out: Path) -> dict[str, nab_scoring.SeriesScores]:
+    if not case.fixed_range:
+        return bt.run_backtest(data, out, case.detector, case.params_for(np.zeros(1)), jobs=NAB_JOBS, keep_scores=True)
+    # Per-series parameters (the series' own range): same functions, own pool.
+    jobs = [(p, p.relative_to(data).as_posix(), case) for p in bt.find_csvs(data)]
+    jobs.sort(key=lambda j: -j[0].stat().st_size)
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
+    results, errors = {}, []
+    with ctx.Pool(NAB_JOBS) as pool:
+        for key, scores, error in pool.imap_unordered(_fixed_range_series, jobs):
+            if error:
+                errors.append(error)
+            else:
+                results[key] = scores
+    if errors:
+        raise bt.BacktestError(f"{len(errors)} series failed: " + "; ".join(errors))
+    return dict(sorted(results.items()))
+
+
+def _score_row(label: str, table: Mapping[str, nab_scoring.ProfileScore], seconds: float | None) -> str:
+    cells = [f"{table[p].score:.2f}" if p in table else "" for p in PROFILES]
+    std = table.get("standard")
+    counts = f"{std.tp}/{std.fp}/{std.fn}" if std else ""
+    took = "published" if seconds is None else f"{seconds:.0f} s"
+    return f"| {label} | {' | '.join(cells)} | {counts} | {took} |"
+
+
+def nab_table(nab: Path, cases: tuple[Case, ...]) -> str:
+    windows = nab_scoring.load_windows(nab / "labels" / "combined_windows.json")
+    profiles_file = nab / "config" / "profiles.json"
+    profiles = nab_scoring.load_profiles(profiles_file) if profiles_file.is_file() else None
+    lines = [
+        f"NAB ({nab}): normalised score per profile; TP/FP/FN at the standard profile's threshold",
+        "",
+        "| detector | standard | low FP | low FN | TP/FP/FN (standard) | run time |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name in ("numenta", "contextOSE"):
+        ref = nab / "reference_results" / name
+        if ref.is_dir():
+            table = bt.score_results_dir(ref, windows, profiles)
+            lines.append(_score_row(f"*published {name}*", table, None))
+        else:
+            lines.append(f"| *published {name}* | not found under {ref} | | | | |")
+    with tempfile.TemporaryDirectory(prefix="bench_detectors_") as tmp:
+        for i, case in enumerate(cases):
+            print(f"NAB: {case.label} ...", file=sys.stderr, flush=True)
+            start = time.monotonic()
+            try:
+                scores = run_nab_case(case, nab / "data", Path(tmp) / f"case{i}")
+                matched = bt.match_to_labels(scores, windows)
+                table = nab_scoring.score_corpus(matched, windows, profiles)
+            except Exception as err:
+                msg = f"{type(err).__name__}: {err}".splitlines()[0][:120]
+                lines.append(f"| {case.label} | error: {msg} | | | | |")
+                continue
+            lines.append(_score_row(case.label, table, time.monotonic() - start))
+    lines += [
+        "",
+        "Every row runs the detector's default parameters; the fixed-range CAD gets each series' min/max",
+        "(NAB's look-ahead). bench/cad_faithfulness.py reproduces contextOSE with NAB's full CAD settings.",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--points", type=int, default=10_000, help="length of the synthetic series (default 10000)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per speed measurement, best is kept (default 3)")
+    ap.add_argument("--nab", action="store_true", help="also run and score every detector on NAB")
+    ap.add_argument("--nab-dir", type=Path, default=None, help="NAB folder (default ../shared/data/nab)")
+    ap.add_argument("--only", default="", help="run only detectors whose label contains this")
+    args = ap.parse_args(argv)
+    if args.points < 1 or args.repeat < 1:
+        ap.error("--points and --repeat must be >= 1")
+    cases = tuple(c for c in CASES if args.only in c.label)
+    if not cases:
+        ap.error(f"no detector label contains {args.only!r}")
+
+    ts, values = synthetic_series(args.points)
+    print(
+        f"Synthetic series: {args.points:,} points every 5 min, seed {SEED}: 50 + 10 sin(daily) + N(0, 1) "
+        f"+ 8 spikes; Python {sys.version.split()[0]}, numpy {np.__version__}, best of {args.repeat}.\n"
+    )
+    rows = []
+    for case in cases:
+        print(f"bench: {case.label} ...", file=sys.stderr, flush=True)
+        rows.append(bench_case(case, ts, values, args.repeat))
+    print(micro_table(rows, args.points))
+
+    if args.nab:
+        nab = _nab_dir(args.nab_dir)
+        if not (nab / "data").is_dir() or not (nab / "labels" / "combined_windows.json").is_file():
+            print(
+                f"\nNAB data not found at {nab} (expected data/ and labels/combined_windows.json); NAB scores skipped."
+            )
+        else:
+            print()
+            print(nab_table(nab, cases))
+    return 1 if any(r.error for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

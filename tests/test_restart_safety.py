@@ -1,0 +1,509 @@
+"""Restart safety: SIGKILL the running job again and again, restart it from its checkpoint each time.
+
+The job runs as a subprocess (``python -m jobs.main --config ...``) in its own process group, so a
+SIGKILL takes down the driver's Python, its JVM and Spark's Python workers at once -- as a crashed
+container would. The kills land
+
+* at the fault points of ``jobs/sinks.py`` (``before_kafka``, ``after_kafka`` -- between the Kafka
+  and the JDBC write --, ``after_jdbc`` -- after the upsert, before Spark's commit file);
+* right after a batch's offsets file is written (the batch is planned, nothing is committed);
+* while the state store uploads a new version (a checkpoint commit in progress), and right after a
+  batch's commit file appears;
+* at seeded random moments while micro-batches run.
+
+Then a final ``--available-now`` run completes, and the JDBC table must equal, row for row and bit for
+bit, the table of an uninterrupted run over the same input. The Kafka output topic may hold
+duplicates (at-least-once), but every key must always carry the same value.
+
+The input is one partition, in event-time order, with no event behind the watermark, so the results do
+not depend on where micro-batches start and end (see ``stream_messages``).
+
+Deselect with ``-m "not restart_safety"``; ``ANOMALY_RESTART_SEED`` changes the kill schedule.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pytest
+import yaml
+
+from jobs.synthetic import consume_all, produce_messages
+from tests.stream_harness import msg
+
+pytestmark = pytest.mark.restart_safety
+
+REPO = Path(__file__).resolve().parent.parent
+APPS = ("web", "db", "api")
+STEP_S = 10
+POINTS_PER_APP = 160  # 480 events + bad ones, 20 per batch: ~25 micro-batches
+MAX_OFFSETS = 20
+WINDOW_MS = 60_000
+LATENESS_MS = 30_000
+DETECTORS = [
+    {"name": "ema", "params": {"window": 5, "warmup": 3}},
+    {"name": "robust", "params": {"window": 8, "warmup": 3}},
+    {"name": "cad"},
+]
+BAD = [
+    b"{not json",
+    b'{"application": "web", "value": "12", "ts": "2024-01-01T00:00:00Z"}',
+    b'{"application": "web", "value": 1}',
+    b'{"application": "", "value": 1, "ts": "2024-01-01T00:00:00Z"}',
+]
+TABLE_COLUMNS = (
+    "application, detector, agg_function, agg_window_millis, ts, "
+    "agg_value, value_lower_limit, value_upper_limit, anomaly_probability, is_anomaly"
+)
+SEED = int(os.environ.get("ANOMALY_RESTART_SEED", "20240101"))
+KILLS = int(os.environ.get("ANOMALY_RESTART_KILLS", "11"))
+FAULT_POINTS = ("before_kafka", "after_kafka", "after_jdbc")
+START_TIMEOUT_S = 180
+BROKER_DOWN_S = float(
+    os.environ.get("ANOMALY_RESTART_BROKER_DOWN_S", "25")
+)  # a Spark driver start plus a few batches on a busy 2-core machine
+
+
+# --------------------------------------------------------------------------- input and config
+
+
+def stream_messages() -> list[dict | bytes]:
+    """All applications interleaved in event-time order, a few bad messages in between.
+
+    One partition and no event older than an earlier one: every event is ahead of the watermark
+    (max event time seen - lateness), so none is late whatever the batch boundaries are, and every
+    window is closed with all of its events.
+    """
+    rng = np.random.default_rng(7)
+    base = {"web": 100.0, "db": 40.0, "api": 250.0}
+    out: list[dict | bytes] = []
+    for i in range(POINTS_PER_APP):
+        t = i * STEP_S
+        for app in APPS:
+            value = base[app] * (1 + 0.05 * math.sin(t / 900.0)) + rng.normal(0, 0.02 * base[app])
+            if app == "web" and 600 <= t < 720:
+                value += 0.8 * base[app]  # a spike over two windows
+            if app == "db" and t >= 1200:
+                value += 0.4 * base[app]  # a level shift
+            out.append(msg(app, round(float(value), 4), t))
+        if i % 40 == 17:
+            out.append(BAD[(i // 40) % len(BAD)])
+    return out
+
+
+def write_config(path: Path, work: Path, bootstrap: str, name: str, *, trigger: str, detectors=DETECTORS) -> Path:
+    raw = {
+        "checkpoint_dir": str(work / "checkpoints"),
+        "trigger": trigger,
+        "trigger_interval": "500 milliseconds",
+        "spark_conf": {
+            "spark.sql.shuffle.partitions": "2",
+            "spark.default.parallelism": "2",
+            "spark.ui.enabled": "false",
+            # short-lived drivers: C1-only JIT and the serial GC start faster on a small machine
+            "spark.driver.extraJavaOptions": (
+                f"-Dlog4j2.configurationFile={REPO / 'conf' / 'log4j2.properties'} "
+                "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+            ),
+            # SIGKILL leaves Spark's scratch directories behind: keep them in the test's tmp dir
+            "spark.local.dir": str(work / "spark-local"),
+        },
+        "streams": [
+            {
+                "name": "chaos",
+                "source": {
+                    "bootstrap_servers": bootstrap,
+                    "topics": [f"{name}-in"],
+                    "max_offsets_per_trigger": MAX_OFFSETS,
+                },
+                "aggregation": {
+                    "agg_function": "avg",
+                    "agg_window_millis": WINDOW_MS,
+                    "allowed_lateness_millis": LATENESS_MS,
+                },
+                "detectors": detectors,
+                "sinks": {
+                    "output_topic": f"{name}-out",
+                    "dead_letter_topic": f"{name}-dlq",
+                    "jdbc": {"url": f"jdbc:sqlite:{work / 'results.db'}", "table": "predictions"},
+                },
+            }
+        ],
+    }
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+# --------------------------------------------------------------------------- process handling
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = defaultdict(list)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        tree[ppid].append(int(entry.name))
+    return tree
+
+
+def descendants(pid: int) -> set[int]:
+    tree, found, todo = _children(), set(), [pid]
+    while todo:
+        for child in tree.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+class Job:
+    """One run of ``python -m jobs.main`` in its own process group (the group dies with one killpg)."""
+
+    def __init__(self, config: Path, log: Path, *, available_now: bool = False, env: dict | None = None) -> None:
+        cmd = [sys.executable, "-m", "jobs.main", "--config", str(config)]
+        if available_now:
+            cmd.append("--available-now")
+        self.log = log
+        self._out = log.open("wb")
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            env={**os.environ, **(env or {})},
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group, then any descendant that left it (Spark's Python daemon
+        starts its own group); wait until every one of them is gone."""
+        family = descendants(self.proc.pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        for pid in family:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.proc.wait(30)
+        self._out.close()
+        deadline = time.monotonic() + 30
+        while any(_alive(p) for p in family) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = [p for p in family if _alive(p)]
+        assert not left, f"processes survived SIGKILL: {left}"
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.alive():
+                self.kill()
+            self._out.close()
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def batch_ids(directory: Path) -> set[int]:
+    if not directory.is_dir():
+        return set()
+    return {int(p.name) for p in directory.iterdir() if p.name.isdigit()}
+
+
+def state_files(checkpoint: Path) -> set[str]:
+    """Files of the state store checkpoint (changelogs, snapshots, their temporary files while
+    they are being uploaded), as relative paths."""
+    state = checkpoint / "state"
+    if not state.is_dir():
+        return set()
+    return {str(p.relative_to(state)) for p in state.rglob("*") if not p.name.endswith(".crc")}
+
+
+def wait_for(condition, job: Job, timeout: float = START_TIMEOUT_S, poll: float = 0.005) -> bool:
+    """Poll ``condition`` until it holds (True); False if the job died or the time ran out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        if not job.alive():
+            return False
+        time.sleep(poll)
+    return False
+
+
+# --------------------------------------------------------------------------- results
+
+
+def table_rows(db: Path) -> list[tuple]:
+    con = sqlite3.connect(db)
+    try:
+        return con.execute(f"SELECT {TABLE_COLUMNS} FROM predictions ORDER BY 1, 2, 3, 4, 5").fetchall()
+    finally:
+        con.close()
+
+
+def check_output_topic(records) -> tuple[dict[bytes, bytes], int]:
+    """{key: value} of the output topic, and how many records repeated a key; asserts that a repeated
+    key always carries the same value and that the key names the row it carries."""
+    by_key: dict[bytes, set[bytes]] = defaultdict(set)
+    for r in records:
+        by_key[r.key].add(r.value)
+    changed = {k: v for k, v in by_key.items() if len(v) > 1}
+    assert not changed, f"{len(changed)} keys carry different values, e.g. {next(iter(changed.items()))}"
+    out = {k: next(iter(v)) for k, v in by_key.items()}
+    for key, value in out.items():
+        message, fields = json.loads(value), json.loads(key)
+        assert fields == {k: message[k] for k in fields}, (key, value)
+    return out, len(records) - len(out)
+
+
+class Reference(NamedTuple):
+    rows: list[tuple]  # the JDBC table of an uninterrupted run
+    output: dict[bytes, bytes]  # its output topic, {key: value}
+    dead_letters: set[bytes]  # the values on its dead-letter topic
+
+
+@pytest.fixture(scope="module")
+def reference(kafka_broker, tmp_path_factory) -> Reference:
+    """One uninterrupted --available-now run over the input (topic ``rs-ref-in``)."""
+    bootstrap = kafka_broker.bootstrap_servers
+    kafka_broker.create_topic("rs-ref-in", partitions=1)
+    for topic in ("rs-ref-out", "rs-ref-dlq"):
+        kafka_broker.create_topic(topic, partitions=2)
+    produce_messages(bootstrap, "rs-ref-in", stream_messages())
+    work = tmp_path_factory.mktemp("reference")
+    config = write_config(work / "job.yaml", work, bootstrap, "rs-ref", trigger="available_now")
+    job = Job(config, work / "run.log", available_now=True)
+    code = job.wait(600)
+    assert code == 0, f"reference run exited {code}:\n{job.tail()}"
+    rows = table_rows(work / "results.db")
+    assert len(rows) > 100
+    output, duplicates = check_output_topic(consume_all(bootstrap, "rs-ref-out"))
+    assert duplicates == 0 and len(output) == len(rows)
+    dead_letters = {r.value for r in consume_all(bootstrap, "rs-ref-dlq")}
+    assert dead_letters == set(BAD)
+    return Reference(rows, output, dead_letters)
+
+
+def input_topics(broker, name: str) -> None:
+    """``<name>-in`` with the reference's input, empty ``<name>-out`` and ``<name>-dlq``."""
+    broker.create_topic(f"{name}-in", partitions=1)
+    for suffix in ("out", "dlq"):
+        broker.create_topic(f"{name}-{suffix}", partitions=2)
+    produce_messages(broker.bootstrap_servers, f"{name}-in", stream_messages())
+
+
+def compare(reference: Reference, work: Path, bootstrap: str, name: str) -> dict[str, int]:
+    """Assert that the run's table and topics match the reference; return the figures."""
+    got = table_rows(work / "results.db")
+    expected = reference.rows
+    keys = [row[:5] for row in got]
+    expected_keys = {row[:5] for row in expected}
+    figures = {
+        "rows": len(got),
+        "lost": len(expected_keys - set(keys)),
+        "extra": len(set(keys) - expected_keys),
+        "duplicated": len(keys) - len(set(keys)),
+        "differing": sum(1 for e, g in zip(expected, got, strict=False) if e != g),
+    }
+    out, figures["topic_duplicates"] = check_output_topic(consume_all(bootstrap, f"{name}-out"))
+    figures["topic_records"] = len(out) + figures["topic_duplicates"]
+    dlq = Counter(r.value for r in consume_all(bootstrap, f"{name}-dlq"))
+    figures["dead_letters"] = sum(dlq.values())
+    assert (figures["lost"], figures["extra"], figures["duplicated"]) == (0, 0, 0), figures
+    differing = [(e, g) for e, g in zip(expected, got, strict=False) if e != g]
+    assert got == expected, f"first differing row (reference, run): {differing[:1]}"  # all columns, exact floats
+    assert out == reference.output  # same keys, same values as the uninterrupted run's topic
+    assert set(dlq) == reference.dead_letters  # every bad message dead-lettered, at least once
+    return figures
+
+
+# --------------------------------------------------------------------------- the tests
+
+
+@pytest.mark.timeout(1500)
+def test_sigkill_at_random_and_targeted_moments_gives_the_uninterrupted_table(kafka_broker, reference, tmp_path):
+    started = time.monotonic()
+    bootstrap = kafka_broker.bootstrap_servers
+    input_topics(kafka_broker, "rs")
+
+    # -- 2. the same input, killed again and again ------------------------------------------------
+    work = tmp_path / "killed"
+    work.mkdir()
+    config = write_config(work / "job.yaml", work, bootstrap, "rs", trigger="processing_time")
+    checkpoint = work / "checkpoints" / "chaos"
+    marker = work / "fault.marker"
+    rng = random.Random(SEED)
+    kinds = ["offsets", "after_kafka", "random", "state", "before_kafka", "random", "after_jdbc", "offsets", "commit"]
+    kinds += ["random", "state", "after_kafka"]
+    schedule = [kinds[i % len(kinds)] for i in range(KILLS)]
+    kills: list[str] = []
+    job = None
+    try:
+        for i, how in enumerate(schedule):
+            job = None
+            committed = batch_ids(checkpoint / "commits")
+            planned = batch_ids(checkpoint / "offsets")
+            env = {}
+            if how in FAULT_POINTS:
+                marker.unlink(missing_ok=True)
+                # the run's first batch (a replay when the last kill left it uncommitted) or the one after
+                batch = max(committed, default=-1) + 1 + rng.choice((0, 0, 1))
+                env = {
+                    "ANOMALY_FAULT_POINT": how,
+                    "ANOMALY_FAULT_BATCH": str(batch),
+                    "ANOMALY_FAULT_MARKER": str(marker),
+                }
+            job = Job(config, work / f"run-{i:02d}.log", env=env)
+            if how in FAULT_POINTS:
+                hit = wait_for(marker.exists, job, poll=0.05)
+            elif how == "offsets":  # a new batch is planned, not yet committed
+                hit = wait_for(
+                    lambda p=planned: batch_ids(checkpoint / "offsets") - p - batch_ids(checkpoint / "commits"), job
+                )
+            elif how == "state":  # the state store is writing a new version
+                before = state_files(checkpoint)
+                hit = wait_for(lambda b=before: state_files(checkpoint) - b, job, poll=0.002)
+            elif how == "commit":  # a batch's commit file just appeared
+                hit = wait_for(lambda c=committed: batch_ids(checkpoint / "commits") - c, job, poll=0.002)
+            else:  # random: once the driver plans batches, within the next several seconds
+                hit = wait_for(lambda p=planned: batch_ids(checkpoint / "offsets") - p, job, poll=0.05)
+                if hit:
+                    time.sleep(rng.uniform(0.0, 15.0))
+            assert job.alive(), f"run {i} ({how}) exited {job.proc.returncode}:\n{job.tail()}"
+            assert hit, f"run {i} ({how}): the kill point never came:\n{job.tail()}"
+            job.kill()
+            kills.append(f"{how}@{max(batch_ids(checkpoint / 'offsets'), default=-1)}")
+    finally:
+        if job is not None and job.alive():
+            job.kill()
+
+    # -- 3. a last run consumes the rest and stops --------------------------------------------------
+    final = Job(config, work / "run-final.log", available_now=True)
+    code = final.wait(600)
+    assert code == 0, f"final run exited {code}:\n{final.tail()}"
+
+    figures = compare(reference, work, bootstrap, "rs")
+    print(
+        f"\nrestart safety (seed {SEED}): {len(kills)} SIGKILLs survived ({', '.join(kills)}); "
+        f"{figures['rows']} table rows compared with the uninterrupted run's {len(reference.rows)}: "
+        f"lost {figures['lost']}, extra {figures['extra']}, duplicated {figures['duplicated']}, "
+        f"differing {figures['differing']}; output topic {figures['topic_records']} records for "
+        f"{len(reference.output)} keys ({figures['topic_duplicates']} duplicates, every key with one value); "
+        f"{figures['dead_letters']} dead letters for {len(BAD)} bad messages; {time.monotonic() - started:.0f} s"
+    )
+    assert len(kills) >= min(KILLS, 10)
+
+
+@pytest.mark.timeout(1200)
+def test_broker_down_mid_run_then_restart_gives_the_uninterrupted_table(kafka_broker, reference, tmp_path):
+    """The broker stops for BROKER_DOWN_S while the job runs; a supervisor restarts the job whenever it
+    has exited. The table must still equal the uninterrupted run's."""
+    started = time.monotonic()
+    bootstrap = kafka_broker.bootstrap_servers
+    input_topics(kafka_broker, "bd")
+    config = write_config(tmp_path / "job.yaml", tmp_path, bootstrap, "bd", trigger="processing_time")
+    commits = tmp_path / "checkpoints" / "chaos" / "commits"
+    job = Job(config, tmp_path / "run-0.log")
+    exits: list[str] = []
+    try:
+        assert wait_for(lambda: len(batch_ids(commits)) >= 3, job, timeout=300, poll=0.1), job.tail()
+        last_before = max(batch_ids(commits))
+        kafka_broker.stop()
+        time.sleep(BROKER_DOWN_S)
+        alive_after_outage = job.alive()
+        kafka_broker.start()
+        deadline = time.monotonic() + 400
+        while max(batch_ids(commits)) < last_before + 3:  # progress past the outage
+            assert time.monotonic() < deadline, f"no progress after the outage:\n{job.tail()}"
+            if not job.alive():
+                failure = [line for line in job.log.read_text(errors="replace").splitlines() if "failed:" in line]
+                exits.append(f"exit {job.proc.returncode}: {(failure or ['?'])[-1][-300:]}")
+                job.wait(10)
+                job = Job(config, tmp_path / f"run-{len(exits)}.log")
+            time.sleep(0.5)
+    finally:
+        if not kafka_broker.is_running:
+            kafka_broker.start()
+        if job.alive():
+            job.kill()
+    final = Job(config, tmp_path / "run-final.log", available_now=True)
+    code = final.wait(600)
+    assert code == 0, f"final run exited {code}:\n{final.tail()}"
+    figures = compare(reference, tmp_path, bootstrap, "bd")
+    print(
+        f"\nbroker down {BROKER_DOWN_S} s after batch {last_before}: job "
+        f"{'still running' if alive_after_outage else 'had exited'} when the broker came back; "
+        f"{len(exits)} restart(s) by the supervisor ({'; '.join(exits) or 'none'}); {figures}; "
+        f"{time.monotonic() - started:.0f} s"
+    )
+
+
+@pytest.mark.timeout(900)
+def test_restart_with_changed_detector_params_is_refused_and_a_new_label_resumes(kafka_broker, tmp_path):
+    bootstrap = kafka_broker.bootstrap_servers
+    kafka_broker.create_topic("cm-in", partitions=1)
+    for topic in ("cm-out", "cm-dlq"):
+        kafka_broker.create_topic(topic, partitions=2)
+    first = [m for m in stream_messages() if isinstance(m, dict)][:90]  # 5 minutes of 3 applications
+    produce_messages(bootstrap, "cm-in", first)
+    detectors = [{"name": "ema", "params": {"window": 5, "warmup": 3}}]
+
+    def run(name: str, detectors: list) -> tuple[int, Job]:
+        config = write_config(
+            tmp_path / f"{name}.yaml", tmp_path, bootstrap, "cm", trigger="available_now", detectors=detectors
+        )
+        job = Job(config, tmp_path / f"{name}.log", available_now=True)
+        return job.wait(600), job
+
+    code, job = run("first", detectors)
+    assert code == 0, job.tail()
+    before = table_rows(tmp_path / "results.db")
+    assert before and {row[1] for row in before} == {"ema"}
+
+    changed = [{"name": "ema", "params": {"window": 7, "warmup": 3}}]
+    code, job = run("changed", changed)
+    log = job.log.read_text()
+    assert code == 3, job.tail()
+    assert "refusing to start" in log and "detector 'ema' was" in log, job.tail()
+    assert "Revert the change, or start this stream from a new checkpoint" in log
+    assert table_rows(tmp_path / "results.db") == before  # nothing was written
+
+    later = [m for m in stream_messages() if isinstance(m, dict)][90:180]
+    produce_messages(bootstrap, "cm-in", later)
+    added = [*detectors, {"name": "ema", "label": "ema_slow", "params": {"window": 20, "warmup": 3}}]
+    code, job = run("added", added)
+    assert code == 0, job.tail()
+    after = table_rows(tmp_path / "results.db")
+    assert set(before) < set(after)  # the old rows are untouched, new windows were scored
+    old_ts = {row[4] for row in before}
+    new_ts = {row[4] for row in after if row[1] == "ema"} - old_ts
+    assert new_ts and {row[4] for row in after if row[1] == "ema_slow"} == new_ts  # fresh state, new windows only
