@@ -107,6 +107,9 @@ class JdbcConfig:
     password_env: str | None = None
     properties: Mapping[str, str] = field(default_factory=dict)
     password_file: str | None = None
+    # a failed micro-batch write is retried this many times (backoff 1 s, 2 s, 4 s, ...
+    # capped at 30 s) before the query fails; a restart then replays the batch
+    write_retries: int = 5
 
     def resolve_password(self) -> str | None:
         """The password from ``password_env`` or ``password_file``; None when neither is set.
@@ -321,7 +324,7 @@ def _jdbc(raw: Any, name: str, base_dir: Path | None) -> JdbcConfig | None:
     if raw is None:
         return None
     section = _mapping(raw, name)
-    _check_keys(section, ("url", "table", "user", "password_env", "password_file", "properties"), name)
+    _check_keys(section, ("url", "table", "user", "password_env", "password_file", "properties", "write_retries"), name)
     url = _str(section.get("url"), f"{name}.url")
     assert url is not None
     # checked before anything echoes the url: an error message must not carry a secret
@@ -357,6 +360,7 @@ def _jdbc(raw: Any, name: str, base_dir: Path | None) -> JdbcConfig | None:
         password_env=password_env,
         properties=properties,
         password_file=password_file,
+        write_retries=_int(section.get("write_retries"), f"{name}.write_retries", 0, default=5),
     )
 
 

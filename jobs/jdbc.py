@@ -29,7 +29,8 @@ since Spark and the driver format their own messages.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -362,11 +363,35 @@ class JdbcTable:
             flag.alias("is_anomaly"),
         )
 
-    def upsert(self, results: DataFrame) -> None:
-        """Write one micro-batch of results idempotently (see the module docstring)."""
-        self.clear_staging()
-        self.write_staging(self.staging_frame(results))
-        self.merge_staging()
+    def upsert(self, results: DataFrame, sleep: Callable[[float], None] = time.sleep) -> None:
+        """Write one micro-batch of results idempotently (see the module docstring).
+
+        A database that is briefly unavailable (restarting, locked, network
+        blip) costs a retry, not the batch: the whole write is repeated, which
+        is safe because it is idempotent. After ``write_retries`` failures the
+        error propagates, the query stops, and a restart replays the batch
+        from the checkpoint -- rows are never skipped.
+        """
+        attempts = self.config.write_retries + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                self.clear_staging()
+                self.write_staging(self.staging_frame(results))
+                self.merge_staging()
+                return
+            except JdbcError as err:
+                if attempt == attempts:
+                    raise
+                delay = min(30.0, 2.0 ** (attempt - 1))
+                log.warning(
+                    "table %s: write failed (attempt %d of %d), retrying in %.0f s: %s",
+                    self.table,
+                    attempt,
+                    attempts,
+                    delay,
+                    err,
+                )
+                sleep(delay)
 
     def clear_staging(self) -> None:
         with self._guard("emptying the staging table"), self.connect() as conn:
@@ -397,10 +422,7 @@ class JdbcTable:
         else:
             select = f"SELECT {columns} FROM {self.staging}"
         # "WHERE true" disambiguates ON CONFLICT after INSERT ... SELECT in SQLite's grammar
-        return (
-            f"INSERT INTO {self.table} ({columns}) {select} WHERE true "
-            f"ON CONFLICT ({keys}) DO UPDATE SET {updates}"
-        )
+        return f"INSERT INTO {self.table} ({columns}) {select} WHERE true ON CONFLICT ({keys}) DO UPDATE SET {updates}"
 
     def merge_staging(self) -> None:
         """Copy staging into the table and empty staging, in one transaction."""

@@ -355,7 +355,7 @@ def test_sigkill_at_random_and_targeted_moments_gives_the_uninterrupted_table(ka
     bootstrap = kafka_broker.bootstrap_servers
     input_topics(kafka_broker, "rs")
 
-    # -- 2. the same input, killed again and again ------------------------------------------------
+    # -- 1. the reference's input, killed again and again ------------------------------------------
     work = tmp_path / "killed"
     work.mkdir()
     config = write_config(work / "job.yaml", work, bootstrap, "rs", trigger="processing_time")
@@ -406,7 +406,7 @@ def test_sigkill_at_random_and_targeted_moments_gives_the_uninterrupted_table(ka
         if job is not None and job.alive():
             job.kill()
 
-    # -- 3. a last run consumes the rest and stops --------------------------------------------------
+    # -- 2. a last run consumes the rest and stops --------------------------------------------------
     final = Job(config, work / "run-final.log", available_now=True)
     code = final.wait(600)
     assert code == 0, f"final run exited {code}:\n{final.tail()}"
