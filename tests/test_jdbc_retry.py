@@ -17,7 +17,7 @@ class FlakyTable(JdbcTable):
         )
         self.failures, self.calls, self.merged = failures, 0, 0
 
-    def staging_frame(self, results):  # noqa: ANN001, ANN201 - no Spark needed here
+    def staging_frame(self, results):
         return results
 
     def clear_staging(self) -> None:
@@ -25,7 +25,7 @@ class FlakyTable(JdbcTable):
         if self.calls <= self.failures:
             raise JdbcError("table predictions: database is locked")
 
-    def write_staging(self, frame) -> None:  # noqa: ANN001
+    def write_staging(self, frame) -> None:
         pass
 
     def merge_staging(self) -> None:
