@@ -10,9 +10,20 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
-SPARK_VERSION = re.search(
-    r"<spark\.version>([^<]+)</spark\.version>", (HERE / "deps" / "pom.xml").read_text()
-).group(1)
+SPARK_VERSION = re.search(r"<spark\.version>([^<]+)</spark\.version>", (HERE / "deps" / "pom.xml").read_text()).group(1)
+
+# Everything the Spark job needs; detectors/ alone only needs numpy.
+SPARK_DEPS = [
+    f"pyspark=={SPARK_VERSION}",
+    # pyspark's testing helpers and Arrow conversion break on pandas 3
+    "pandas>=2.2,<3",
+    "pyarrow>=15",
+    # transformWithState talks to the JVM state server over protobuf
+    "protobuf>=4.21",
+    "grpcio>=1.60",
+    "kafka-python>=2.2",
+    "pyyaml>=6",
+]
 
 setup(
     name="streaming-anomaly",
@@ -27,27 +38,10 @@ setup(
         "numpy>=1.26",
     ],
     extras_require={
-        # Everything the Spark job needs; detectors/ alone only needs numpy.
-        "spark": [
-            f"pyspark=={SPARK_VERSION}",
-            # pyspark's testing helpers and Arrow conversion break on pandas 3
-            "pandas>=2.2,<3",
-            "pyarrow>=15",
-            # transformWithState talks to the JVM state server over protobuf
-            "protobuf>=4.21",
-            "grpcio>=1.60",
-            "kafka-python>=2.2",
-            "pyyaml>=6",
-        ],
+        "spark": SPARK_DEPS,
         "postgres": ["psycopg[binary]>=3.1"],
         "dev": [
-            f"pyspark=={SPARK_VERSION}",
-            "pandas>=2.2,<3",
-            "pyarrow>=15",
-            "protobuf>=4.21",
-            "grpcio>=1.60",
-            "kafka-python>=2.2",
-            "pyyaml>=6",
+            *SPARK_DEPS,
             # tests/test_postgres_sink.py and jobs/repository.py's PostgreSQL reads
             "psycopg[binary]>=3.1",
             "pytest>=8",

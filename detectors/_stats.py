@@ -64,9 +64,23 @@ import struct
 import sys
 
 from detectors.base import AnomalyResult
+from detectors.params import Param
 
 SQRT2 = math.sqrt(2.0)
 FLOAT_MAX = sys.float_info.max
+
+# The threshold parameter of the band detectors (EMA, Robust): one definition, one meaning.
+TAIL_THRESHOLD_PARAM = Param(
+    "threshold",
+    float,
+    0.9999,
+    "two-sided normal probability P(|Z| <= z) at or above which a point is anomalous "
+    "(0.9999: 3.89 sigma; above 1 - 1e-9 on the graded scale of detectors._stats)",
+    minimum=0.5,
+    maximum=1.0,
+    exclusive_minimum=True,
+    exclusive_maximum=True,
+)
 EXACT_TAIL = 1e-9
 """Tail probabilities at or above this are reported exactly (``p = 1 - t``); below, compressed."""
 

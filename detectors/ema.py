@@ -54,7 +54,7 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar
 
-from detectors._stats import FLOAT_MAX, gaussian_score, two_sided_quantile
+from detectors._stats import FLOAT_MAX, TAIL_THRESHOLD_PARAM, gaussian_score, two_sided_quantile
 from detectors.base import AnomalyResult, Detector, StateError
 from detectors.params import Param, ParamSchema
 
@@ -67,17 +67,7 @@ class EMADetector(Detector):
     params: ClassVar[ParamSchema] = ParamSchema(
         (
             Param("window", int, 100, "EMA span; alpha = 2 / (window + 1)", minimum=2),
-            Param(
-                "threshold",
-                float,
-                0.9999,
-                "two-sided normal probability P(|Z| <= z) at or above which a point is anomalous "
-                "(0.9999: 3.89 sigma; above 1 - 1e-9 on the graded scale of detectors._stats)",
-                minimum=0.5,
-                maximum=1.0,
-                exclusive_minimum=True,
-                exclusive_maximum=True,
-            ),
+            TAIL_THRESHOLD_PARAM,
             Param("warmup", int, 10, "points learned before the first scored point", minimum=2),
         )
     )
@@ -142,9 +132,7 @@ class EMADetector(Detector):
             # on halved quantities (exact scaling), std saturated at the float max.
             mean = decay * self._mean + a * x
             half_diff = x * 0.5 - self._mean * 0.5
-            std = min(
-                2.0 * self._sqrt_decay * math.hypot(self._std * 0.5, self._sqrt_alpha * half_diff), FLOAT_MAX
-            )
+            std = min(2.0 * self._sqrt_decay * math.hypot(self._std * 0.5, self._sqrt_alpha * half_diff), FLOAT_MAX)
         self._mean, self._std = mean, std
         self._w2 = decay * decay * self._w2 + a * a
         self._count += 1

@@ -53,7 +53,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from detectors._stats import FLOAT_MAX, gaussian_score, two_sided_quantile
+from detectors._stats import FLOAT_MAX, TAIL_THRESHOLD_PARAM, gaussian_score, two_sided_quantile
 from detectors.base import AnomalyResult, BatchResult, Detector, NonFiniteValueError, StateError
 from detectors.params import Param, ParamSchema
 
@@ -103,17 +103,7 @@ class RobustDetector(Detector):
     params: ClassVar[ParamSchema] = ParamSchema(
         (
             Param("window", int, 100, "points in the rolling median/MAD window", minimum=3),
-            Param(
-                "threshold",
-                float,
-                0.9999,
-                "two-sided normal probability P(|Z| <= z) at or above which a point is anomalous "
-                "(0.9999: 3.89 sigma; above 1 - 1e-9 on the graded scale of detectors._stats)",
-                minimum=0.5,
-                maximum=1.0,
-                exclusive_minimum=True,
-                exclusive_maximum=True,
-            ),
+            TAIL_THRESHOLD_PARAM,
             Param("warmup", int, 10, "points learned before the first scored point", minimum=3),
         )
     )
@@ -186,9 +176,7 @@ class RobustDetector(Detector):
                 median, sigma, factor = _window_stats(windows[start:stop])
                 for j in range(stop - start):
                     results.append(
-                        self._score(
-                            float(values[i + start + j]), float(median[j]), float(sigma[j]), float(factor[j])
-                        )
+                        self._score(float(values[i + start + j]), float(median[j]), float(sigma[j]), float(factor[j]))
                     )
             # Learn the batch: same ring-buffer contents, position and count as
             # pushing one by one.

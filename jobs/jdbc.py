@@ -350,18 +350,8 @@ class JdbcTable:
         else:
             ts = F.timestamp_millis("ts_ms")
             flag = F.col("is_anomaly")
-        return results.select(
-            "application",
-            ts.alias("ts"),
-            "agg_function",
-            "agg_window_millis",
-            "agg_value",
-            "detector",
-            "value_lower_limit",
-            "value_upper_limit",
-            "anomaly_probability",
-            flag.alias("is_anomaly"),
-        )
+        shaped = {"ts": ts.alias("ts"), "is_anomaly": flag.alias("is_anomaly")}
+        return results.select(*[shaped.get(column, column) for column in COLUMNS])
 
     def upsert(self, results: DataFrame, sleep: Callable[[float], None] = time.sleep) -> None:
         """Write one micro-batch of results idempotently (see the module docstring).
