@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -70,7 +71,10 @@ def check_checkpoint(stream: StreamConfig, checkpoint: str) -> None:
     else:
         merged = current
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(merged, indent=2, sort_keys=True))
+    # write-then-rename: a kill mid-write must not leave a truncated file behind
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(merged, indent=2, sort_keys=True))
+    os.replace(tmp, path)
 
 
 def score_events(records: Any, stream: StreamConfig) -> Any:
