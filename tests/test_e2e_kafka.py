@@ -27,6 +27,16 @@ BAD = {
     b'{"application": "web", "value": 1}': "missing_field",
     b'{"application": "", "value": 1, "ts": "2024-01-01T00:00:00Z"}': "empty_application",
     b'{"application": "web", "value": 1, "ts": "soon"}': "ts_unparseable",
+    b'{"application": "web", "value": 1, "ts": "2024-01-01T00:00:00"}': "ts_no_timezone",
+    b'{"application": "web", "value": 1, "ts": "1960-01-01T00:00:00Z"}': "ts_out_of_range",
+    b'{"application": "web", "value": 1, "ts": "2999-01-01T00:00:00Z"}': "ts_out_of_range",
+    b'{"application": "web", "value": NaN, "ts": "2024-01-01T00:00:00Z"}': "invalid_json",
+    b'{"application": "web", "value": 1e999, "ts": "2024-01-01T00:00:00Z"}': "value_not_finite",
+    b'{"application": "web", "value": null, "ts": "2024-01-01T00:00:00Z"}': "null_field",
+    b"\xff\xfe\x00garbage": "invalid_utf8",
+    b"[1, 2, 3]": "not_an_object",
+    b'{"application": "' + b"a" * 10_000 + b'", "value": 1, "ts": "2024-01-01T00:00:00Z"}': "invalid_application",
+    b'{"application": "' + b"b" * 900_000 + b'", "value": 1, "ts": "2024-01-01T00:00:00Z"}': "invalid_application",
 }
 
 
@@ -40,6 +50,15 @@ def series(app: str, start_s: int, end_s: int) -> list[dict]:
             value += 80.0
         out.append(msg(app, round(value, 3), t))
     return out
+
+
+def tombstone(bootstrap: str, topic: str) -> None:
+    """A record with a key and no value (Kafka's delete marker)."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    producer.send(topic, key=b"web", value=None).get(timeout=30)
+    producer.close()
 
 
 def job_config(bootstrap: str, tmp_path) -> dict:
@@ -102,6 +121,7 @@ def test_kafka_to_kafka_and_sqlite_with_restart(kafka_broker, spark, tmp_path):
     produce_messages(bootstrap, "e2e-web", web1)
     produce_messages(bootstrap, "e2e-db", db1)
     produce_messages(bootstrap, "e2e-web", list(BAD))
+    tombstone(bootstrap, "e2e-web")
     assert run(config, spark=spark) == 0
 
     # -- run 2, from the checkpoint: 10 more minutes and one late event ------------------
@@ -180,7 +200,8 @@ def test_kafka_to_kafka_and_sqlite_with_restart(kafka_broker, spark, tmp_path):
     assert {k: v for k, v in reasons.items() if k in BAD} == BAD
     late_bytes = json.dumps(late, separators=(",", ":")).encode()
     assert reasons[late_bytes] == "late"
-    assert len(dlq) == len(BAD) + 1
+    assert reasons[None] == "null_value"  # the tombstone
+    assert len(dlq) == len(BAD) + 2
     source = json.loads(next(r for r in dlq if r.value == late_bytes).header("anomaly.source"))
     assert source["topic"] == "e2e-web" and source["offset"] >= 0
     # the points stream reads e2e-web only (by pattern): it sees the bad web messages too
