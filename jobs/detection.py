@@ -28,6 +28,7 @@ query, one Kafka read, carries both results and rejects.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
@@ -158,7 +159,7 @@ class DetectionProcessor(StatefulProcessor):
         self._schedule(state)
         self.state.update((state.encode(),))
         if out:
-            yield out[0] if len(out) == 1 else pd.concat(out, ignore_index=True)
+            yield _concat(out)
 
     def handleExpiredTimer(self, key: Any, timerValues: Any, expiredTimerInfo: Any) -> Iterator[pd.DataFrame]:
         application = key[0]
@@ -172,7 +173,7 @@ class DetectionProcessor(StatefulProcessor):
             self._schedule(state)
             self.state.update((state.encode(),))
         if out:
-            yield out[0] if len(out) == 1 else pd.concat(out, ignore_index=True)
+            yield _concat(out)
 
     def close(self) -> None:
         pass
@@ -278,6 +279,16 @@ class DetectionProcessor(StatefulProcessor):
             },
             columns=OUTPUT_COLUMNS,
         )
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    if len(frames) == 1:
+        return frames[0]
+    with warnings.catch_warnings():
+        # all-null dead-letter columns next to result columns: the dtype rules pandas
+        # warns about do not matter here, Arrow casts to OUTPUT_SCHEMA anyway
+        warnings.simplefilter("ignore", FutureWarning)
+        return pd.concat(frames, ignore_index=True)
 
 
 def _rejects(batch: pd.DataFrame) -> pd.DataFrame:

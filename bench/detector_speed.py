@@ -1,6 +1,6 @@
 """Detector micro-benchmark (pure Python, no Spark), optionally with NAB scores.
 
-    .venv/bin/python bench/detectors.py [--points 10000] [--repeat 3] [--nab] [--nab-dir DIR]
+    .venv/bin/python bench/detector_speed.py [--points 10000] [--repeat 3] [--nab] [--nab-dir DIR]
 
 For every built-in detector (``ema``, ``robust``, ``cad`` with a fixed range and
 with the range learned online, ``likelihood`` over EMA, ``default``) on one
