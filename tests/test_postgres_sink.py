@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -309,3 +312,57 @@ def pg_frame_schema() -> str:
         "detector string, value_lower_limit double, value_upper_limit double, anomaly_probability double, "
         "is_anomaly boolean"
     )
+
+
+# -- database outage ----------------------------------------------------------------------------
+def _pg_ctl(postgres, action: str) -> None:
+    """Stop or start the fixture's server, as its OS user (the fixture keeps data in socket_dir/data)."""
+    from tests.postgres_fixture import _as_server_user
+
+    cmd = [*_as_server_user(), str(postgres.bin_dir / "pg_ctl"), "-D", str(postgres.socket_dir / "data"), "-w"]
+    if action == "stop":
+        cmd += ["-m", "fast", "stop"]
+    else:
+        cmd += ["-l", str(postgres.socket_dir / "server.log"), "start"]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=60)
+
+
+@pytest.mark.timeout(600)
+def test_database_outage_during_a_batch_is_retried_not_skipped(
+    kafka_broker, spark, postgres, tmp_path, monkeypatch, caplog
+):
+    caplog.set_level(logging.WARNING, logger="anomaly.jdbc")
+    monkeypatch.setenv(PASSWORD_ENV, postgres.password)
+    bootstrap = kafka_broker.bootstrap_servers
+    kafka_broker.create_topic("pg-outage-in", partitions=2)
+    messages = series("web", 0, 900)
+    produce_messages(bootstrap, "pg-outage-in", messages)
+    raw = job_config(bootstrap, postgres, tmp_path / "ck", table="predictions_outage")
+    raw["streams"][0]["source"]["topics"] = ["pg-outage-in"]
+    raw["streams"][0]["sinks"]["jdbc"]["write_retries"] = 6
+
+    original = JdbcTable.merge_staging
+    outages: list[float] = []
+
+    def merge_during_outage(self) -> None:
+        if not outages:  # the first merge finds the database gone; it comes back 3 s later
+            outages.append(time.monotonic())
+            _pg_ctl(postgres, "stop")
+            threading.Timer(3.0, _pg_ctl, args=(postgres, "start")).start()
+        original(self)
+
+    monkeypatch.setattr(JdbcTable, "merge_staging", merge_during_outage)
+    try:
+        assert run(parse_config(raw), spark=spark) == 0
+    finally:
+        monkeypatch.undo()
+    assert outages, "the outage was never injected"
+    assert "write failed (attempt 1 of 7)" in caplog.text  # the batch was retried, not skipped
+    rows = pg_rows(postgres, "predictions_outage")
+    watermark = T0_MS + 890 * 1000 - LATENESS_MS
+    windows = expected_windows(messages, watermark)["web"]
+    assert len(windows) == 14
+    expected = {("web", label, "avg", WINDOW_MS, start) for label in ("ema", "robust") for start, _ in windows}
+    assert set(rows) == expected  # nothing skipped, nothing twice
+    for (*_, start), row in rows.items():
+        assert row[0] == pytest.approx(dict(windows)[start], rel=1e-12)
