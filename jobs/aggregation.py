@@ -34,7 +34,7 @@ Semantics:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -94,14 +94,11 @@ def add_events(
         return state, late
     if agg_function in RAW_VALUE_FUNCTIONS:
         # values ride in `sums`; counts/mins/maxs stay empty for raw-value functions
-        new = WindowState(
-            state.closed_until,
-            np.concatenate([state.starts, starts]),
-            np.concatenate([state.ts, ts]),
-            state.counts,
-            np.concatenate([state.sums, values]),
-            state.mins,
-            state.maxs,
+        new = replace(
+            state,
+            starts=np.concatenate([state.starts, starts]),
+            ts=np.concatenate([state.ts, ts]),
+            sums=np.concatenate([state.sums, values]),
         )
         return new, late
     # Merge per-window partials of this batch into the open windows.
@@ -138,7 +135,7 @@ def close_windows(
     length = window_length(agg_function, window_ms)
     done = state.starts + length <= closed_until
     if not done.any():
-        return _with_closed_until(state, closed_until), _EMPTY_I, _EMPTY_F
+        return replace(state, closed_until=closed_until), _EMPTY_I, _EMPTY_F
     keep = ~done
     if agg_function == "none":
         order = np.argsort(state.ts[done], kind="stable")
@@ -169,24 +166,18 @@ def close_windows(
         else:  # pragma: no cover - config validation rejects unknown functions
             raise ValueError(f"unknown agg_function {agg_function!r}")
     if agg_function in RAW_VALUE_FUNCTIONS:
-        new = WindowState(
-            closed_until,
-            state.starts[keep],
-            state.ts[keep],
-            state.counts,
-            state.sums[keep],
-            state.mins,
-            state.maxs,
+        new = replace(
+            state, closed_until=closed_until, starts=state.starts[keep], ts=state.ts[keep], sums=state.sums[keep]
         )
     else:
-        new = WindowState(
-            closed_until,
-            state.starts[keep],
-            state.ts,
-            state.counts[keep],
-            state.sums[keep],
-            state.mins[keep],
-            state.maxs[keep],
+        new = replace(
+            state,
+            closed_until=closed_until,
+            starts=state.starts[keep],
+            counts=state.counts[keep],
+            sums=state.sums[keep],
+            mins=state.mins[keep],
+            maxs=state.maxs[keep],
         )
     return new, out_starts.astype(np.int64), np.asarray(out_values, dtype=np.float64)
 
@@ -196,10 +187,6 @@ def next_close_time(state: WindowState, agg_function: str, window_ms: int) -> in
     if len(state.starts) == 0:
         return None
     return int(state.starts.min()) + window_length(agg_function, window_ms)
-
-
-def _with_closed_until(state: WindowState, closed_until: int) -> WindowState:
-    return WindowState(closed_until, state.starts, state.ts, state.counts, state.sums, state.mins, state.maxs)
 
 
 def to_fields(state: WindowState) -> dict[str, object]:

@@ -46,10 +46,15 @@ def _hhmm(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%H:%M")
 
 
+def _span(anomaly: InjectedAnomaly) -> tuple[int, int]:
+    """The windows an injected anomaly covers: [start, end) in ms (a level shift: its first hour)."""
+    start = _ms(anomaly.ts) - _ms(anomaly.ts) % WINDOW_MS
+    return start, (_ms(anomaly.end_ts) if anomaly.end_ts else start + 3_600_000)
+
+
 def found(anomaly: InjectedAnomaly, flagged_ms: list[int]) -> int | None:
     """The first flagged window that overlaps the injected anomaly (a level shift: its first hour)."""
-    start = _ms(anomaly.ts) - _ms(anomaly.ts) % WINDOW_MS
-    end = _ms(anomaly.end_ts) if anomaly.end_ts else start + 3_600_000
+    start, end = _span(anomaly)
     hits = [ms for ms in flagged_ms if start <= ms < end]
     return min(hits) if hits else None
 
@@ -78,8 +83,7 @@ def summarize(db_path: Path, anomalies: list[InjectedAnomaly], judge: str) -> tu
         notes, hits, covered = [], 0, set()
         for anomaly in (a for a in anomalies if a.application == app):
             hit = found(anomaly, flagged_ms)
-            start = _ms(anomaly.ts) - _ms(anomaly.ts) % WINDOW_MS
-            end = _ms(anomaly.end_ts) if anomaly.end_ts else start + 3_600_000
+            start, end = _span(anomaly)
             covered |= {ms for ms in flagged_ms if start <= ms < end}
             notes.append(f"{anomaly.kind} {anomaly.ts[11:16]} -> {_hhmm(hit) if hit else 'MISSED'}")
             hits += hit is not None

@@ -83,6 +83,8 @@ OUTPUT_SCHEMA = StructType(
     ]
 )
 OUTPUT_COLUMNS = [f.name for f in OUTPUT_SCHEMA.fields]
+# the columns only dead letters fill; null in results
+DEAD_LETTER_COLUMNS = ("reason", "detail", "raw", "kafka_key", "src_topic", "src_partition", "src_offset")
 STATE_SCHEMA = StructType([StructField("blob", BinaryType(), False)])
 
 
@@ -219,7 +221,7 @@ class DetectionProcessor(StatefulProcessor):
         for label, cls, params in self.detectors:
             blob = state.detector_blobs.get(label)
             try:
-                detector = cls(**params) if blob is None else cls.from_state(blob, **params)
+                detector = _restore(cls, params, blob)
                 scored.append((label, starts, agg_values, detector.update_batch(starts, agg_values)))
                 state.detector_blobs[label] = detector.to_state()
             except Exception:
@@ -249,7 +251,7 @@ class DetectionProcessor(StatefulProcessor):
         for i in range(len(starts)):
             point_ts, point_value = starts[i : i + 1], agg_values[i : i + 1]
             try:
-                detector = cls(**params) if blob is None else cls.from_state(blob, **params)
+                detector = _restore(cls, params, blob)
                 result = detector.update_batch(point_ts, point_value)
                 blob = detector.to_state()
                 ok.append((label, point_ts, point_value, result))
@@ -275,10 +277,15 @@ class DetectionProcessor(StatefulProcessor):
                 "value_upper_limit": np.concatenate([r.value_upper_limit for *_, r in scored]),
                 "anomaly_probability": np.concatenate([r.anomaly_probability for *_, r in scored]),
                 "is_anomaly": np.concatenate([r.is_anomaly for *_, r in scored]).astype(bool),
-                **{column: np.full(n, None, dtype=object) for column in OUTPUT_COLUMNS[11:]},
+                **{column: np.full(n, None, dtype=object) for column in DEAD_LETTER_COLUMNS},
             },
             columns=OUTPUT_COLUMNS,
         )
+
+
+def _restore(cls: type, params: dict[str, Any], blob: bytes | None) -> Any:
+    """The key's detector: fresh before its first point, else rebuilt from its state blob."""
+    return cls(**params) if blob is None else cls.from_state(blob, **params)
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -294,7 +301,7 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
 def _rejects(batch: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(index=batch.index, columns=OUTPUT_COLUMNS)
     out["kind"] = KIND_DEAD_LETTER
-    for column in ("reason", "detail", "raw", "kafka_key", "src_topic", "src_partition", "src_offset"):
+    for column in DEAD_LETTER_COLUMNS:
         out[column] = batch[column].to_numpy()
     return out
 

@@ -43,7 +43,6 @@ class ProgressListener(StreamingQueryListener):
 
     def __init__(self, stats_board: StatsBoard = BOARD) -> None:
         self.stats_board = stats_board
-        self.totals: dict[str, dict[str, int]] = {}
 
     def onQueryStarted(self, event) -> None:
         log.info("[%s] started (id %s, run %s)", event.name, event.id, event.runId)
@@ -59,9 +58,6 @@ class ProgressListener(StreamingQueryListener):
             "durationMs": dict(progress.durationMs),
             "eventTime": dict(progress.eventTime),
         }
-        totals = self.totals.setdefault(str(progress.name), {"input": 0, "batches": 0})
-        totals["input"] += int(progress.numInputRows)
-        totals["batches"] += 1
         log.info("%s", format_progress(data, self.stats_board))
 
     def onQueryIdle(self, event) -> None:
