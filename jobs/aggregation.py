@@ -17,6 +17,11 @@ Semantics:
   (an event older than the watermark), applied per window. Adding it would
   change a scored window and feed the detectors out of event-time order.
 * Windows with no events produce no point (``count`` never emits 0).
+* Duplicates (with ``deduplicate`` on): an event with the same ts and value
+  as one already counted in a still-open window of the key, or earlier in the
+  same batch, is returned as a duplicate instead of being counted twice
+  (:func:`find_duplicates`). A duplicate that arrives after its window closed
+  is late, like any event of that window.
 * Percentiles are exact, with linear interpolation between closest ranks (the
   same definition as Spark's ``percentile``); they keep the window's raw values.
 
@@ -34,7 +39,7 @@ Semantics:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -50,7 +55,9 @@ class WindowState:
     """Open windows of one key.
 
     Raw-value functions keep (``starts`` = event window start, ``ts``, ``values``)
-    per event; the others keep one row of partial aggregates per open window.
+    per event; the others keep one row of partial aggregates per open window and,
+    when duplicates are looked for, the (``seen_ts``, ``seen_values``) of the
+    events in those windows.
     """
 
     closed_until: int
@@ -60,6 +67,8 @@ class WindowState:
     sums: np.ndarray
     mins: np.ndarray
     maxs: np.ndarray
+    seen_ts: np.ndarray = field(default_factory=lambda: _EMPTY_I)
+    seen_values: np.ndarray = field(default_factory=lambda: _EMPTY_F)
 
     @staticmethod
     def empty(agg_function: str, closed_until: int = np.iinfo(np.int64).min) -> WindowState:
@@ -78,6 +87,53 @@ def window_starts(ts: np.ndarray, agg_function: str, window_ms: int) -> np.ndarr
 
 def window_length(agg_function: str, window_ms: int) -> int:
     return 1 if agg_function == "none" else window_ms
+
+
+def _event_keys(ts: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """(ts, value) pairs as 16-byte keys that compare, sort and np.isin as a whole."""
+    keys = np.empty(len(ts), dtype=[("ts", "<i8"), ("value", "<f8")])
+    keys["ts"] = ts
+    keys["value"] = values + 0.0  # -0.0 and 0.0 are the same value
+    return keys.view("V16").ravel()
+
+
+def find_duplicates(
+    state: WindowState, ts: np.ndarray, values: np.ndarray, agg_function: str, window_ms: int
+) -> tuple[WindowState, np.ndarray]:
+    """Mask of events that repeat an event already counted in an open window, or earlier in this batch.
+
+    Call before :func:`add_events` with the same events (in the order that
+    decides which copy counts: the first wins) and add only the others. The
+    returned state remembers the counted events of non-raw functions; raw-value
+    functions remember every event anyway.
+
+    >>> state = WindowState.empty("sum")
+    >>> state, dup = find_duplicates(state, np.array([1, 1, 2]), np.array([5.0, 5.0, 5.0]), "sum", 10)
+    >>> dup.tolist()
+    [False, True, False]
+    >>> find_duplicates(state, np.array([2, 3]), np.array([5.0, 5.0]), "sum", 10)[1].tolist()
+    [True, False]
+    """
+    ts = np.asarray(ts, dtype=np.int64)
+    values = np.asarray(values, dtype=np.float64)
+    keys = _event_keys(ts, values)
+    on_time = window_starts(ts, agg_function, window_ms) + window_length(agg_function, window_ms) > state.closed_until
+    if agg_function in RAW_VALUE_FUNCTIONS:
+        seen = _event_keys(state.ts, state.sums)
+    else:
+        seen = _event_keys(state.seen_ts, state.seen_values)
+    duplicate = np.isin(keys, seen)
+    repeated = np.ones(len(keys), dtype=bool)
+    repeated[np.unique(keys, return_index=True)[1]] = False
+    duplicate = (duplicate | repeated) & on_time
+    if agg_function not in RAW_VALUE_FUNCTIONS:
+        counted = on_time & ~duplicate
+        state = replace(
+            state,
+            seen_ts=np.concatenate([state.seen_ts, ts[counted]]),
+            seen_values=np.concatenate([state.seen_values, values[counted]]),
+        )
+    return state, duplicate
 
 
 def add_events(
@@ -120,7 +176,7 @@ def add_events(
     np.add.at(sums, new_idx, values)
     np.minimum.at(mins, new_idx, values)
     np.maximum.at(maxs, new_idx, values)
-    return WindowState(state.closed_until, uniq, _EMPTY_I, counts, sums, mins, maxs), late
+    return replace(state, starts=uniq, ts=_EMPTY_I, counts=counts, sums=sums, mins=mins, maxs=maxs), late
 
 
 def close_windows(
@@ -170,6 +226,7 @@ def close_windows(
             state, closed_until=closed_until, starts=state.starts[keep], ts=state.ts[keep], sums=state.sums[keep]
         )
     else:
+        still_open = window_starts(state.seen_ts, agg_function, window_ms) + length > closed_until
         new = replace(
             state,
             closed_until=closed_until,
@@ -178,6 +235,8 @@ def close_windows(
             sums=state.sums[keep],
             mins=state.mins[keep],
             maxs=state.maxs[keep],
+            seen_ts=state.seen_ts[still_open],
+            seen_values=state.seen_values[still_open],
         )
     return new, out_starts.astype(np.int64), np.asarray(out_values, dtype=np.float64)
 
@@ -199,6 +258,8 @@ def to_fields(state: WindowState) -> dict[str, object]:
         "w_sums": state.sums,
         "w_mins": state.mins,
         "w_maxs": state.maxs,
+        "w_seen_ts": state.seen_ts,
+        "w_seen_values": state.seen_values,
     }
 
 
@@ -211,4 +272,7 @@ def from_fields(fields: dict[str, object]) -> WindowState:
         fields["w_sums"],  # type: ignore[arg-type]
         fields["w_mins"],  # type: ignore[arg-type]
         fields["w_maxs"],  # type: ignore[arg-type]
+        # absent in state written before duplicates were looked for
+        fields.get("w_seen_ts", _EMPTY_I),  # type: ignore[arg-type]
+        fields.get("w_seen_values", _EMPTY_F),  # type: ignore[arg-type]
     )

@@ -86,6 +86,9 @@ class AggregationConfig:
     agg_function: str = "none"
     agg_window_millis: int = 0
     allowed_lateness_millis: int = 0
+    # an event with the same application, ts and value as one already counted in
+    # an open window is a duplicate (a producer retry): dead-lettered, not counted
+    deduplicate: bool = True
 
 
 @dataclass(frozen=True)
@@ -281,7 +284,7 @@ def _source(raw: Any, name: str) -> SourceConfig:
 
 def _aggregation(raw: Any, name: str) -> AggregationConfig:
     section = _mapping(raw, name)
-    _check_keys(section, ("agg_function", "agg_window_millis", "allowed_lateness_millis"), name)
+    _check_keys(section, ("agg_function", "agg_window_millis", "allowed_lateness_millis", "deduplicate"), name)
     function = _choice(section.get("agg_function"), f"{name}.agg_function", AGG_FUNCTIONS, "none")
     window = _int(section.get("agg_window_millis"), f"{name}.agg_window_millis", 0, default=0)
     if function != "none" and window <= 0:
@@ -289,7 +292,8 @@ def _aggregation(raw: Any, name: str) -> AggregationConfig:
     if function == "none" and window != 0:
         raise ConfigError(f"{name}.agg_window_millis", "must be 0 (or absent) when agg_function is 'none'")
     lateness = _int(section.get("allowed_lateness_millis"), f"{name}.allowed_lateness_millis", 0, default=0)
-    return AggregationConfig(function, window, lateness)
+    deduplicate = _bool(section.get("deduplicate"), f"{name}.deduplicate", True)
+    return AggregationConfig(function, window, lateness, deduplicate)
 
 
 def _detectors(raw: Any, name: str) -> tuple[DetectorConfig, ...]:

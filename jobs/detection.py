@@ -3,7 +3,7 @@
 This is the PySpark counterpart of ``mapGroupsWithState``: the job groups the
 parsed events by application and calls::
 
-    events.groupBy("gkey").transformWithStateInPandas(
+    pack(events).groupBy("gkey").transformWithStateInPandas(
         DetectionProcessor(stream), OUTPUT_SCHEMA, "Append", "EventTime")
 
 Per key and micro-batch the processor makes one state ``get`` and one
@@ -12,7 +12,8 @@ Per key and micro-batch the processor makes one state ``get`` and one
 ``to_state()`` blob -- is one binary value. It closes the windows the watermark
 has passed, feeds their values to the detectors in event-time order, and emits
 one output row per (window or point, detector). Events whose window was already
-scored come back as dead letters with reason ``late``; a detector that raises
+scored come back as dead letters with reason ``late``, repeats of an event
+already counted (same ts and value) with reason ``duplicate``; a detector that raises
 sends that key's points to the dead letters with reason ``detector_error`` and
 keeps its previous state, so one bad key cannot stop the others.
 
@@ -20,9 +21,10 @@ Keys that have open windows but no new data are served by an event-time timer
 at the end of their earliest open window; a key idle for longer than
 ``idle_timeout_millis`` of event time is evicted.
 
-Input rows whose ``gkey`` is :data:`INVALID_KEY` are messages that failed
-validation in the source stage; they pass through as dead letters so that one
-query, one Kafka read, carries both results and rejects.
+Input rows are packed (jobs/packing.py): one row holds many events of one key
+as arrays. Rows whose ``gkey`` is :data:`jobs.source.INVALID_KEY` are messages
+that failed validation in the source stage; they pass through as dead letters
+so that one query, one Kafka read, carries both results and rejects.
 """
 
 from __future__ import annotations
@@ -51,13 +53,14 @@ from detectors import get_detector_class
 from detectors.base import StateError, pack_state, unpack_state
 from jobs import aggregation
 from jobs.config import StreamConfig
+from jobs.packing import unpack
+from jobs.source import INVALID_KEY
 
-# Cannot collide with an application name: the source rejects control characters.
-INVALID_KEY = "\u0000invalid"
 KIND_RESULT = "result"
 KIND_DEAD_LETTER = "dead_letter"
 KEY_STATE_VERSION = 1
 TIMER_GRANULARITY_MS = 60_000
+DUPLICATE_DETAIL = "an event with the same application, ts and value is already counted in this window"
 
 OUTPUT_SCHEMA = StructType(
     [
@@ -128,6 +131,7 @@ class DetectionProcessor(StatefulProcessor):
         # Python workers import the same modules (built-ins or installed plugins).
         self.detectors = [(d.label, get_detector_class(d.name), dict(d.params)) for d in stream.detectors]
         self.idle_timeout_ms = stream.idle_timeout_millis
+        self.deduplicate = stream.aggregation.deduplicate
 
     def init(self, handle: StatefulProcessorHandle) -> None:
         self.handle = handle
@@ -137,27 +141,36 @@ class DetectionProcessor(StatefulProcessor):
     def handleInputRows(self, key: Any, rows: Iterator[pd.DataFrame], timerValues: Any) -> Iterator[pd.DataFrame]:
         application = key[0]
         frames = list(rows)
-        batch = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+        events = unpack(frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True))
         if application == INVALID_KEY:
-            yield _rejects(batch)
+            yield _rejects(events)
             return
         watermark = int(timerValues.getCurrentWatermarkInMs())
-        ts = batch["ts_ms"].to_numpy(dtype=np.int64)
-        values = batch["value"].to_numpy(dtype=np.float64)
-        # Rows of a group arrive in shuffle order, which may differ on replay.
+        # Events of a key arrive in shuffle order, which may differ on replay.
         # Sorting by event time, then source position, makes results deterministic.
-        topics = pd.factorize(batch["src_topic"], sort=True)[0]
-        order = np.lexsort((batch["src_offset"].to_numpy(), batch["src_partition"].to_numpy(), topics, ts))
-        ts, values = ts[order], values[order]
+        topics = pd.factorize(events["src_topic"], sort=True)[0]
+        order = np.lexsort((events["src_offset"], events["src_partition"], topics, events["ts_ms"]))
+        events = _select(events, order)
+        ts, values = events["ts_ms"], events["value"]
         state = self._load()
         # Close what the watermark has passed *before* adding: an event whose
         # window ends at or before the watermark is late whether or not this
         # key's timer happened to close that window already.
         out = self._close(application, state, watermark)
+        if self.deduplicate:
+            state.windows, duplicate = aggregation.find_duplicates(
+                state.windows, ts, values, self.agg_function, self.window_ms
+            )
+            if duplicate.any():
+                out.append(_dropped(_select(events, duplicate), application, "duplicate", DUPLICATE_DETAIL))
+                events = _select(events, ~duplicate)
+                ts, values = events["ts_ms"], events["value"]
         state.windows, late = aggregation.add_events(state.windows, ts, values, self.agg_function, self.window_ms)
-        state.last_event_ms = max(state.last_event_ms, int(ts[-1]))
+        if len(ts):
+            state.last_event_ms = max(state.last_event_ms, int(ts[-1]))
         if late.any():
-            out.append(_late(batch.iloc[order[late]], application, state.windows.closed_until))
+            detail = f"event time is behind the watermark: its window was closed at {_iso(state.windows.closed_until)}"
+            out.append(_dropped(_select(events, late), application, "late", detail))
         self._schedule(state)
         self.state.update((state.encode(),))
         if out:
@@ -298,30 +311,44 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
         return pd.concat(frames, ignore_index=True)
 
 
-def _rejects(batch: pd.DataFrame) -> pd.DataFrame:
-    out = pd.DataFrame(index=batch.index, columns=OUTPUT_COLUMNS)
-    out["kind"] = KIND_DEAD_LETTER
-    for column in DEAD_LETTER_COLUMNS:
-        out[column] = batch[column].to_numpy()
+def _rejects(events: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Dead-letter rows from unpacked events (jobs/packing.py) that carry reason/detail/raw/kafka_key."""
+    n = len(events["src_offset"])
+    out = pd.DataFrame(
+        {
+            "kind": np.full(n, KIND_DEAD_LETTER, dtype=object),
+            **{column: events[column] for column in DEAD_LETTER_COLUMNS},
+        },
+        columns=OUTPUT_COLUMNS,
+    )
     return out
 
 
-def _late(rows: pd.DataFrame, application: str, closed_until: int) -> pd.DataFrame:
-    """Dead letters for late events, re-encoded as canonical JSON (valid rows carry no raw bytes)."""
-    out = _rejects(rows)
-    ts_ms = rows["ts_ms"].to_numpy()
-    values = rows["value"].to_numpy()
-    out["reason"] = "late"
-    out["application"] = application
-    out["ts_ms"] = ts_ms
-    out["agg_value"] = values
-    out["raw"] = [
+def _select(events: dict[str, np.ndarray], which: np.ndarray) -> dict[str, np.ndarray]:
+    return {name: column[which] for name, column in events.items()}
+
+
+def _dropped(events: dict[str, np.ndarray], application: str, reason: str, detail: str) -> pd.DataFrame:
+    """Dead letters for valid events that are not counted (late, duplicate).
+
+    Valid events carry no raw bytes through the job, so the value is re-encoded
+    as canonical JSON; the source position goes to the headers as for rejects.
+    """
+    ts_ms, values = events["ts_ms"], events["value"]
+    raw = [
         json.dumps({"application": application, "value": float(v), "ts": _iso(int(t))}, separators=(",", ":")).encode()
         for t, v in zip(ts_ms, values, strict=True)
     ]
-    out["kafka_key"] = application.encode()
-    out["detail"] = f"event time is behind the watermark: its window was closed at {_iso(closed_until)}"
-    return out
+    n = len(ts_ms)
+    return _rejects(
+        {
+            **events,
+            "reason": np.full(n, reason, dtype=object),
+            "detail": np.full(n, detail, dtype=object),
+            "raw": np.array(raw, dtype=object),
+            "kafka_key": np.full(n, application.encode(), dtype=object),
+        }
+    ).assign(application=application, ts_ms=ts_ms, agg_value=values)
 
 
 def _iso(ms: int) -> str:

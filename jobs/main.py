@@ -2,7 +2,7 @@
 
 One streaming query per configured stream::
 
-    Kafka -> parse/validate (jobs/source.py) -> watermark
+    Kafka -> parse/validate (jobs/source.py) -> watermark -> pack per application (jobs/packing.py)
           -> groupBy(application).transformWithStateInPandas(windowing + detectors)
           -> foreachBatch: results to Kafka + JDBC, rejects to the dead-letter topic
 
@@ -84,14 +84,19 @@ def score_events(records: Any, stream: StreamConfig) -> Any:
     offset, timestamp); tests feed it from a file stream instead of Kafka.
     """
     from jobs.detection import OUTPUT_SCHEMA, DetectionProcessor
+    from jobs.packing import pack
     from jobs.source import parse_messages, with_watermark
 
     events = with_watermark(parse_messages(records, stream.source), stream.aggregation.allowed_lateness_millis)
-    return events.groupBy("gkey").transformWithStateInPandas(
-        statefulProcessor=DetectionProcessor(stream),
-        outputStructType=OUTPUT_SCHEMA,
-        outputMode="Append",
-        timeMode="EventTime",
+    return (
+        pack(events)
+        .groupBy("gkey")
+        .transformWithStateInPandas(
+            statefulProcessor=DetectionProcessor(stream),
+            outputStructType=OUTPUT_SCHEMA,
+            outputMode="Append",
+            timeMode="EventTime",
+        )
     )
 
 

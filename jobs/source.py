@@ -6,7 +6,7 @@ parser and SQL expressions, no Python UDF), so it costs little per event.
 
 Every record comes out as one row of :data:`EVENT_COLUMNS`. A valid record has
 ``reason`` null and ``gkey`` = its application; an invalid one has ``gkey`` =
-:data:`jobs.detection.INVALID_KEY`, a ``reason`` code and a human ``detail``,
+:data:`INVALID_KEY`, a ``reason`` code and a human ``detail``,
 and keeps its original bytes, key and topic/partition/offset so the dead-letter
 topic can say exactly which record was refused and why. Valid records carry
 only their topic/partition/offset (a late one is re-encoded from its fields).
@@ -24,8 +24,10 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs.config import SourceConfig
-from jobs.detection import INVALID_KEY
 
+# The group key of rejected records. Cannot collide with an application name:
+# validation refuses control characters in it.
+INVALID_KEY = "\u0000invalid"
 EVENT_COLUMNS = [
     "gkey",
     "ts_ms",

@@ -86,3 +86,50 @@ def test_state_round_trips_through_fields():
     _, s1, v1 = agg.close_windows(state, 20_000, "percentile95", W)
     _, s2, v2 = agg.close_windows(again, 20_000, "percentile95", W)
     assert s1.tolist() == s2.tolist() and v1.tolist() == v2.tolist()
+
+
+def _add_without_duplicates(state, ts, values, function):
+    state, duplicate = agg.find_duplicates(state, ts, values, function, W)
+    state, _late = agg.add_events(state, ts[~duplicate], values[~duplicate], function, W)
+    return state, duplicate
+
+
+@pytest.mark.parametrize("function", sorted(EXPECTED))
+def test_duplicates_in_a_batch_and_across_batches_are_not_counted(function):
+    state = agg.WindowState.empty(function)
+    # batch 1: the stream with two events sent twice (a producer retry)
+    ts1, v1 = np.array([0, 3_000, 3_000, 9_999]), np.array([1.0, 2.0, 2.0, 4.0])
+    state, duplicate = _add_without_duplicates(state, ts1, v1, function)
+    assert duplicate.tolist() == [False, False, True, False]
+    # batch 2: a repeat of a batch-1 event (its window is still open) and the rest of the stream
+    ts2 = np.array([9_999, 10_000, 19_999, 10_000])
+    v2 = np.array([4.0, 8.0, 16.0, 8.0])
+    state, duplicate = _add_without_duplicates(state, ts2, v2, function)
+    assert duplicate.tolist() == [True, False, False, True]
+    _, starts, values = agg.close_windows(state, 20_000, function, W)
+    assert starts.tolist() == [0, 10_000] and values.tolist() == pytest.approx(EXPECTED[function])
+
+
+def test_same_time_other_value_is_not_a_duplicate_and_signed_zero_is():
+    ts = np.array([5, 5, 5, 5])
+    _state, duplicate = agg.find_duplicates(agg.WindowState.empty("sum"), ts, np.array([1.0, 2.0, 0.0, -0.0]), "sum", W)
+    assert duplicate.tolist() == [False, False, False, True]
+
+
+def test_a_duplicate_of_a_closed_window_is_late_and_the_memory_of_closed_windows_is_freed():
+    state, _ = _add_without_duplicates(agg.WindowState.empty("avg"), TS, VALUES, "avg")
+    assert len(state.seen_ts) == len(TS)
+    state, _, _ = agg.close_windows(state, 10_000, "avg", W)
+    assert state.seen_ts.tolist() == [10_000, 19_999]  # only the open window's events are remembered
+    state, duplicate = agg.find_duplicates(state, np.array([0, 19_999]), np.array([1.0, 16.0]), "avg", W)
+    assert duplicate.tolist() == [False, True]
+    _, late = agg.add_events(state, np.array([0]), np.array([1.0]), "avg", W)
+    assert late.tolist() == [True]
+
+
+def test_state_written_before_deduplication_still_loads():
+    state, _ = agg.add_events(agg.WindowState.empty("sum"), TS, VALUES, "sum", W)
+    old_fields = {k: v for k, v in agg.to_fields(state).items() if not k.startswith("w_seen")}
+    again = agg.from_fields(old_fields)
+    assert len(again.seen_ts) == 0
+    assert agg.close_windows(again, 20_000, "sum", W)[2].tolist() == EXPECTED["sum"]

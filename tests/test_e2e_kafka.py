@@ -127,7 +127,10 @@ def test_kafka_to_kafka_and_sqlite_with_restart(kafka_broker, spark, tmp_path):
     # -- run 2, from the checkpoint: 10 more minutes and one late event ------------------
     web2, db2 = series("web", 1800, 2400), series("db", 1800, 2400)
     late = msg("web", 999.0, 65)  # its window [60s,120s) was scored in run 1
-    produce_messages(bootstrap, "e2e-web", [*web2, late])
+    # producer retries: a copy of run 1's last event (its window is still open: the copy must be
+    # recognised from the state restored from the checkpoint) and a copy within this run
+    duplicates = [web1[-1], web2[3]]
+    produce_messages(bootstrap, "e2e-web", [*web2, late, *duplicates])
     produce_messages(bootstrap, "e2e-db", db2)
     assert run(config, spark=spark) == 0
 
@@ -201,9 +204,13 @@ def test_kafka_to_kafka_and_sqlite_with_restart(kafka_broker, spark, tmp_path):
     late_bytes = json.dumps(late, separators=(",", ":")).encode()
     assert reasons[late_bytes] == "late"
     assert reasons[None] == "null_value"  # the tombstone
-    assert len(dlq) == len(BAD) + 2
+    for copy in duplicates:
+        assert reasons[json.dumps(copy, separators=(",", ":")).encode()] == "duplicate"
+    assert len(dlq) == len(BAD) + 2 + len(duplicates)
     source = json.loads(next(r for r in dlq if r.value == late_bytes).header("anomaly.source"))
     assert source["topic"] == "e2e-web" and source["offset"] >= 0
     # the points stream reads e2e-web only (by pattern): it sees the bad web messages too
     dlq_points = consume_all(bootstrap, "e2e-dlq-points")
     assert {r.value for r in dlq_points if r.value in BAD} == set(BAD)
+    duplicate_points = [r for r in dlq_points if r.header("anomaly.reason") == b"duplicate"]
+    assert sorted(json.loads(r.value)["ts"] for r in duplicate_points) == sorted(m["ts"] for m in duplicates)

@@ -9,7 +9,7 @@ import math
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jobs.detection import INVALID_KEY
+from jobs.source import INVALID_KEY
 from tests.test_source_parsing import parse
 
 MISSING = object()

@@ -9,8 +9,7 @@ from chispa import assert_df_equality
 from pyspark.sql import Row
 from pyspark.sql import types as T
 
-from jobs.detection import INVALID_KEY
-from jobs.source import parse_messages
+from jobs.source import INVALID_KEY, parse_messages
 from tests.stream_harness import stream_config
 
 KAFKA_SCHEMA = T.StructType(

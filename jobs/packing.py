@@ -1,0 +1,191 @@
+"""Packing stage: event rows -> one row per (application, Kafka partition, chunk).
+
+Every row that crosses from the JVM into the Python stateful operator pays for
+itself several times: in the shuffle, in the Arrow writer, in pandas. Most of
+that cost is per row, not per value. So before the shuffle, a stateless Arrow
+function (``mapInArrow``, no pandas, no per-event Python) packs the events of
+each application that one task reads into a single row of arrays::
+
+    gkey | src_topic | src_partition | src_offset[] | ts_ms[] | value[] | reason[] ...
+
+The operator (jobs/detection.py) unpacks them with ``np.concatenate``. Nothing
+is aggregated or dropped here: every event, with its source position, still
+reaches the operator, which alone knows the watermark and decides what is late.
+That keeps late events exact and results bit-identical to processing the rows
+one by one; the operator sorts a key's events by (ts, topic, partition,
+offset) anyway, so the packing order does not matter.
+
+Valid events fill ``ts_ms`` and ``value``; rejects (``gkey`` =
+:data:`jobs.source.INVALID_KEY`) fill ``reason``, ``detail``, ``raw`` and
+``kafka_key``; the other lists are null.
+
+>>> import pyarrow as pa
+>>> events = pa.table({"gkey": ["a", "b", "a"], "ts_ms": [1, 2, 3], "value": [1.0, 2.0, 3.0],
+...     "reason": pa.nulls(3, pa.string()), "detail": pa.nulls(3, pa.string()),
+...     "raw": pa.nulls(3, pa.binary()), "kafka_key": pa.nulls(3, pa.binary()),
+...     "src_topic": ["t"] * 3, "src_partition": pa.array([0] * 3, pa.int32()), "src_offset": [10, 11, 12]})
+>>> packed = pa.Table.from_batches(list(pack_batches(iter(events.to_batches()))))
+>>> packed.select(["gkey", "src_offset", "value"]).to_pylist()  # doctest: +NORMALIZE_WHITESPACE
+[{'gkey': 'a', 'src_offset': [10, 12], 'value': [1.0, 3.0]},
+ {'gkey': 'b', 'src_offset': [11], 'value': [2.0]}]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark.sql import DataFrame
+from pyspark.sql.types import (
+    ArrayType,
+    BinaryType,
+    DoubleType,
+    IntegerType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+)
+
+from jobs.source import INVALID_KEY
+
+# Rows packed at a time: big enough that a busy application gets hundreds of
+# events per packed row, small enough to keep a task's memory flat.
+CHUNK_ROWS = 200_000
+VALID_LISTS = ("ts_ms", "value")
+REJECT_LISTS = ("reason", "detail", "raw", "kafka_key")
+
+PACKED_SCHEMA = StructType(
+    [
+        StructField("gkey", StringType(), True),
+        StructField("src_topic", StringType(), True),
+        StructField("src_partition", IntegerType(), True),
+        StructField("src_offset", ArrayType(LongType()), True),
+        StructField("ts_ms", ArrayType(LongType()), True),
+        StructField("value", ArrayType(DoubleType()), True),
+        StructField("reason", ArrayType(StringType()), True),
+        StructField("detail", ArrayType(StringType()), True),
+        StructField("raw", ArrayType(BinaryType()), True),
+        StructField("kafka_key", ArrayType(BinaryType()), True),
+    ]
+)
+_ARROW_TYPES = {
+    "src_offset": pa.int64(),
+    "ts_ms": pa.int64(),
+    "value": pa.float64(),
+    "reason": pa.string(),
+    "detail": pa.string(),
+    "raw": pa.binary(),
+    "kafka_key": pa.binary(),
+}
+
+
+def pack(events: DataFrame) -> DataFrame:
+    """The events of jobs.source (watermarked), packed per application and task."""
+    return events.mapInArrow(pack_batches, PACKED_SCHEMA)
+
+
+def pack_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """mapInArrow function: a task's event batches in, packed batches out."""
+    pending: list[pa.RecordBatch] = []
+    rows = 0
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        pending.append(batch)
+        rows += batch.num_rows
+        if rows >= CHUNK_ROWS:
+            yield from _pack_chunk(pa.Table.from_batches(pending))
+            pending, rows = [], 0
+    if pending:
+        yield from _pack_chunk(pa.Table.from_batches(pending))
+
+
+def _pack_chunk(table: pa.Table) -> Iterator[pa.RecordBatch]:
+    # A Kafka task reads one topic-partition, so this loop runs once; it is here
+    # so that packing stays correct for any other source.
+    sources = table.select(["src_topic", "src_partition"]).group_by(["src_topic", "src_partition"]).aggregate([])
+    for topic, partition in zip(
+        sources.column("src_topic").to_pylist(), sources.column("src_partition").to_pylist(), strict=True
+    ):
+        if sources.num_rows == 1:
+            part = table
+        else:
+            same = pc.and_(
+                _equal_or_both_null(table.column("src_topic"), topic),
+                _equal_or_both_null(table.column("src_partition"), partition),
+            )
+            part = table.filter(same)
+        yield _pack_source(part.combine_chunks(), topic, partition)
+
+
+def _equal_or_both_null(column: pa.ChunkedArray, value: object) -> pa.ChunkedArray:
+    return pc.is_null(column) if value is None else pc.fill_null(pc.equal(column, value), False)
+
+
+def _pack_source(table: pa.Table, topic: str | None, partition: int | None) -> pa.RecordBatch:
+    keys = pc.dictionary_encode(table.column("gkey")).combine_chunks()
+    codes = keys.indices.to_numpy(zero_copy_only=False)
+    # stable: within a key, events keep their read (offset) order
+    order = np.argsort(codes, kind="stable")
+    counts = np.bincount(codes, minlength=len(keys.dictionary))
+    offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
+    sorted_table = table.take(pa.array(order))
+    is_reject = pc.equal(keys.dictionary, INVALID_KEY).to_numpy(zero_copy_only=False)
+    n = len(keys.dictionary)
+    columns = {
+        "gkey": keys.dictionary,
+        "src_topic": pa.array([topic] * n, pa.string()),
+        "src_partition": pa.array([partition] * n, pa.int32()),
+    }
+    for name, arrow_type in _ARROW_TYPES.items():
+        values = sorted_table.column(name).combine_chunks().cast(arrow_type)
+        if name in VALID_LISTS:
+            mask = pa.array(is_reject)
+        elif name in REJECT_LISTS:
+            mask = pa.array(~is_reject)
+        else:
+            mask = None
+        columns[name] = pa.ListArray.from_arrays(offsets, values, mask=mask)
+    return pa.RecordBatch.from_pydict(columns, schema=_arrow_schema())
+
+
+def _arrow_schema() -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("gkey", pa.string()),
+            pa.field("src_topic", pa.string()),
+            pa.field("src_partition", pa.int32()),
+            *[pa.field(name, pa.list_(arrow_type)) for name, arrow_type in _ARROW_TYPES.items()],
+        ]
+    )
+
+
+def unpack(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """A key's packed rows (pandas, as the operator receives them) -> flat numpy columns.
+
+    Valid keys get ``ts_ms``, ``value``, ``src_topic``, ``src_partition``,
+    ``src_offset``; the reject key gets ``reason``, ``detail``, ``raw``,
+    ``kafka_key`` and the source columns.
+    """
+    offsets = [np.asarray(cell, dtype=np.int64) for cell in frame["src_offset"]]
+    lengths = np.array([len(cell) for cell in offsets], dtype=np.int64)
+    flat: dict[str, np.ndarray] = {
+        "src_offset": np.concatenate(offsets) if offsets else np.zeros(0, dtype=np.int64),
+        "src_topic": np.repeat(frame["src_topic"].to_numpy(dtype=object), lengths),
+        "src_partition": np.repeat(frame["src_partition"].to_numpy(), lengths),
+    }
+    first = frame.iloc[0]
+    names = REJECT_LISTS if first["gkey"] == INVALID_KEY else VALID_LISTS
+    for name in names:
+        cells = frame[name].to_numpy()
+        if name in VALID_LISTS:
+            flat[name] = np.concatenate([np.asarray(c) for c in cells]).astype(
+                np.int64 if name == "ts_ms" else np.float64, copy=False
+            )
+        else:
+            flat[name] = np.concatenate([np.asarray(c, dtype=object) for c in cells])
+    return flat
