@@ -45,8 +45,9 @@ Details
   aggregated "constant" (~1e-16 relative) stays far below the floor.
 * Warm-up: the first ``warmup`` points return :meth:`AnomalyResult.warming_up`.
 * State: ``mean``, ``std``, ``w2`` (float64) and ``count`` (int64): about 140 bytes
-  whatever the stream length. ``update_batch`` is the base class loop (the
-  recursion is inherently sequential).
+  whatever the stream length. ``update_batch`` runs the (inherently sequential)
+  mean/std recursion in a plain loop and scores all points at once with
+  :func:`detectors._stats.gaussian_scores`: the same bits as ``update``, ~4x faster.
 """
 
 from __future__ import annotations
@@ -54,8 +55,10 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar
 
-from detectors._stats import FLOAT_MAX, TAIL_THRESHOLD_PARAM, gaussian_score, two_sided_quantile
-from detectors.base import AnomalyResult, Detector, StateError
+import numpy as np
+
+from detectors._stats import FLOAT_MAX, TAIL_THRESHOLD_PARAM, gaussian_score, gaussian_scores, two_sided_quantile
+from detectors.base import AnomalyResult, BatchResult, Detector, NonFiniteValueError, StateError
 from detectors.params import Param, ParamSchema
 
 
@@ -116,6 +119,29 @@ class EMADetector(Detector):
             result = gaussian_score(value, self._mean, scale, self._z, self.config["threshold"])
         self._learn(value)
         return result
+
+    def update_batch(self, ts_ms: np.ndarray, values: np.ndarray) -> BatchResult:
+        values = np.asarray(values, dtype=np.float64)
+        if not np.all(np.isfinite(values)):
+            raise NonFiniteValueError(f"{self.name}: values must be finite")
+        n = len(values)
+        centers, scales = np.zeros(n), np.ones(n)
+        scored = np.zeros(n, dtype=bool)
+        warmup = self.config["warmup"]
+        for i, x in enumerate(values.tolist()):
+            if self._count >= warmup:  # the state before the point, as in _update
+                scored[i] = True
+                centers[i] = self._mean
+                scales[i] = max(self.std, self.REL_STD_FLOOR * abs(self._mean), self.ABS_STD_FLOOR)
+            self._learn(x)
+        out = BatchResult(np.full(n, np.nan), np.full(n, np.nan), np.zeros(n), np.zeros(n, dtype=bool))
+        if scored.any():
+            part = gaussian_scores(values[scored], centers[scored], scales[scored], self._z, self.config["threshold"])
+            out.value_lower_limit[scored] = part.value_lower_limit
+            out.value_upper_limit[scored] = part.value_upper_limit
+            out.anomaly_probability[scored] = part.anomaly_probability
+            out.is_anomaly[scored] = part.is_anomaly
+        return out
 
     def _learn(self, x: float) -> None:
         if self._count == 0:
