@@ -144,6 +144,19 @@ class SinksConfig:
     dead_letter_topic: str | None
     bootstrap_servers: str | None = None
     jdbc: JdbcConfig | None = None
+    # options of Spark's Kafka writer (producer settings as "kafka.<name>"), on top
+    # of PRODUCER_DEFAULTS and, when the sinks use the source's cluster, the
+    # source's security settings
+    kafka_options: Mapping[str, str] = field(default_factory=dict)
+
+
+# Throughput over a single record's latency (20 ms at most): results come in
+# micro-batch bursts, so bigger producer batches cost nothing visible. No
+# compression by default: every consumer must be able to read the topic (e.g.
+# kafka-python needs an extra package for lz4); set it in sinks.kafka_options.
+PRODUCER_DEFAULTS = {"kafka.linger.ms": "20", "kafka.batch.size": "262144"}
+# source options that describe how to reach the cluster rather than what to read
+_CONNECTION_PREFIXES = ("kafka.security.", "kafka.ssl.", "kafka.sasl.", "kafka.client.dns.")
 
 
 @dataclass(frozen=True)
@@ -158,6 +171,15 @@ class StreamConfig:
     @property
     def output_bootstrap_servers(self) -> str:
         return self.sinks.bootstrap_servers or self.source.bootstrap_servers
+
+    @property
+    def producer_options(self) -> dict[str, str]:
+        """Options for the Kafka writes of results and dead letters (bootstrap servers excluded)."""
+        options = dict(PRODUCER_DEFAULTS)
+        if self.sinks.bootstrap_servers in (None, self.source.bootstrap_servers):
+            options.update({k: v for k, v in self.source.kafka_options.items() if k.startswith(_CONNECTION_PREFIXES)})
+        options.update(self.sinks.kafka_options)
+        return options
 
 
 @dataclass(frozen=True)
@@ -370,12 +392,20 @@ def _jdbc(raw: Any, name: str, base_dir: Path | None) -> JdbcConfig | None:
 
 def _sinks(raw: Any, name: str, base_dir: Path | None) -> SinksConfig:
     section = _mapping(raw, name)
-    _check_keys(section, ("output_topic", "dead_letter_topic", "bootstrap_servers", "jdbc"), name)
+    _check_keys(section, ("output_topic", "dead_letter_topic", "bootstrap_servers", "jdbc", "kafka_options"), name)
+    kafka_options = _string_map(section.get("kafka_options"), f"{name}.kafka_options")
+    for key in kafka_options:
+        if not key.startswith("kafka.") or key in ("kafka.bootstrap.servers", "kafka.key.serializer"):
+            raise ConfigError(
+                f"{name}.kafka_options.{key}",
+                "only producer settings, as kafka.<producer config> (bootstrap servers: sinks.bootstrap_servers)",
+            )
     sinks = SinksConfig(
         output_topic=_str(section.get("output_topic"), f"{name}.output_topic", required=False),
         dead_letter_topic=_str(section.get("dead_letter_topic"), f"{name}.dead_letter_topic", required=False),
         bootstrap_servers=_str(section.get("bootstrap_servers"), f"{name}.bootstrap_servers", required=False),
         jdbc=_jdbc(section.get("jdbc"), f"{name}.jdbc", base_dir),
+        kafka_options=kafka_options,
     )
     if sinks.output_topic is None and sinks.jdbc is None:
         raise ConfigError(name, "configure at least one of output_topic or jdbc, or results go nowhere")

@@ -151,6 +151,7 @@ def dead_letter_messages(dead: DataFrame) -> DataFrame:
 def make_batch_writer(stream: StreamConfig, jdbc: JdbcTable | None) -> Callable[[DataFrame, int], None]:
     """The foreachBatch function of one stream's query."""
     bootstrap = stream.output_bootstrap_servers
+    producer_options = stream.producer_options
     sinks = stream.sinks
 
     def write_batch(batch: DataFrame, batch_id: int) -> None:
@@ -182,6 +183,7 @@ def make_batch_writer(stream: StreamConfig, jdbc: JdbcTable | None) -> Callable[
                     result_messages(results)
                     .write.format("kafka")
                     .option("kafka.bootstrap.servers", bootstrap)
+                    .options(**producer_options)
                     .option("topic", sinks.output_topic)
                     .save()
                 )
@@ -190,6 +192,7 @@ def make_batch_writer(stream: StreamConfig, jdbc: JdbcTable | None) -> Callable[
                     dead_letter_messages(batch.filter(F.col("kind") == KIND_DEAD_LETTER))
                     .write.format("kafka")
                     .option("kafka.bootstrap.servers", bootstrap)
+                    .options(**producer_options)
                     .option("topic", sinks.dead_letter_topic)
                     .save()
                 )

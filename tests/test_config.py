@@ -1,0 +1,79 @@
+"""Config validation (jobs/config.py): errors name the field; defaults are what the README says."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from jobs.config import PRODUCER_DEFAULTS, ConfigError, parse_config
+
+BASE = {
+    "checkpoint_dir": "/tmp/anomaly-test-checkpoints",
+    "streams": [
+        {
+            "name": "web",
+            "source": {"bootstrap_servers": "broker:9092", "topics": ["metrics"]},
+            "aggregation": {"agg_function": "avg", "agg_window_millis": 60_000},
+            "detectors": [{"name": "ema"}],
+            "sinks": {"output_topic": "out", "dead_letter_topic": "dlq"},
+        }
+    ],
+}
+
+
+def config_with(**changes) -> dict:
+    """BASE with stream-level sections updated, e.g. aggregation={"deduplicate": False}."""
+    raw = copy.deepcopy(BASE)
+    for section, values in changes.items():
+        raw["streams"][0][section].update(values)
+    return raw
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "words"),
+    [
+        ({"aggregation": {"agg_function": "mean"}}, "streams[0].aggregation.agg_function", "must be one of"),
+        ({"aggregation": {"agg_window_millis": 0}}, "streams[0].aggregation.agg_window_millis", "> 0"),
+        ({"aggregation": {"deduplicate": "yes"}}, "streams[0].aggregation.deduplicate", "true or false"),
+        ({"aggregation": {"windowsize": 5}}, "streams[0].aggregation", "windowsize"),
+        ({"source": {"starting_offsets": "now"}}, "streams[0].source.starting_offsets", "must be one of"),
+        ({"sinks": {"dead_letter_topic": None}}, "streams[0].sinks.dead_letter_topic", "required"),
+        (
+            {"sinks": {"kafka_options": {"linger.ms": "5"}}},
+            "streams[0].sinks.kafka_options.linger.ms",
+            "kafka.<producer config>",
+        ),
+        (
+            {"sinks": {"kafka_options": {"kafka.bootstrap.servers": "x:1"}}},
+            "streams[0].sinks.kafka_options.kafka.bootstrap.servers",
+            "sinks.bootstrap_servers",
+        ),
+    ],
+)
+def test_errors_name_the_field(changes, field, words):
+    with pytest.raises(ConfigError) as info:
+        parse_config(config_with(**changes))
+    assert str(info.value).startswith(field), str(info.value)
+    assert words in str(info.value)
+
+
+def test_deduplicate_is_on_by_default_and_can_be_turned_off():
+    assert parse_config(BASE).streams[0].aggregation.deduplicate is True
+    assert parse_config(config_with(aggregation={"deduplicate": False})).streams[0].aggregation.deduplicate is False
+
+
+def test_producer_options_inherit_the_source_security_settings_only_on_the_same_cluster():
+    secured = {"kafka.security.protocol": "SASL_SSL", "kafka.sasl.mechanism": "PLAIN", "kafka.fetch.max.bytes": "1"}
+    same = parse_config(config_with(source={"kafka_options": secured})).streams[0]
+    assert same.producer_options == {
+        **PRODUCER_DEFAULTS,
+        "kafka.security.protocol": "SASL_SSL",
+        "kafka.sasl.mechanism": "PLAIN",
+    }  # consumer-only settings (fetch.max.bytes) stay with the source
+    other = parse_config(
+        config_with(source={"kafka_options": secured}, sinks={"bootstrap_servers": "other:9092"})
+    ).streams[0]
+    assert other.producer_options == PRODUCER_DEFAULTS
+    tuned = parse_config(config_with(sinks={"kafka_options": {"kafka.linger.ms": "0", "kafka.acks": "all"}}))
+    assert tuned.streams[0].producer_options == {**PRODUCER_DEFAULTS, "kafka.linger.ms": "0", "kafka.acks": "all"}
