@@ -3,15 +3,17 @@
 This is the PySpark counterpart of ``mapGroupsWithState``: the job groups the
 parsed events by application and calls::
 
-    pack(events).groupBy("gkey").transformWithStateInPandas(
-        DetectionProcessor(stream), OUTPUT_SCHEMA, "Append", "EventTime")
+    packed = pack(events).groupBy("gkey").transformWithStateInPandas(
+        DetectionProcessor(stream), PACKED_OUTPUT_SCHEMA, "Append", "EventTime")
+    scored = flatten(packed, stream)       # OUTPUT_SCHEMA: one row per result / dead letter
 
 Per key and micro-batch the processor makes one state ``get`` and one
 ``update`` (each is a round trip to the JVM state server): the key's whole state
 -- open windows, the watermark it last closed at, and every detector's own
 ``to_state()`` blob -- is one binary value. It closes the windows the watermark
 has passed, feeds their values to the detectors in event-time order, and emits
-one output row per (window or point, detector). Events whose window was already
+one result per (window or point, detector) -- as arrays, one row per detector,
+which :func:`flatten` expands in the JVM. Events whose window was already
 scored come back as dead letters with reason ``late``, repeats of an event
 already counted (same ts and value) with reason ``duplicate``; a detector that raises
 sends that key's points to the dead letters with reason ``detector_error`` and
