@@ -379,22 +379,26 @@ def _detector_errors(
 
 
 def flatten(packed: DataFrame, stream: StreamConfig) -> DataFrame:
-    """The operator's packed rows -> one OUTPUT_SCHEMA row per result or dead letter, in the JVM."""
-    position = F.col("position")
-    rows = packed.select("*", F.explode(F.when(F.col("n") > 0, F.sequence(F.lit(0), F.col("n") - 1))).alias("position"))
+    """The operator's packed rows -> one OUTPUT_SCHEMA row per result or dead letter, in the JVM.
+
+    Each packed row becomes one array of structs (``transform`` over the
+    positions) that ``inline`` expands: linear in the number of points. (An
+    ``explode`` next to the array columns would copy every array into every
+    exploded row.)
+    """
     is_result = F.col("kind") == KIND_RESULT
 
-    def element(column: str) -> F.Column:
-        value = F.col(column)[position]
+    def element(column: str, position: F.Column) -> F.Column:
+        value = F.col(column)[position]  # null when the array is (a dead letter has no bounds...)
         if isinstance(OUTPUT_SCHEMA[column].dataType, DoubleType):
             value = F.when(~F.isnan(value), value)  # NaN marks a missing bound (warm-up)
         return value.alias(column)
 
+    positions = F.sequence(F.lit(0), F.col("n") - 1)
+    points = F.transform(positions, lambda i: F.struct(*[element(c, i) for c in ARRAY_COLUMNS]))
+    rows = packed.where(F.col("n") > 0).select(*_PER_ROW, F.inline(points))
     constants = {
-        "agg_function": F.when(is_result, F.lit(stream.aggregation.agg_function)).alias("agg_function"),
-        "agg_window_millis": F.when(is_result, F.lit(stream.aggregation.agg_window_millis).cast("long")).alias(
-            "agg_window_millis"
-        ),
+        "agg_function": F.when(is_result, F.lit(stream.aggregation.agg_function)),
+        "agg_window_millis": F.when(is_result, F.lit(stream.aggregation.agg_window_millis).cast("long")),
     }
-    columns = [F.col(c) if c in _PER_ROW else constants[c] if c in _CONSTANT else element(c) for c in OUTPUT_COLUMNS]
-    return rows.select(*columns)
+    return rows.select(*[constants[c].alias(c) if c in constants else F.col(c) for c in OUTPUT_COLUMNS])
