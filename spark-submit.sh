@@ -59,7 +59,9 @@ $has_master || extra+=(--master "local[*]")
 jars="$(ls "$ROOT"/.jars/spark/*.jar | paste -sd, -)"
 extra+=(--jars "$jars")
 extra+=(--py-files "$ROOT/build/anomaly_job.zip")
-extra+=(--conf "spark.driver.extraJavaOptions=-Dlog4j2.configurationFile=file:$ROOT/conf/log4j2.properties")
+# -XX:-DontCompileHugeMethods: let the JIT compile Spark's big generated validation method (see jobs/session.py)
+extra+=(--conf "spark.driver.extraJavaOptions=-XX:-DontCompileHugeMethods -Dlog4j2.configurationFile=file:$ROOT/conf/log4j2.properties")
+extra+=(--conf "spark.executor.extraJavaOptions=-XX:-DontCompileHugeMethods")
 extra+=(--conf "spark.ui.showConsoleProgress=false")
 
 export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$VENV/bin/python}"

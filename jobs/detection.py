@@ -3,17 +3,15 @@
 This is the PySpark counterpart of ``mapGroupsWithState``: the job groups the
 parsed events by application and calls::
 
-    packed = pack(events).groupBy("gkey").transformWithStateInPandas(
-        DetectionProcessor(stream), PACKED_OUTPUT_SCHEMA, "Append", "EventTime")
-    scored = flatten(packed, stream)       # OUTPUT_SCHEMA: one row per result / dead letter
+    pack(events).groupBy("gkey").transformWithStateInPandas(
+        DetectionProcessor(stream), OUTPUT_SCHEMA, "Append", "EventTime")
 
 Per key and micro-batch the processor makes one state ``get`` and one
 ``update`` (each is a round trip to the JVM state server): the key's whole state
 -- open windows, the watermark it last closed at, and every detector's own
 ``to_state()`` blob -- is one binary value. It closes the windows the watermark
 has passed, feeds their values to the detectors in event-time order, and emits
-one result per (window or point, detector) -- as arrays, one row per detector,
-which :func:`flatten` expands in the JVM. Events whose window was already
+one output row per (window or point, detector). Events whose window was already
 scored come back as dead letters with reason ``late``, repeats of an event
 already counted (same ts and value) with reason ``duplicate``; a detector that raises
 sends that key's points to the dead letters with reason ``detector_error`` and
@@ -32,17 +30,15 @@ so that one query, one Kafka read, carries both results and rejects.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
 from pyspark.sql.streaming import StatefulProcessor, StatefulProcessorHandle
 from pyspark.sql.types import (
-    ArrayType,
     BinaryType,
     BooleanType,
     DoubleType,
@@ -92,21 +88,6 @@ OUTPUT_SCHEMA = StructType(
 OUTPUT_COLUMNS = [f.name for f in OUTPUT_SCHEMA.fields]
 # the columns only dead letters fill; null in results
 DEAD_LETTER_COLUMNS = ("reason", "detail", "raw", "kafka_key", "src_topic", "src_partition", "src_offset")
-# What the Python operator emits: one row per (key, detector) of results, or per
-# group of dead letters, with arrays in the per-point columns; flatten() turns it
-# into OUTPUT_SCHEMA rows in the JVM. Building and shipping one pandas row per
-# point cost more than scoring it.
-_PER_ROW = ("kind", "application", "detector")
-_CONSTANT = ("agg_function", "agg_window_millis")
-ARRAY_COLUMNS = tuple(c for c in OUTPUT_COLUMNS if c not in _PER_ROW + _CONSTANT)
-PACKED_OUTPUT_SCHEMA = StructType(
-    [
-        *(OUTPUT_SCHEMA[c] for c in _PER_ROW),
-        StructField("n", IntegerType(), False),
-        *(StructField(c, ArrayType(OUTPUT_SCHEMA[c].dataType), True) for c in ARRAY_COLUMNS),
-    ]
-)
-PACKED_OUTPUT_COLUMNS = [f.name for f in PACKED_OUTPUT_SCHEMA.fields]
 STATE_SCHEMA = StructType([StructField("blob", BinaryType(), False)])
 
 
@@ -162,7 +143,7 @@ class DetectionProcessor(StatefulProcessor):
         frames = list(rows)
         events = unpack(frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True))
         if application == INVALID_KEY:
-            yield _frame([_rejects(events)])
+            yield _rejects(events)
             return
         watermark = int(timerValues.getCurrentWatermarkInMs())
         # Events of a key arrive in shuffle order, which may differ on replay.
@@ -193,7 +174,7 @@ class DetectionProcessor(StatefulProcessor):
         self._schedule(state)
         self.state.update((state.encode(),))
         if out:
-            yield _frame(out)
+            yield _concat(out)
 
     def handleExpiredTimer(self, key: Any, timerValues: Any, expiredTimerInfo: Any) -> Iterator[pd.DataFrame]:
         application = key[0]
@@ -207,7 +188,7 @@ class DetectionProcessor(StatefulProcessor):
             self._schedule(state)
             self.state.update((state.encode(),))
         if out:
-            yield _frame(out)
+            yield _concat(out)
 
     def close(self) -> None:
         pass
@@ -243,14 +224,13 @@ class DetectionProcessor(StatefulProcessor):
         self.handle.registerTimer(target)
         state.timer_ms = target
 
-    def _close(self, application: str, state: KeyState, watermark: int) -> list[dict[str, Any]]:
+    def _close(self, application: str, state: KeyState, watermark: int) -> list[pd.DataFrame]:
         state.windows, starts, agg_values = aggregation.close_windows(
             state.windows, watermark, self.agg_function, self.window_ms
         )
         if len(starts) == 0:
             return []
-        scored: list[tuple] = []
-        errors: list[dict[str, Any]] = []
+        scored, frames = [], []
         for label, cls, params in self.detectors:
             blob = state.detector_blobs.get(label)
             try:
@@ -261,8 +241,10 @@ class DetectionProcessor(StatefulProcessor):
                 # a detector failure is isolated to this key (and to the failing points)
                 ok, failed = self._score_one_by_one(label, cls, params, blob, state, starts, agg_values)
                 scored.extend(ok)
-                errors.extend(_detector_errors(application, label, t, v, err) for t, v, err in failed)
-        return [_result(application, *entry) for entry in scored] + errors
+                frames.extend(_detector_errors(application, label, t, v, err) for t, v, err in failed)
+        if scored:
+            frames.insert(0, self._results(application, scored))
+        return frames
 
     def _score_one_by_one(
         self,
@@ -292,41 +274,54 @@ class DetectionProcessor(StatefulProcessor):
             state.detector_blobs[label] = blob
         return ok, failed
 
+    def _results(self, application: str, scored: list[tuple]) -> pd.DataFrame:
+        """One frame for all detectors' results of this key: one construction, not one per detector."""
+        n = sum(len(starts) for _, starts, _, _ in scored)
+        return pd.DataFrame(
+            {
+                "kind": np.full(n, KIND_RESULT, dtype=object),
+                "application": np.full(n, application, dtype=object),
+                "ts_ms": np.concatenate([s for _, s, _, _ in scored]),
+                "agg_function": np.full(n, self.agg_function, dtype=object),
+                "agg_window_millis": np.full(n, self.window_ms, dtype=np.int64),
+                "agg_value": np.concatenate([v for _, _, v, _ in scored]),
+                "detector": np.concatenate([np.full(len(s), label, dtype=object) for label, s, _, _ in scored]),
+                "value_lower_limit": np.concatenate([r.value_lower_limit for *_, r in scored]),
+                "value_upper_limit": np.concatenate([r.value_upper_limit for *_, r in scored]),
+                "anomaly_probability": np.concatenate([r.anomaly_probability for *_, r in scored]),
+                "is_anomaly": np.concatenate([r.is_anomaly for *_, r in scored]).astype(bool),
+                **{column: np.full(n, None, dtype=object) for column in DEAD_LETTER_COLUMNS},
+            },
+            columns=OUTPUT_COLUMNS,
+        )
+
 
 def _restore(cls: type, params: dict[str, Any], blob: bytes | None) -> Any:
     """The key's detector: fresh before its first point, else rebuilt from its state blob."""
     return cls(**params) if blob is None else cls.from_state(blob, **params)
 
 
-def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """Packed output rows -> the frame Spark converts to PACKED_OUTPUT_SCHEMA (None where a column is unused)."""
-    return pd.DataFrame({c: [row.get(c) for row in rows] for c in PACKED_OUTPUT_COLUMNS}, columns=PACKED_OUTPUT_COLUMNS)
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    if len(frames) == 1:
+        return frames[0]
+    with warnings.catch_warnings():
+        # all-null dead-letter columns next to result columns: the dtype rules pandas
+        # warns about do not matter here, Arrow casts to OUTPUT_SCHEMA anyway
+        warnings.simplefilter("ignore", FutureWarning)
+        return pd.concat(frames, ignore_index=True)
 
 
-def _packed(kind: str, application: str | None, detector: str | None, **arrays: np.ndarray) -> dict[str, Any]:
-    lengths = {len(a) for a in arrays.values()}
-    if len(lengths) != 1:  # flatten() indexes every array by the same position
-        raise ValueError(f"packed output arrays differ in length: {lengths}")
-    return {"kind": kind, "application": application, "detector": detector, "n": lengths.pop(), **arrays}
-
-
-def _result(application: str, label: str, starts: np.ndarray, agg_values: np.ndarray, result: Any) -> dict[str, Any]:
-    return _packed(
-        KIND_RESULT,
-        application,
-        label,
-        ts_ms=starts,
-        agg_value=agg_values,
-        value_lower_limit=result.value_lower_limit,
-        value_upper_limit=result.value_upper_limit,
-        anomaly_probability=result.anomaly_probability,
-        is_anomaly=np.asarray(result.is_anomaly, dtype=bool),
+def _rejects(events: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Dead-letter rows from unpacked events (jobs/packing.py) that carry reason/detail/raw/kafka_key."""
+    n = len(events["src_offset"])
+    out = pd.DataFrame(
+        {
+            "kind": np.full(n, KIND_DEAD_LETTER, dtype=object),
+            **{column: events[column] for column in DEAD_LETTER_COLUMNS},
+        },
+        columns=OUTPUT_COLUMNS,
     )
-
-
-def _rejects(events: dict[str, np.ndarray], application: str | None = None, **extra: np.ndarray) -> dict[str, Any]:
-    """Dead letters from unpacked events (jobs/packing.py) that carry reason/detail/raw/kafka_key."""
-    return _packed(KIND_DEAD_LETTER, application, None, **{c: events[c] for c in DEAD_LETTER_COLUMNS}, **extra)
+    return out
 
 
 def _select(events: dict[str, np.ndarray], which: np.ndarray) -> dict[str, np.ndarray]:
@@ -352,11 +347,8 @@ def _dropped(events: dict[str, np.ndarray], application: str, reason: str, detai
             "detail": np.full(n, detail, dtype=object),
             "raw": np.array(raw, dtype=object),
             "kafka_key": np.full(n, application.encode(), dtype=object),
-        },
-        application,
-        ts_ms=ts_ms,
-        agg_value=values,
-    )
+        }
+    ).assign(application=application, ts_ms=ts_ms, agg_value=values)
 
 
 def _iso(ms: int) -> str:
@@ -365,40 +357,13 @@ def _iso(ms: int) -> str:
 
 def _detector_errors(
     application: str, label: str, starts: np.ndarray, values: np.ndarray, err: Exception
-) -> dict[str, Any]:
-    n = len(starts)
-    return _packed(
-        KIND_DEAD_LETTER,
-        application,
-        label,
-        ts_ms=starts,
-        agg_value=values,
-        reason=np.full(n, "detector_error", dtype=object),
-        detail=np.full(n, f"{label}: {type(err).__name__}: {err}"[:2000], dtype=object),
-    )
-
-
-def flatten(packed: DataFrame, stream: StreamConfig) -> DataFrame:
-    """The operator's packed rows -> one OUTPUT_SCHEMA row per result or dead letter, in the JVM.
-
-    Each packed row becomes one array of structs (``transform`` over the
-    positions) that ``inline`` expands: linear in the number of points. (An
-    ``explode`` next to the array columns would copy every array into every
-    exploded row.)
-    """
-    is_result = F.col("kind") == KIND_RESULT
-
-    def element(column: str, position: F.Column) -> F.Column:
-        value = F.col(column)[position]  # null when the array is (a dead letter has no bounds...)
-        if isinstance(OUTPUT_SCHEMA[column].dataType, DoubleType):
-            value = F.when(~F.isnan(value), value)  # NaN marks a missing bound (warm-up)
-        return value.alias(column)
-
-    positions = F.sequence(F.lit(0), F.col("n") - 1)
-    points = F.transform(positions, lambda i: F.struct(*[element(c, i) for c in ARRAY_COLUMNS]))
-    rows = packed.where(F.col("n") > 0).select(*_PER_ROW, F.inline(points))
-    constants = {
-        "agg_function": F.when(is_result, F.lit(stream.aggregation.agg_function)),
-        "agg_window_millis": F.when(is_result, F.lit(stream.aggregation.agg_window_millis).cast("long")),
-    }
-    return rows.select(*[constants[c].alias(c) if c in constants else F.col(c) for c in OUTPUT_COLUMNS])
+) -> pd.DataFrame:
+    out = pd.DataFrame(index=range(len(starts)), columns=OUTPUT_COLUMNS)
+    out["kind"] = KIND_DEAD_LETTER
+    out["application"] = application
+    out["ts_ms"] = starts
+    out["agg_value"] = values
+    out["detector"] = label
+    out["reason"] = "detector_error"
+    out["detail"] = f"{label}: {type(err).__name__}: {err}"[:2000]
+    return out

@@ -40,6 +40,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs.config import ConfigError, JdbcConfig
+from jobs.faults import fault_point
 
 log = logging.getLogger("anomaly.jdbc")
 KEY_COLUMNS = ("application", "detector", "agg_function", "agg_window_millis", "ts")
@@ -420,4 +421,5 @@ class JdbcTable:
             stmt = conn.createStatement()
             stmt.executeUpdate(self.merge_sql())
             stmt.executeUpdate(f"DELETE FROM {self.staging}")
+            fault_point("during_jdbc_merge", -1)  # test hook; no batch id here: leave ANOMALY_FAULT_BATCH unset
             conn.commit()

@@ -3,7 +3,7 @@
 One streaming query per configured stream::
 
     Kafka -> parse/validate (jobs/source.py) -> watermark -> pack per application (jobs/packing.py)
-          -> groupBy(application).transformWithStateInPandas(windowing + detectors) -> flatten
+          -> groupBy(application).transformWithStateInPandas(windowing + detectors)
           -> foreachBatch: results to Kafka + JDBC, rejects to the dead-letter topic
 
 The config is validated before Spark starts. Each stream checkpoints under
@@ -83,22 +83,21 @@ def score_events(records: Any, stream: StreamConfig) -> Any:
     ``records`` has the Kafka source's columns (key, value, topic, partition,
     offset, timestamp); tests feed it from a file stream instead of Kafka.
     """
-    from jobs.detection import PACKED_OUTPUT_SCHEMA, DetectionProcessor, flatten
+    from jobs.detection import OUTPUT_SCHEMA, DetectionProcessor
     from jobs.packing import pack
     from jobs.source import parse_messages, with_watermark
 
     events = with_watermark(parse_messages(records, stream.source), stream.aggregation.allowed_lateness_millis)
-    packed = (
+    return (
         pack(events)
         .groupBy("gkey")
         .transformWithStateInPandas(
             statefulProcessor=DetectionProcessor(stream),
-            outputStructType=PACKED_OUTPUT_SCHEMA,
+            outputStructType=OUTPUT_SCHEMA,
             outputMode="Append",
             timeMode="EventTime",
         )
     )
-    return flatten(packed, stream)
 
 
 def start_stream(spark: Any, job: JobConfig, stream: StreamConfig) -> Any:

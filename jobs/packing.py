@@ -33,9 +33,9 @@ Valid events fill ``ts_ms`` and ``value``; rejects (``gkey`` =
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import DataFrame
@@ -51,6 +51,9 @@ from pyspark.sql.types import (
 )
 
 from jobs.source import INVALID_KEY
+
+if TYPE_CHECKING:  # pandas is heavy to import, and this module runs in mapInArrow workers
+    import pandas as pd
 
 # Rows packed at a time: big enough that a busy application gets hundreds of
 # events per packed row, small enough to keep a task's memory flat.

@@ -29,6 +29,13 @@ DEFAULT_CONF = {
 }
 
 
+# HotSpot does not JIT-compile methods over 8,000 bytes of bytecode, and the code
+# Spark generates for the source stage's validation (one big projection) is
+# such a method: interpreted, it halved the stage's throughput (measured with
+# and without the flag: 226k vs 361k records/s on 2 cores).
+JIT_OPTIONS = "-XX:-DontCompileHugeMethods"
+
+
 def job_jars() -> list[str]:
     """The Kafka connector and JDBC drivers resolved by scripts/bootstrap.sh."""
     jars = sorted(glob.glob(str(JAR_DIR / "*.jar")))
@@ -57,7 +64,7 @@ def build_session(app_name: str = "anomaly-job", conf: Mapping[str, str] | None 
         builder = builder.config("spark.jars", ",".join(job_jars()))
         builder = builder.config(
             "spark.driver.extraJavaOptions",
-            f"-Dlog4j2.configurationFile={REPO_ROOT / 'conf' / 'log4j2.properties'}",
+            f"{JIT_OPTIONS} -Dlog4j2.configurationFile={REPO_ROOT / 'conf' / 'log4j2.properties'}",
         )
         builder = builder.config("spark.driver.memory", os.environ.get("ANOMALY_DRIVER_MEMORY", "2g"))
     for key, value in {**DEFAULT_CONF, **dict(conf or {})}.items():

@@ -15,20 +15,15 @@ Runs as ``foreachBatch``. The batch is persisted once and written three ways:
 
 The counts of each batch are kept for the progress listener (jobs/progress.py).
 
-Fault injection (tests only, see tests/test_restart_safety.py): ``write_batch``
-calls :func:`_fault_point` at ``before_kafka`` (after the batch is persisted and
-counted), ``after_kafka`` (results and dead letters are on Kafka, the JDBC
-upsert has not started) and ``after_jdbc`` (the upsert is committed, Spark has
-not yet written the batch's commit file). When ``ANOMALY_FAULT_POINT`` names
-that point -- and ``ANOMALY_FAULT_BATCH``, if set, names the batch id -- the
-driver writes ``"<point> <batch id>"`` to the file ``ANOMALY_FAULT_MARKER`` and
-sleeps ``ANOMALY_FAULT_SLEEP_S`` seconds (default 600), so that a test can
-SIGKILL it exactly there. Unset (always, in production) it is one comparison.
+Fault injection (tests only): ``write_batch`` calls :func:`jobs.faults.fault_point`
+at ``before_kafka`` (after the batch is persisted and counted), ``after_kafka``
+(results and dead letters are on Kafka, the JDBC upsert has not started) and
+``after_jdbc`` (the upsert is committed, Spark has not yet written the batch's
+commit file); jobs/jdbc.py adds ``during_jdbc_merge``.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -39,6 +34,7 @@ from pyspark.sql import functions as F
 
 from jobs.config import StreamConfig
 from jobs.detection import KIND_DEAD_LETTER, KIND_RESULT
+from jobs.faults import fault_point
 from jobs.jdbc import JdbcTable
 
 
@@ -72,24 +68,6 @@ class StatsBoard:
 
 
 BOARD = StatsBoard()
-
-# Read once, when the driver imports this module: a fault is chosen per process.
-_FAULT_POINT = os.environ.get("ANOMALY_FAULT_POINT") or None
-
-
-def _fault_point(name: str, batch_id: int) -> None:
-    """Test hook: stop here (marker file, then sleep) when ANOMALY_FAULT_POINT names this point."""
-    if name != _FAULT_POINT:
-        return
-    wanted = os.environ.get("ANOMALY_FAULT_BATCH")
-    if wanted and int(wanted) != batch_id:
-        return
-    marker = os.environ.get("ANOMALY_FAULT_MARKER")
-    if marker:
-        with open(marker, "w") as f:
-            f.write(f"{name} {batch_id}\n")
-    time.sleep(float(os.environ.get("ANOMALY_FAULT_SLEEP_S", "600")))
-
 
 def _iso_ts(column: str) -> F.Column:
     return F.date_format(F.timestamp_millis(column), "yyyy-MM-dd'T'HH:mm:ss.SSS'Z'")
@@ -177,7 +155,7 @@ def make_batch_writer(stream: StreamConfig, jdbc: JdbcTable | None) -> Callable[
                     stats.by_reason[row["reason"]] = stats.by_reason.get(row["reason"], 0) + row["count"]
             results = batch.filter(F.col("kind") == KIND_RESULT)
             lap("compute")
-            _fault_point("before_kafka", batch_id)
+            fault_point("before_kafka", batch_id)
             if stats.results and sinks.output_topic:
                 (
                     result_messages(results)
@@ -197,11 +175,11 @@ def make_batch_writer(stream: StreamConfig, jdbc: JdbcTable | None) -> Callable[
                     .save()
                 )
             lap("kafka")
-            _fault_point("after_kafka", batch_id)
+            fault_point("after_kafka", batch_id)
             if stats.results and jdbc is not None:
                 jdbc.upsert(results)
                 lap("jdbc")
-            _fault_point("after_jdbc", batch_id)
+            fault_point("after_jdbc", batch_id)
             BOARD.put(stream.name, batch_id, stats)
         finally:
             batch.unpersist()

@@ -15,6 +15,11 @@ Then a final ``--available-now`` run completes, and the JDBC table must equal, r
 bit, the table of an uninterrupted run over the same input. The Kafka output topic may hold
 duplicates (at-least-once), but every key must always carry the same value.
 
+A second test does the same with the results in PostgreSQL (fixture ``postgres``), with kills also
+inside the JDBC write: while the merge transaction is open (the ``during_jdbc_merge`` fault point of
+``jobs/jdbc.py``) and as soon as the batch's rows are visible in the staging table. Its table, shaped
+as SQLite holds it, must equal the uninterrupted SQLite run's, every float bit for bit.
+
 The input is one partition, in event-time order, with no event behind the watermark, so the results do
 not depend on where micro-batches start and end (see ``stream_messages``).
 
@@ -30,10 +35,13 @@ import os
 import random
 import signal
 import sqlite3
+import struct
 import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterator
+from datetime import timezone
 from pathlib import Path
 from typing import NamedTuple
 
@@ -104,14 +112,26 @@ def stream_messages() -> list[dict | bytes]:
     return out
 
 
-def write_config(path: Path, work: Path, bootstrap: str, name: str, *, trigger: str, detectors=DETECTORS) -> Path:
+def write_config(
+    path: Path,
+    work: Path,
+    bootstrap: str,
+    name: str,
+    *,
+    trigger: str,
+    detectors=DETECTORS,
+    jdbc: dict | None = None,
+    max_offsets: int = MAX_OFFSETS,
+    partitions: int = 2,
+) -> Path:
+    """The job's config; ``jdbc`` replaces the default SQLite table ``results.db`` in ``work``."""
     raw = {
         "checkpoint_dir": str(work / "checkpoints"),
         "trigger": trigger,
         "trigger_interval": "500 milliseconds",
         "spark_conf": {
-            "spark.sql.shuffle.partitions": "2",
-            "spark.default.parallelism": "2",
+            "spark.sql.shuffle.partitions": str(partitions),
+            "spark.default.parallelism": str(partitions),
             "spark.ui.enabled": "false",
             # short-lived drivers: C1-only JIT and the serial GC start faster on a small machine
             "spark.driver.extraJavaOptions": (
@@ -127,7 +147,7 @@ def write_config(path: Path, work: Path, bootstrap: str, name: str, *, trigger: 
                 "source": {
                     "bootstrap_servers": bootstrap,
                     "topics": [f"{name}-in"],
-                    "max_offsets_per_trigger": MAX_OFFSETS,
+                    "max_offsets_per_trigger": max_offsets,
                 },
                 "aggregation": {
                     "agg_function": "avg",
@@ -138,7 +158,7 @@ def write_config(path: Path, work: Path, bootstrap: str, name: str, *, trigger: 
                 "sinks": {
                     "output_topic": f"{name}-out",
                     "dead_letter_topic": f"{name}-dlq",
-                    "jdbc": {"url": f"jdbc:sqlite:{work / 'results.db'}", "table": "predictions"},
+                    "jdbc": jdbc or {"url": f"jdbc:sqlite:{work / 'results.db'}", "table": "predictions"},
                 },
             }
         ],
@@ -321,9 +341,12 @@ def input_topics(broker, name: str) -> None:
     produce_messages(broker.bootstrap_servers, f"{name}-in", stream_messages())
 
 
-def compare(reference: Reference, work: Path, bootstrap: str, name: str) -> dict[str, int]:
-    """Assert that the run's table and topics match the reference; return the figures."""
-    got = table_rows(work / "results.db")
+def compare(
+    reference: Reference, work: Path, bootstrap: str, name: str, rows: list[tuple] | None = None
+) -> dict[str, int]:
+    """Assert that the run's table (``rows``, else its SQLite table in ``work``) and topics match the
+    reference; return the figures."""
+    got = table_rows(work / "results.db") if rows is None else rows
     expected = reference.rows
     keys = [row[:5] for row in got]
     expected_keys = {row[:5] for row in expected}
@@ -423,6 +446,205 @@ def test_sigkill_at_random_and_targeted_moments_gives_the_uninterrupted_table(ka
         f"{figures['dead_letters']} dead letters for {len(BAD)} bad messages; {time.monotonic() - started:.0f} s"
     )
     assert len(kills) >= min(KILLS, 10)
+
+
+# --------------------------------------------------------------------------- the same against PostgreSQL
+
+PG_PASSWORD_ENV = "ANOMALY_RESTART_PG_PASSWORD"
+PG_TABLE = "predictions_restart"
+PG_STAGING = f"{PG_TABLE}_staging_chaos"  # JdbcTable's staging table of the stream "chaos"
+PG_KILLS = int(os.environ.get("ANOMALY_RESTART_PG_KILLS", "10"))
+# the inside of the JDBC write: "during_jdbc_merge" stops the driver inside the merge transaction (the
+# merge and the DELETE of staging are done, not committed; jobs/jdbc.py), "staging" kills as soon as
+# another session sees the batch's rows in the staging table (Spark's writer committed them)
+# (the first batches emit no window yet: a merge first happens in batch 2)
+PG_SCHEDULE = ("offsets", "commit", "random", "during_jdbc_merge", "after_kafka", "staging", "before_kafka", "state")
+PG_SCHEDULE += ("during_jdbc_merge", "after_jdbc", "staging")
+# the last run reads the rest in bigger batches (fewer of them: faster); the result does not depend on
+# where batches end (see stream_messages), and a restart with another maxOffsetsPerTrigger is allowed
+PG_FINAL_MAX_OFFSETS = 250
+# one shuffle partition (the reference has two): one Python worker to start per run instead of two, on a
+# small machine the larger part of a run's first batch; results are per application, not per partition
+PG_PARTITIONS = int(os.environ.get("ANOMALY_RESTART_PG_PARTITIONS", "1"))
+
+
+class PgProbe:
+    """A session of the job's role, in autocommit: each query sees what other sessions committed."""
+
+    def __init__(self, postgres) -> None:
+        import psycopg
+
+        self.errors = psycopg.errors
+        self.conn = psycopg.connect(**postgres.connect_params, autocommit=True)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def staging_rows(self) -> int:
+        """Committed rows in the staging table (0 before the job created it)."""
+        try:
+            return self.conn.execute(f"SELECT count(*) FROM {PG_STAGING}").fetchone()[0]
+        except self.errors.UndefinedTable:
+            return 0
+
+    def open_transactions(self) -> list[tuple[str, str]]:
+        """(state, last statement) of the role's other sessions in this database that are inside a transaction."""
+        return self.conn.execute(
+            "SELECT state, query FROM pg_stat_activity WHERE datname = current_database() AND usename = current_user "
+            "AND backend_type = 'client backend' AND pid <> pg_backend_pid() AND xact_start IS NOT NULL"
+        ).fetchall()
+
+    def table_rows(self) -> list[tuple]:
+        """The result table shaped as the SQLite table holds it (``ts`` as ISO-8601 UTC text with
+        milliseconds, ``is_anomaly`` 0/1), in the reference's order."""
+        out = []
+        for *key, ts, agg, lower, upper, probability, flag in self.conn.execute(
+            f"SELECT {TABLE_COLUMNS} FROM {PG_TABLE}"
+        ).fetchall():
+            assert ts.utcoffset() is not None and ts.microsecond % 1000 == 0, ts
+            assert isinstance(flag, bool), flag
+            utc = ts.astimezone(timezone.utc)
+            iso = f"{utc:%Y-%m-%dT%H:%M:%S}.{utc.microsecond // 1000:03d}Z"
+            out.append((*key, iso, agg, lower, upper, probability, int(flag)))
+        return sorted(out, key=lambda row: row[:5])
+
+
+@pytest.fixture
+def pg_probe(postgres) -> Iterator[PgProbe]:
+    probe = PgProbe(postgres)
+    yield probe
+    probe.close()
+
+
+def float_bits(rows: list[tuple]) -> list[tuple]:
+    """Rows with each float as its 8 IEEE bytes: -0.0 differs from 0.0, NaN equals the same NaN."""
+    return [tuple(struct.pack(">d", v) if isinstance(v, float) else v for v in row) for row in rows]
+
+
+@pytest.mark.timeout(900)
+def test_sigkill_with_postgresql_sink_gives_the_uninterrupted_table(
+    postgres, pg_probe, kafka_broker, reference, tmp_path
+):
+    """The SIGKILL test above with the results in PostgreSQL, including kills inside the JDBC write: rows
+    in the staging table, the merge transaction open. The table must equal the uninterrupted (SQLite)
+    run's, every float bit for bit."""
+    started = time.monotonic()
+    bootstrap = kafka_broker.bootstrap_servers
+    input_topics(kafka_broker, "rspg")
+    probe = pg_probe
+    probe.conn.execute(f"DROP TABLE IF EXISTS {PG_TABLE}, {PG_STAGING}")
+    jdbc = {"url": postgres.jdbc_url, "table": PG_TABLE, "user": postgres.user, "password_env": PG_PASSWORD_ENV}
+    config = write_config(
+        tmp_path / "job.yaml",
+        tmp_path,
+        bootstrap,
+        "rspg",
+        trigger="processing_time",
+        jdbc=jdbc,
+        partitions=PG_PARTITIONS,
+    )
+    checkpoint = tmp_path / "checkpoints" / "chaos"
+    marker = tmp_path / "fault.marker"
+    rng = random.Random(SEED)
+    kills: list[str] = []
+    in_staging: list[int] = []  # rows in the staging table at each kill inside the JDBC write
+    job = None
+    try:
+        for i in range(PG_KILLS):
+            how = PG_SCHEDULE[i % len(PG_SCHEDULE)]
+            job = None
+            committed = batch_ids(checkpoint / "commits")
+            planned = batch_ids(checkpoint / "offsets")
+            env = {PG_PASSWORD_ENV: postgres.password}
+            if how in (*FAULT_POINTS, "during_jdbc_merge"):
+                marker.unlink(missing_ok=True)
+                # the run's first batch or the one after; the merge hook has no batch id: the run's first merge
+                batch = max(committed, default=-1) + 1 + rng.choice((0, 1))
+                batch = "" if how == "during_jdbc_merge" else str(batch)
+                env |= {"ANOMALY_FAULT_POINT": how, "ANOMALY_FAULT_BATCH": batch, "ANOMALY_FAULT_MARKER": str(marker)}
+            job = Job(config, tmp_path / f"run-{i:02d}.log", env=env)
+            if how in (*FAULT_POINTS, "during_jdbc_merge"):
+                hit = wait_for(marker.exists, job, poll=0.05)
+            elif how == "offsets":
+                hit = wait_for(
+                    lambda p=planned: batch_ids(checkpoint / "offsets") - p - batch_ids(checkpoint / "commits"), job
+                )
+            elif how == "state":
+                before = state_files(checkpoint)
+                hit = wait_for(lambda b=before: state_files(checkpoint) - b, job, poll=0.002)
+            elif how == "commit":
+                hit = wait_for(lambda c=committed: batch_ids(checkpoint / "commits") - c, job, poll=0.002)
+            elif how == "staging":  # between Spark's staging write and the merge's commit
+                # rows a kill left in staging do not count: the job must empty it, then write this batch
+                emptied = [False]
+
+                def fresh_rows_in_staging(emptied=emptied) -> bool:
+                    rows = probe.staging_rows()
+                    emptied[0] = emptied[0] or rows == 0
+                    return emptied[0] and rows > 0
+
+                hit = wait_for(fresh_rows_in_staging, job, poll=0.002)
+                merge_open = bool(probe.open_transactions())
+            else:  # random
+                hit = wait_for(lambda p=planned: batch_ids(checkpoint / "offsets") - p, job, poll=0.05)
+                if hit:
+                    time.sleep(rng.uniform(0.0, 3.0))
+            assert job.alive(), f"run {i} ({how}) exited {job.proc.returncode}:\n{job.tail()}"
+            assert hit, f"run {i} ({how}): the kill point never came:\n{job.tail()}"
+            if how == "during_jdbc_merge":
+                # the merge ran and emptied staging inside its transaction; others still see the rows
+                open_merges = [q for state, q in probe.open_transactions() if state == "idle in transaction"]
+                assert open_merges == [f"DELETE FROM {PG_STAGING}"], probe.open_transactions()
+                staged = probe.staging_rows()
+                assert staged > 0, "the merge transaction is open but staging holds no rows"
+            job.kill()
+            last = max(batch_ids(checkpoint / "offsets"), default=-1)
+            if how == "staging":  # "staging+merge": the merge transaction was open too
+                how += "+merge" if merge_open else ""
+            kills.append(f"{how}@{last}{'' if last in batch_ids(checkpoint / 'commits') else '*'}")
+            if how.startswith(("during_jdbc_merge", "staging")):
+                # the killed session's transaction is rolled back: its DELETE too, the rows stay in staging
+                deadline = time.monotonic() + 30
+                while probe.open_transactions() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert not probe.open_transactions(), probe.open_transactions()
+                in_staging.append(probe.staging_rows())
+                assert in_staging[-1] > 0, f"kill {i} ({how}): staging empty after the kill"
+                if how == "during_jdbc_merge":
+                    assert in_staging[-1] == staged, (staged, in_staging[-1])
+    finally:
+        if job is not None and job.alive():
+            job.kill()
+
+    final_config = write_config(
+        tmp_path / "final.yaml",
+        tmp_path,
+        bootstrap,
+        "rspg",
+        trigger="available_now",
+        jdbc=jdbc,
+        max_offsets=PG_FINAL_MAX_OFFSETS,
+        partitions=PG_PARTITIONS,
+    )
+    final = Job(final_config, tmp_path / "run-final.log", available_now=True, env={PG_PASSWORD_ENV: postgres.password})
+    code = final.wait(600)
+    assert code == 0, f"final run exited {code}:\n{final.tail()}"
+    got = probe.table_rows()
+    assert probe.staging_rows() == 0  # the last merge emptied it; the rows the kills left are gone
+    assert not probe.open_transactions()
+    figures = compare(reference, tmp_path, bootstrap, "rspg", rows=got)
+    assert float_bits(got) == float_bits(reference.rows)
+    print(
+        f"\nrestart safety, PostgreSQL (seed {SEED}): {len(kills)} SIGKILLs survived ({', '.join(kills)}; "
+        f"* = mid-batch); {len(in_staging)} inside the JDBC write with {in_staging} rows left in staging; "
+        f"{figures['rows']} PostgreSQL rows compared with the uninterrupted run's {len(reference.rows)}: "
+        f"lost {figures['lost']}, extra {figures['extra']}, duplicated {figures['duplicated']}, "
+        f"differing {figures['differing']} (floats bit for bit); output topic {figures['topic_records']} records "
+        f"for {len(reference.output)} keys ({figures['topic_duplicates']} duplicates); "
+        f"{figures['dead_letters']} dead letters; {time.monotonic() - started:.0f} s"
+    )
+    assert len(kills) >= min(PG_KILLS, 10)
+    assert PG_KILLS < 3 or in_staging, "no kill landed inside the JDBC write"
 
 
 @pytest.mark.timeout(1200)
