@@ -100,14 +100,17 @@ def score_events(records: Any, stream: StreamConfig) -> Any:
     )
 
 
+def checkpoint_of(job: JobConfig, stream: StreamConfig) -> str:
+    return f"{job.checkpoint_dir.rstrip('/')}/{stream.name}"
+
+
 def start_stream(spark: Any, job: JobConfig, stream: StreamConfig) -> Any:
-    """Build and start one stream's query."""
+    """Build and start one stream's query (its checkpoint already checked by :func:`run`)."""
     from jobs.jdbc import JdbcTable
     from jobs.sinks import make_batch_writer
     from jobs.source import read_kafka
 
-    checkpoint = f"{job.checkpoint_dir.rstrip('/')}/{stream.name}"
-    check_checkpoint(stream, checkpoint)
+    checkpoint = checkpoint_of(job, stream)
     jdbc = JdbcTable(spark, stream.sinks.jdbc, stream.name) if stream.sinks.jdbc else None
     if jdbc is not None:
         jdbc.ensure_schema()
@@ -148,6 +151,10 @@ def run(job: JobConfig, spark: Any = None, stop_event: threading.Event | None = 
     from jobs.progress import ProgressListener
     from jobs.session import build_session
 
+    # Every stream's checkpoint before Spark starts: a refusal takes a moment, not
+    # a JVM start, and no stream runs while another one is refused.
+    for stream in job.streams:
+        check_checkpoint(stream, checkpoint_of(job, stream))
     spark = spark or build_session(conf=job.spark_conf)
     listener = ProgressListener()
     spark.streams.addListener(listener)

@@ -77,3 +77,22 @@ def test_producer_options_inherit_the_source_security_settings_only_on_the_same_
     assert other.producer_options == PRODUCER_DEFAULTS
     tuned = parse_config(config_with(sinks={"kafka_options": {"kafka.linger.ms": "0", "kafka.acks": "all"}}))
     assert tuned.streams[0].producer_options == {**PRODUCER_DEFAULTS, "kafka.linger.ms": "0", "kafka.acks": "all"}
+
+
+def test_a_checkpoint_built_with_other_settings_is_refused_before_spark_starts(tmp_path, monkeypatch):
+    from jobs import main, session
+
+    raw = copy.deepcopy(BASE)
+    raw["checkpoint_dir"] = str(tmp_path)
+    raw["streams"].append({**copy.deepcopy(raw["streams"][0]), "name": "db"})
+    first = parse_config(raw)
+    for stream in first.streams:  # what a first run leaves behind
+        main.check_checkpoint(stream, main.checkpoint_of(first, stream))
+    raw["streams"][1]["detectors"] = [{"name": "ema", "params": {"window": 7}}]
+
+    def no_spark(**_):
+        raise AssertionError("the SparkSession was built before the checkpoints were checked")
+
+    monkeypatch.setattr(session, "build_session", no_spark)
+    with pytest.raises(main.CheckpointMismatch, match=r"stream 'db'.*detector 'ema' was"):
+        main.run(parse_config(raw))
