@@ -39,6 +39,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import DataFrame
+from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import (
     ArrayType,
     BinaryType,
@@ -61,29 +62,26 @@ CHUNK_ROWS = 200_000
 VALID_LISTS = ("ts_ms", "value")
 REJECT_LISTS = ("reason", "detail", "raw", "kafka_key")
 
+# the per-event columns, with their element types; everything else is one value per packed row
+_LIST_TYPES = {
+    "src_offset": LongType(),
+    "ts_ms": LongType(),
+    "value": DoubleType(),
+    "reason": StringType(),
+    "detail": StringType(),
+    "raw": BinaryType(),
+    "kafka_key": BinaryType(),
+}
 PACKED_SCHEMA = StructType(
     [
         StructField("gkey", StringType(), True),
         StructField("src_topic", StringType(), True),
         StructField("src_partition", IntegerType(), True),
-        StructField("src_offset", ArrayType(LongType()), True),
-        StructField("ts_ms", ArrayType(LongType()), True),
-        StructField("value", ArrayType(DoubleType()), True),
-        StructField("reason", ArrayType(StringType()), True),
-        StructField("detail", ArrayType(StringType()), True),
-        StructField("raw", ArrayType(BinaryType()), True),
-        StructField("kafka_key", ArrayType(BinaryType()), True),
+        *[StructField(name, ArrayType(element), True) for name, element in _LIST_TYPES.items()],
     ]
 )
-_ARROW_TYPES = {
-    "src_offset": pa.int64(),
-    "ts_ms": pa.int64(),
-    "value": pa.float64(),
-    "reason": pa.string(),
-    "detail": pa.string(),
-    "raw": pa.binary(),
-    "kafka_key": pa.binary(),
-}
+# the same schema as mapInArrow expects the batches, from Spark's own mapping
+ARROW_SCHEMA = to_arrow_schema(PACKED_SCHEMA)
 
 
 def pack(events: DataFrame) -> DataFrame:
@@ -144,8 +142,8 @@ def _pack_source(table: pa.Table, topic: str | None, partition: int | None) -> p
         "src_topic": pa.array([topic] * n, pa.string()),
         "src_partition": pa.array([partition] * n, pa.int32()),
     }
-    for name, arrow_type in _ARROW_TYPES.items():
-        values = sorted_table.column(name).combine_chunks().cast(arrow_type)
+    for name in _LIST_TYPES:
+        values = sorted_table.column(name).combine_chunks().cast(ARROW_SCHEMA.field(name).type.value_type)
         if name in VALID_LISTS:
             mask = pa.array(is_reject)
         elif name in REJECT_LISTS:
@@ -153,18 +151,7 @@ def _pack_source(table: pa.Table, topic: str | None, partition: int | None) -> p
         else:
             mask = None
         columns[name] = pa.ListArray.from_arrays(offsets, values, mask=mask)
-    return pa.RecordBatch.from_pydict(columns, schema=_arrow_schema())
-
-
-def _arrow_schema() -> pa.Schema:
-    return pa.schema(
-        [
-            pa.field("gkey", pa.string()),
-            pa.field("src_topic", pa.string()),
-            pa.field("src_partition", pa.int32()),
-            *[pa.field(name, pa.list_(arrow_type)) for name, arrow_type in _ARROW_TYPES.items()],
-        ]
-    )
+    return pa.RecordBatch.from_pydict(columns, schema=ARROW_SCHEMA)
 
 
 def unpack(frame: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -185,10 +172,6 @@ def unpack(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     names = REJECT_LISTS if first["gkey"] == INVALID_KEY else VALID_LISTS
     for name in names:
         cells = frame[name].to_numpy()
-        if name in VALID_LISTS:
-            flat[name] = np.concatenate([np.asarray(c) for c in cells]).astype(
-                np.int64 if name == "ts_ms" else np.float64, copy=False
-            )
-        else:
-            flat[name] = np.concatenate([np.asarray(c, dtype=object) for c in cells])
+        dtype = ARROW_SCHEMA.field(name).type.value_type.to_pandas_dtype()  # object for strings and bytes
+        flat[name] = np.concatenate([np.asarray(c, dtype=dtype) for c in cells])
     return flat

@@ -69,6 +69,7 @@ class StatsBoard:
 
 BOARD = StatsBoard()
 
+
 def _iso_ts(column: str) -> F.Column:
     return F.date_format(F.timestamp_millis(column), "yyyy-MM-dd'T'HH:mm:ss.SSS'Z'")
 
@@ -128,9 +129,11 @@ def dead_letter_messages(dead: DataFrame) -> DataFrame:
 
 def make_batch_writer(stream: StreamConfig, jdbc: JdbcTable | None) -> Callable[[DataFrame, int], None]:
     """The foreachBatch function of one stream's query."""
-    bootstrap = stream.output_bootstrap_servers
-    producer_options = stream.producer_options
+    kafka_options = {"kafka.bootstrap.servers": stream.output_bootstrap_servers, **stream.producer_options}
     sinks = stream.sinks
+
+    def write_kafka(messages: DataFrame, topic: str) -> None:
+        messages.write.format("kafka").options(**kafka_options, topic=topic).save()
 
     def write_batch(batch: DataFrame, batch_id: int) -> None:
         batch = batch.persist()
@@ -157,22 +160,10 @@ def make_batch_writer(stream: StreamConfig, jdbc: JdbcTable | None) -> Callable[
             lap("compute")
             fault_point("before_kafka", batch_id)
             if stats.results and sinks.output_topic:
-                (
-                    result_messages(results)
-                    .write.format("kafka")
-                    .option("kafka.bootstrap.servers", bootstrap)
-                    .options(**producer_options)
-                    .option("topic", sinks.output_topic)
-                    .save()
-                )
+                write_kafka(result_messages(results), sinks.output_topic)
             if stats.dead_letters and sinks.dead_letter_topic:
-                (
-                    dead_letter_messages(batch.filter(F.col("kind") == KIND_DEAD_LETTER))
-                    .write.format("kafka")
-                    .option("kafka.bootstrap.servers", bootstrap)
-                    .options(**producer_options)
-                    .option("topic", sinks.dead_letter_topic)
-                    .save()
+                write_kafka(
+                    dead_letter_messages(batch.filter(F.col("kind") == KIND_DEAD_LETTER)), sinks.dead_letter_topic
                 )
             lap("kafka")
             fault_point("after_kafka", batch_id)

@@ -29,7 +29,7 @@ def events(rows: list[dict]) -> pa.Table:
 def unpacked_by_key(table: pa.Table, batch_rows: int) -> dict[str, dict[str, list]]:
     packed = pa.Table.from_batches(
         list(packing.pack_batches(iter(table.to_batches(max_chunksize=batch_rows)))),
-        schema=packing._arrow_schema(),
+        schema=packing.ARROW_SCHEMA,
     ).to_pandas()
     out: dict[str, dict[str, list]] = {}
     for key, frame in packed.groupby("gkey", sort=True):
