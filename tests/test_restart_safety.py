@@ -282,6 +282,59 @@ def wait_for(condition, job: Job, timeout: float = START_TIMEOUT_S, poll: float 
 # --------------------------------------------------------------------------- results
 
 
+def fault_env(how: str, committed: set[int], marker: Path, rng: random.Random, ahead: tuple[int, ...]) -> dict:
+    """Environment that stops the job at fault point ``how`` (jobs/faults.py) in the run's first batch plus
+    an offset drawn from ``ahead``; ``during_jdbc_merge`` has no batch id and stops at the run's first merge
+    (the draw is made anyway, so a seed keeps its schedule)."""
+    marker.unlink(missing_ok=True)
+    batch = max(committed, default=-1) + 1 + rng.choice(ahead)
+    return {
+        "ANOMALY_FAULT_POINT": how,
+        "ANOMALY_FAULT_BATCH": "" if how == "during_jdbc_merge" else str(batch),
+        "ANOMALY_FAULT_MARKER": str(marker),
+    }
+
+
+def reach_kill_point(
+    how: str,
+    job: Job,
+    checkpoint: Path,
+    marker: Path,
+    planned: set[int],
+    committed: set[int],
+    rng: random.Random,
+    random_wait_s: float,
+) -> bool:
+    """Wait until the running job is at the moment ``how``; False if it never came."""
+    if how in (*FAULT_POINTS, "during_jdbc_merge"):
+        return wait_for(marker.exists, job, poll=0.05)
+    if how == "offsets":  # a new batch is planned, not yet committed
+        return wait_for(lambda: batch_ids(checkpoint / "offsets") - planned - batch_ids(checkpoint / "commits"), job)
+    if how == "state":  # the state store is writing a new version
+        before = state_files(checkpoint)
+        return wait_for(lambda: state_files(checkpoint) - before, job, poll=0.002)
+    if how == "commit":  # a batch's commit file just appeared
+        return wait_for(lambda: batch_ids(checkpoint / "commits") - committed, job, poll=0.002)
+    assert how == "random", how  # once the driver plans batches, within the next random_wait_s seconds
+    hit = wait_for(lambda: batch_ids(checkpoint / "offsets") - planned, job, poll=0.05)
+    if hit:
+        time.sleep(rng.uniform(0.0, random_wait_s))
+    return hit
+
+
+def kill_label(how: str, checkpoint: Path) -> str:
+    """``"after_kafka@7*"``: killed in batch 7 (the last planned); ``*``: its commit file was not written."""
+    last = max(batch_ids(checkpoint / "offsets"), default=-1)
+    return f"{how}@{last}{'' if last in batch_ids(checkpoint / 'commits') else '*'}"
+
+
+def run_to_end(config: Path, log: Path, env: dict | None = None) -> None:
+    """A last ``--available-now`` run from the checkpoint: it must consume the rest and exit 0."""
+    final = Job(config, log, available_now=True, env=env)
+    code = final.wait(600)
+    assert code == 0, f"final run exited {code}:\n{final.tail()}"
+
+
 def table_rows(db: Path) -> list[tuple]:
     con = sqlite3.connect(db)
     try:
@@ -395,46 +448,21 @@ def test_sigkill_at_random_and_targeted_moments_gives_the_uninterrupted_table(ka
             job = None
             committed = batch_ids(checkpoint / "commits")
             planned = batch_ids(checkpoint / "offsets")
-            env = {}
-            if how in FAULT_POINTS:
-                marker.unlink(missing_ok=True)
-                # the run's first batch (a replay when the last kill left it uncommitted) or the one after
-                batch = max(committed, default=-1) + 1 + rng.choice((0, 0, 1))
-                env = {
-                    "ANOMALY_FAULT_POINT": how,
-                    "ANOMALY_FAULT_BATCH": str(batch),
-                    "ANOMALY_FAULT_MARKER": str(marker),
-                }
+            # a fault point: in the run's first batch (a replay when the last kill left it uncommitted)
+            # or the one after
+            env = fault_env(how, committed, marker, rng, (0, 0, 1)) if how in FAULT_POINTS else {}
             job = Job(config, work / f"run-{i:02d}.log", env=env)
-            if how in FAULT_POINTS:
-                hit = wait_for(marker.exists, job, poll=0.05)
-            elif how == "offsets":  # a new batch is planned, not yet committed
-                hit = wait_for(
-                    lambda p=planned: batch_ids(checkpoint / "offsets") - p - batch_ids(checkpoint / "commits"), job
-                )
-            elif how == "state":  # the state store is writing a new version
-                before = state_files(checkpoint)
-                hit = wait_for(lambda b=before: state_files(checkpoint) - b, job, poll=0.002)
-            elif how == "commit":  # a batch's commit file just appeared
-                hit = wait_for(lambda c=committed: batch_ids(checkpoint / "commits") - c, job, poll=0.002)
-            else:  # random: once the driver plans batches, within the next several seconds
-                hit = wait_for(lambda p=planned: batch_ids(checkpoint / "offsets") - p, job, poll=0.05)
-                if hit:
-                    time.sleep(rng.uniform(0.0, 10.0))
+            hit = reach_kill_point(how, job, checkpoint, marker, planned, committed, rng, random_wait_s=10.0)
             assert job.alive(), f"run {i} ({how}) exited {job.proc.returncode}:\n{job.tail()}"
             assert hit, f"run {i} ({how}): the kill point never came:\n{job.tail()}"
             job.kill()
-            last = max(batch_ids(checkpoint / "offsets"), default=-1)
-            # "@7*": killed in batch 7 before its commit file was written
-            kills.append(f"{how}@{last}{'' if last in batch_ids(checkpoint / 'commits') else '*'}")
+            kills.append(kill_label(how, checkpoint))
     finally:
         if job is not None and job.alive():
             job.kill()
 
     # -- 2. a last run consumes the rest and stops --------------------------------------------------
-    final = Job(config, work / "run-final.log", available_now=True)
-    code = final.wait(600)
-    assert code == 0, f"final run exited {code}:\n{final.tail()}"
+    run_to_end(config, work / "run-final.log")
 
     figures = compare(reference, work, bootstrap, "rs")
     print(
@@ -559,24 +587,9 @@ def test_sigkill_with_postgresql_sink_gives_the_uninterrupted_table(
             planned = batch_ids(checkpoint / "offsets")
             env = {PG_PASSWORD_ENV: postgres.password}
             if how in (*FAULT_POINTS, "during_jdbc_merge"):
-                marker.unlink(missing_ok=True)
-                # the run's first batch or the one after; the merge hook has no batch id: the run's first merge
-                batch = max(committed, default=-1) + 1 + rng.choice((0, 1))
-                batch = "" if how == "during_jdbc_merge" else str(batch)
-                env |= {"ANOMALY_FAULT_POINT": how, "ANOMALY_FAULT_BATCH": batch, "ANOMALY_FAULT_MARKER": str(marker)}
+                env |= fault_env(how, committed, marker, rng, (0, 1))  # the run's first batch or the one after
             job = Job(config, tmp_path / f"run-{i:02d}.log", env=env)
-            if how in (*FAULT_POINTS, "during_jdbc_merge"):
-                hit = wait_for(marker.exists, job, poll=0.05)
-            elif how == "offsets":
-                hit = wait_for(
-                    lambda p=planned: batch_ids(checkpoint / "offsets") - p - batch_ids(checkpoint / "commits"), job
-                )
-            elif how == "state":
-                before = state_files(checkpoint)
-                hit = wait_for(lambda b=before: state_files(checkpoint) - b, job, poll=0.002)
-            elif how == "commit":
-                hit = wait_for(lambda c=committed: batch_ids(checkpoint / "commits") - c, job, poll=0.002)
-            elif how == "staging":  # between Spark's staging write and the merge's commit
+            if how == "staging":  # between Spark's staging write and the merge's commit
                 # rows a kill left in staging do not count: the job must empty it, then write this batch
                 emptied = [False]
 
@@ -587,10 +600,8 @@ def test_sigkill_with_postgresql_sink_gives_the_uninterrupted_table(
 
                 hit = wait_for(fresh_rows_in_staging, job, poll=0.002)
                 merge_open = bool(probe.open_transactions())
-            else:  # random
-                hit = wait_for(lambda p=planned: batch_ids(checkpoint / "offsets") - p, job, poll=0.05)
-                if hit:
-                    time.sleep(rng.uniform(0.0, 3.0))
+            else:
+                hit = reach_kill_point(how, job, checkpoint, marker, planned, committed, rng, random_wait_s=3.0)
             assert job.alive(), f"run {i} ({how}) exited {job.proc.returncode}:\n{job.tail()}"
             assert hit, f"run {i} ({how}): the kill point never came:\n{job.tail()}"
             if how == "during_jdbc_merge":
@@ -600,10 +611,9 @@ def test_sigkill_with_postgresql_sink_gives_the_uninterrupted_table(
                 staged = probe.staging_rows()
                 assert staged > 0, "the merge transaction is open but staging holds no rows"
             job.kill()
-            last = max(batch_ids(checkpoint / "offsets"), default=-1)
             if how == "staging":  # "staging+merge": the merge transaction was open too
                 how += "+merge" if merge_open else ""
-            kills.append(f"{how}@{last}{'' if last in batch_ids(checkpoint / 'commits') else '*'}")
+            kills.append(kill_label(how, checkpoint))
             if how.startswith(("during_jdbc_merge", "staging")):
                 # the killed session's transaction is rolled back: its DELETE too, the rows stay in staging
                 deadline = time.monotonic() + 30
@@ -628,9 +638,7 @@ def test_sigkill_with_postgresql_sink_gives_the_uninterrupted_table(
         max_offsets=PG_FINAL_MAX_OFFSETS,
         partitions=PG_PARTITIONS,
     )
-    final = Job(final_config, tmp_path / "run-final.log", available_now=True, env={PG_PASSWORD_ENV: postgres.password})
-    code = final.wait(600)
-    assert code == 0, f"final run exited {code}:\n{final.tail()}"
+    run_to_end(final_config, tmp_path / "run-final.log", env={PG_PASSWORD_ENV: postgres.password})
     got = probe.table_rows()
     assert probe.staging_rows() == 0  # the last merge emptied it; the rows the kills left are gone
     assert not probe.open_transactions()
@@ -681,9 +689,7 @@ def test_broker_down_mid_run_then_restart_gives_the_uninterrupted_table(kafka_br
             kafka_broker.start()
         if job.alive():
             job.kill()
-    final = Job(config, tmp_path / "run-final.log", available_now=True)
-    code = final.wait(600)
-    assert code == 0, f"final run exited {code}:\n{final.tail()}"
+    run_to_end(config, tmp_path / "run-final.log")
     figures = compare(reference, tmp_path, bootstrap, "bd")
     print(
         f"\nbroker down {BROKER_DOWN_S} s after batch {last_before}: job "
