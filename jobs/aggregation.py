@@ -74,10 +74,6 @@ class WindowState:
     def empty(agg_function: str, closed_until: int = np.iinfo(np.int64).min) -> WindowState:
         return WindowState(closed_until, _EMPTY_I, _EMPTY_I, _EMPTY_I, _EMPTY_F, _EMPTY_F, _EMPTY_F)
 
-    @property
-    def open_windows(self) -> int:
-        return len(np.unique(self.starts))
-
 
 def window_starts(ts: np.ndarray, agg_function: str, window_ms: int) -> np.ndarray:
     if agg_function == "none":
@@ -135,6 +131,44 @@ def find_duplicates(
             seen_values=np.concatenate([state.seen_values, values[counted]]),
         )
     return state, duplicate
+
+
+def find_same_instant(
+    state: WindowState, ts: np.ndarray, values: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For ``none``: events at an instant (ts) that already has an accepted point.
+
+    A ``none`` point is keyed by its application and ts, so only one event per
+    instant can become a result. Events must come sorted by (ts, source
+    position): the first at an instant that is still open (in ``state`` from an
+    earlier batch, or first in this batch) is kept; each later one is a
+    *duplicate* when its value equals the kept value, else a *conflict*.
+    Returns (duplicate mask, conflict mask, the kept value per event). Late
+    events are neither: :func:`add_events` reports them.
+
+    >>> state = WindowState.empty("none")
+    >>> dup, conflict, kept = find_same_instant(state, np.array([5, 5, 5, 6]), np.array([1.0, 1.0, 2.0, 3.0]))
+    >>> dup.tolist(), conflict.tolist(), kept.tolist()
+    ([False, True, False, False], [False, False, True, False], [1.0, 1.0, 1.0, 3.0])
+    """
+    ts = np.asarray(ts, dtype=np.int64)
+    values = np.asarray(values, dtype=np.float64)
+    on_time = ts + 1 > state.closed_until
+    _, first, inverse = np.unique(ts, return_index=True, return_inverse=True)
+    kept = values[first][inverse]
+    repeat = np.ones(len(ts), dtype=bool)
+    repeat[first] = False
+    if len(state.ts):
+        # raw-value functions keep their open points' values in `sums`
+        order = np.argsort(state.ts, kind="stable")
+        open_ts, open_values = state.ts[order], state.sums[order]
+        at = np.minimum(np.searchsorted(open_ts, ts), len(open_ts) - 1)
+        seen = open_ts[at] == ts
+        kept = np.where(seen, open_values[at], kept)
+        repeat |= seen
+    repeat &= on_time
+    same = values == kept
+    return repeat & same, repeat & ~same, kept
 
 
 def add_events(

@@ -150,6 +150,12 @@ class SinksConfig:
     kafka_options: Mapping[str, str] = field(default_factory=dict)
 
 
+# A few buckets per shuffle partition (4 by default): every task gets several,
+# and a bucket of 100,000 applications / 32 holds ~3,000 applications' state
+# (a few MB), rewritten once per micro-batch.
+DEFAULT_BUCKETS = 32
+MAX_BUCKETS = 65_536
+
 # Throughput over a single record's latency (20 ms at most): results come in
 # micro-batch bursts, so bigger producer batches cost nothing visible. No
 # compression by default: every consumer must be able to read the topic (e.g.
@@ -167,6 +173,11 @@ class StreamConfig:
     detectors: tuple[DetectorConfig, ...]
     sinks: SinksConfig
     idle_timeout_millis: int = 7 * 24 * 3600 * 1000
+    # Applications are hashed into this many buckets; the stateful operator keeps
+    # one state value, one timer and one output frame per bucket, so its fixed
+    # costs are paid per bucket per micro-batch, not per application. Fixed by
+    # the checkpoint (the state is laid out by bucket).
+    buckets: int = DEFAULT_BUCKETS
 
     @property
     def output_bootstrap_servers(self) -> str:
@@ -416,7 +427,9 @@ def _sinks(raw: Any, name: str, base_dir: Path | None) -> SinksConfig:
 
 def _stream(raw: Any, name: str, base_dir: Path | None) -> StreamConfig:
     section = _mapping(raw, name)
-    _check_keys(section, ("name", "source", "aggregation", "detectors", "sinks", "idle_timeout_millis"), name)
+    _check_keys(
+        section, ("name", "source", "aggregation", "detectors", "sinks", "idle_timeout_millis", "buckets"), name
+    )
     stream_name = _str(section.get("name"), f"{name}.name")
     if not _NAME_RE.match(stream_name or ""):
         raise ConfigError(f"{name}.name", f"must match {_NAME_RE.pattern}, got {stream_name!r}")
@@ -431,9 +444,20 @@ def _stream(raw: Any, name: str, base_dir: Path | None) -> StreamConfig:
         detectors=_detectors(section.get("detectors"), f"{name}.detectors"),
         sinks=_sinks(section["sinks"], f"{name}.sinks", base_dir),
         idle_timeout_millis=_int(
-            section.get("idle_timeout_millis"), f"{name}.idle_timeout_millis", 1, default=7 * 24 * 3600 * 1000
+            section.get("idle_timeout_millis"),
+            f"{name}.idle_timeout_millis",
+            1,
+            default=StreamConfig.idle_timeout_millis,
         ),
+        buckets=_buckets(section.get("buckets"), f"{name}.buckets"),
     )
+
+
+def _buckets(value: Any, name: str) -> int:
+    buckets = _int(value, name, 1, default=DEFAULT_BUCKETS)
+    if buckets > MAX_BUCKETS:
+        raise ConfigError(name, f"must be at most {MAX_BUCKETS:,}, got {buckets:,}")
+    return buckets
 
 
 def parse_config(raw: Any, base_dir: Path | None = None, source_path: str | None = None) -> JobConfig:

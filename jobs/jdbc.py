@@ -55,7 +55,11 @@ COLUMNS = (
     "value_upper_limit",
     "anomaly_probability",
     "is_anomaly",
+    "explanation",
 )
+# columns added after the first release: an existing table without them gets them
+# (ALTER TABLE ... ADD COLUMN, nullable); a table missing any other column is refused
+ADDED_COLUMNS = ("explanation",)
 _TYPES = {
     "sqlite": {
         "application": "TEXT NOT NULL",
@@ -68,6 +72,7 @@ _TYPES = {
         "value_upper_limit": "REAL",
         "anomaly_probability": "REAL NOT NULL",
         "is_anomaly": "INTEGER NOT NULL",
+        "explanation": "TEXT",
     },
     "postgresql": {
         "application": "TEXT NOT NULL",
@@ -80,6 +85,7 @@ _TYPES = {
         "value_upper_limit": "DOUBLE PRECISION",
         "anomaly_probability": "DOUBLE PRECISION NOT NULL",
         "is_anomaly": "BOOLEAN NOT NULL",
+        "explanation": "TEXT",
     },
 }
 _DRIVERS = {"sqlite": "org.sqlite.JDBC", "postgresql": "org.postgresql.Driver"}
@@ -97,6 +103,7 @@ _PG_ACCEPTED = {
     "value_upper_limit": _FLOAT,
     "anomaly_probability": _FLOAT,
     "is_anomaly": ("boolean",),
+    "explanation": _TEXT,
 }
 # the columns, then the key columns, of each unique index of a PostgreSQL table
 _PG_COLUMNS_SQL = (
@@ -222,6 +229,11 @@ class JdbcTable:
             stmt = conn.createStatement()
             existing = self._column_types(conn, self.table)
             if existing:
+                for column in ADDED_COLUMNS:
+                    if column not in existing:
+                        log.info("table %s: adding column %s (new in this version)", self.table, column)
+                        stmt.executeUpdate(f"ALTER TABLE {self.table} ADD COLUMN {column} {types[column]}")
+                        existing[column] = "text"
                 self._check_existing(conn, existing)
             else:
                 stmt.executeUpdate(

@@ -2,8 +2,8 @@
 
 One streaming query per configured stream::
 
-    Kafka -> parse/validate (jobs/source.py) -> watermark -> pack per application (jobs/packing.py)
-          -> groupBy(application).transformWithStateInPandas(windowing + detectors)
+    Kafka -> parse/validate (jobs/source.py) -> watermark -> pack per bucket of applications (jobs/packing.py)
+          -> groupBy(bucket).transformWithStateInPandas(windowing + detectors, jobs/stateful_step.py)
           -> foreachBatch: results to Kafka + JDBC, rejects to the dead-letter topic
 
 The config is validated before Spark starts. Each stream checkpoints under
@@ -28,6 +28,9 @@ from jobs.config import ConfigError, JobConfig, StreamConfig, load_config
 
 log = logging.getLogger("anomaly.job")
 FINGERPRINT_FILE = "anomaly-job-config.json"
+# How the operator lays out its state; a checkpoint written with another layout
+# cannot be read (before "buckets-1" the state was kept per application).
+STATE_LAYOUT = "buckets-1"
 
 
 class CheckpointMismatch(RuntimeError):
@@ -36,6 +39,8 @@ class CheckpointMismatch(RuntimeError):
 
 def _stream_fingerprint(stream: StreamConfig) -> dict[str, Any]:
     return {
+        "state_layout": STATE_LAYOUT,
+        "buckets": stream.buckets,
         "agg_function": stream.aggregation.agg_function,
         "agg_window_millis": stream.aggregation.agg_window_millis,
         "detectors": {d.label: {"name": d.name, "params": dict(d.params)} for d in stream.detectors},
@@ -54,8 +59,16 @@ def check_checkpoint(stream: StreamConfig, checkpoint: str) -> None:
     current = json.loads(json.dumps(_stream_fingerprint(stream), default=str))
     if path.exists():
         stored = json.loads(path.read_text())
+        if stored.get("state_layout") != STATE_LAYOUT:
+            raise CheckpointMismatch(
+                f"stream {stream.name!r}: the checkpoint at {path.parent} was written by an older version of "
+                "the job that kept its state per application "
+                f"(layout {stored.get('state_layout', 'per-application')!r}; "
+                f"this version keeps it per bucket of applications, layout {STATE_LAYOUT!r}). Start this stream "
+                "from a new checkpoint (change checkpoint_dir or the stream name); its state then starts empty."
+            )
         problems = []
-        for key in ("agg_function", "agg_window_millis"):
+        for key in ("buckets", "agg_function", "agg_window_millis"):
             if stored[key] != current[key]:
                 problems.append(f"{key} was {stored[key]!r}, config says {current[key]!r}")
         for label, spec in stored["detectors"].items():
@@ -83,16 +96,16 @@ def score_events(records: Any, stream: StreamConfig) -> Any:
     ``records`` has the Kafka source's columns (key, value, topic, partition,
     offset, timestamp); tests feed it from a file stream instead of Kafka.
     """
-    from jobs.detection import OUTPUT_SCHEMA, DetectionProcessor
+    from jobs.detection import OUTPUT_SCHEMA, BucketProcessor
     from jobs.packing import pack
     from jobs.source import parse_messages, with_watermark
 
     events = with_watermark(parse_messages(records, stream.source), stream.aggregation.allowed_lateness_millis)
     return (
-        pack(events)
-        .groupBy("gkey")
+        pack(events, stream.buckets)
+        .groupBy("bucket")
         .transformWithStateInPandas(
-            statefulProcessor=DetectionProcessor(stream),
+            statefulProcessor=BucketProcessor(stream),
             outputStructType=OUTPUT_SCHEMA,
             outputMode="Append",
             timeMode="EventTime",

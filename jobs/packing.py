@@ -1,33 +1,35 @@
-"""Packing stage: event rows -> one row per (application, Kafka partition, chunk).
+"""Packing stage: event rows -> one row per (bucket of applications, Kafka partition, chunk).
 
 Every row that crosses from the JVM into the Python stateful operator pays for
 itself several times: in the shuffle, in the Arrow writer, in pandas. Most of
 that cost is per row, not per value. So before the shuffle, a stateless Arrow
 function (``mapInArrow``, no pandas, no per-event Python) packs the events of
-each application that one task reads into a single row of arrays::
+each bucket of applications (``pmod(xxhash64(application), buckets)``, computed
+in the JVM) that one task reads into a single row of arrays::
 
-    gkey | src_topic | src_partition | src_offset[] | ts_ms[] | value[] | reason[] ...
+    bucket | src_topic | src_partition | application[] | src_offset[] | ts_ms[] | value[] | reason[] ...
 
-The operator (jobs/detection.py) unpacks them with ``np.concatenate``. Nothing
+The operator (jobs/detection.py) groups by bucket and unpacks them with ``np.concatenate``. Nothing
 is aggregated or dropped here: every event, with its source position, still
 reaches the operator, which alone knows the watermark and decides what is late.
 That keeps late events exact and results bit-identical to processing the rows
-one by one; the operator sorts a key's events by (ts, topic, partition,
-offset) anyway, so the packing order does not matter.
+one by one; the operator sorts a bucket's events by (application, ts, topic,
+partition, offset) anyway, so the packing order does not matter.
 
-Valid events fill ``ts_ms`` and ``value``; rejects (``gkey`` =
-:data:`jobs.source.INVALID_KEY`) fill ``reason``, ``detail``, ``raw`` and
-``kafka_key``; the other lists are null.
+Valid events fill ``application``, ``ts_ms`` and ``value``; rejects (``gkey`` =
+:data:`jobs.source.INVALID_KEY`, bucket :data:`REJECT_BUCKET`) fill
+``reason``, ``detail``, ``raw`` and ``kafka_key``; the other lists are null.
 
 >>> import pyarrow as pa
->>> events = pa.table({"gkey": ["a", "b", "a"], "ts_ms": [1, 2, 3], "value": [1.0, 2.0, 3.0],
+>>> events = pa.table({"bucket": pa.array([0, 1, 0], pa.int32()), "gkey": ["a", "b", "a"],
+...     "ts_ms": [1, 2, 3], "value": [1.0, 2.0, 3.0],
 ...     "reason": pa.nulls(3, pa.string()), "detail": pa.nulls(3, pa.string()),
 ...     "raw": pa.nulls(3, pa.binary()), "kafka_key": pa.nulls(3, pa.binary()),
 ...     "src_topic": ["t"] * 3, "src_partition": pa.array([0] * 3, pa.int32()), "src_offset": [10, 11, 12]})
 >>> packed = pa.Table.from_batches(list(pack_batches(iter(events.to_batches()))))
->>> packed.select(["gkey", "src_offset", "value"]).to_pylist()  # doctest: +NORMALIZE_WHITESPACE
-[{'gkey': 'a', 'src_offset': [10, 12], 'value': [1.0, 3.0]},
- {'gkey': 'b', 'src_offset': [11], 'value': [2.0]}]
+>>> packed.select(["bucket", "application", "src_offset", "value"]).to_pylist()  # doctest: +NORMALIZE_WHITESPACE
+[{'bucket': 0, 'application': ['a', 'a'], 'src_offset': [10, 12], 'value': [1.0, 3.0]},
+ {'bucket': 1, 'application': ['b'], 'src_offset': [11], 'value': [2.0]}]
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import (
     ArrayType,
@@ -59,11 +62,14 @@ if TYPE_CHECKING:  # pandas is heavy to import, and this module runs in mapInArr
 # Rows packed at a time: big enough that a busy application gets hundreds of
 # events per packed row, small enough to keep a task's memory flat.
 CHUNK_ROWS = 200_000
-VALID_LISTS = ("ts_ms", "value")
+# the bucket of records that failed validation in the source stage
+REJECT_BUCKET = -1
+VALID_LISTS = ("application", "ts_ms", "value")
 REJECT_LISTS = ("reason", "detail", "raw", "kafka_key")
 
 # the per-event columns, with their element types; everything else is one value per packed row
 _LIST_TYPES = {
+    "application": StringType(),
     "src_offset": LongType(),
     "ts_ms": LongType(),
     "value": DoubleType(),
@@ -74,7 +80,7 @@ _LIST_TYPES = {
 }
 PACKED_SCHEMA = StructType(
     [
-        StructField("gkey", StringType(), True),
+        StructField("bucket", IntegerType(), False),
         StructField("src_topic", StringType(), True),
         StructField("src_partition", IntegerType(), True),
         *[StructField(name, ArrayType(element), True) for name, element in _LIST_TYPES.items()],
@@ -84,9 +90,12 @@ PACKED_SCHEMA = StructType(
 ARROW_SCHEMA = to_arrow_schema(PACKED_SCHEMA)
 
 
-def pack(events: DataFrame) -> DataFrame:
-    """The events of jobs.source (watermarked), packed per application and task."""
-    return events.mapInArrow(pack_batches, PACKED_SCHEMA)
+def pack(events: DataFrame, buckets: int) -> DataFrame:
+    """The events of jobs.source (watermarked), packed per bucket of applications and task."""
+    bucket = F.when(F.col("gkey") == INVALID_KEY, F.lit(REJECT_BUCKET)).otherwise(
+        F.pmod(F.xxhash64("gkey"), F.lit(buckets))
+    )
+    return events.select("*", bucket.cast("int").alias("bucket")).mapInArrow(pack_batches, PACKED_SCHEMA)
 
 
 def pack_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -128,17 +137,18 @@ def _equal_or_both_null(column: pa.ChunkedArray, value: object) -> pa.ChunkedArr
 
 
 def _pack_source(table: pa.Table, topic: str | None, partition: int | None) -> pa.RecordBatch:
-    keys = pc.dictionary_encode(table.column("gkey")).combine_chunks()
-    codes = keys.indices.to_numpy(zero_copy_only=False)
-    # stable: within a key, events keep their read (offset) order
-    order = np.argsort(codes, kind="stable")
-    counts = np.bincount(codes, minlength=len(keys.dictionary))
+    buckets = table.column("bucket").to_numpy()
+    # stable: within a bucket, events keep their read (offset) order
+    order = np.argsort(buckets, kind="stable")
+    row_buckets, counts = np.unique(buckets, return_counts=True)
     offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
-    sorted_table = table.take(pa.array(order))
-    is_reject = pc.equal(keys.dictionary, INVALID_KEY).to_numpy(zero_copy_only=False)
-    n = len(keys.dictionary)
+    sorted_table = table.rename_columns(["application" if c == "gkey" else c for c in table.column_names]).take(
+        pa.array(order)
+    )
+    is_reject = row_buckets == REJECT_BUCKET
+    n = len(row_buckets)
     columns = {
-        "gkey": keys.dictionary,
+        "bucket": pa.array(row_buckets.astype(np.int32), pa.int32()),
         "src_topic": pa.array([topic] * n, pa.string()),
         "src_partition": pa.array([partition] * n, pa.int32()),
     }
@@ -155,11 +165,11 @@ def _pack_source(table: pa.Table, topic: str | None, partition: int | None) -> p
 
 
 def unpack(frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    """A key's packed rows (pandas, as the operator receives them) -> flat numpy columns.
+    """A bucket's packed rows (pandas, as the operator receives them) -> flat numpy columns.
 
-    Valid keys get ``ts_ms``, ``value``, ``src_topic``, ``src_partition``,
-    ``src_offset``; the reject key gets ``reason``, ``detail``, ``raw``,
-    ``kafka_key`` and the source columns.
+    Buckets of valid events get ``application``, ``ts_ms``, ``value``,
+    ``src_topic``, ``src_partition``, ``src_offset``; the reject bucket gets
+    ``reason``, ``detail``, ``raw``, ``kafka_key`` and the source columns.
     """
     offsets = [np.asarray(cell, dtype=np.int64) for cell in frame["src_offset"]]
     lengths = np.array([len(cell) for cell in offsets], dtype=np.int64)
@@ -169,7 +179,7 @@ def unpack(frame: pd.DataFrame) -> dict[str, np.ndarray]:
         "src_partition": np.repeat(frame["src_partition"].to_numpy(), lengths),
     }
     first = frame.iloc[0]
-    names = REJECT_LISTS if first["gkey"] == INVALID_KEY else VALID_LISTS
+    names = REJECT_LISTS if first["bucket"] == REJECT_BUCKET else VALID_LISTS
     for name in names:
         cells = frame[name].to_numpy()
         dtype = ARROW_SCHEMA.field(name).type.value_type.to_pandas_dtype()  # object for strings and bytes

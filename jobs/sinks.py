@@ -98,6 +98,8 @@ def result_messages(results: DataFrame) -> DataFrame:
                 "value_upper_limit",
                 "anomaly_probability",
                 "is_anomaly",
+                # a JSON object in the message, not a string holding JSON
+                F.parse_json("explanation").alias("explanation"),
             ).alias("anomaly_results"),
         ),
         {"ignoreNullFields": "false"},
