@@ -38,6 +38,8 @@ def spark():
             "spark.default.parallelism": "2",
             "spark.ui.enabled": "false",
             "spark.sql.streaming.minBatchesToRetain": "5",
+            # a busy 2-core box can take more than the default 15 s to start a Python worker
+            "spark.python.authenticate.socketTimeout": "120s",
         },
     )
     yield session

@@ -24,6 +24,7 @@ def stream_config(
     agg_window_millis: int = 0,
     allowed_lateness_millis: int = 0,
     detectors: list[Any] | None = None,
+    buckets: int | None = None,
     **source: Any,
 ) -> StreamConfig:
     raw = {
@@ -39,6 +40,7 @@ def stream_config(
                 },
                 "detectors": detectors or [{"name": "ema", "params": {"window": 5, "warmup": 2}}],
                 "sinks": {"output_topic": "out", "dead_letter_topic": "dlq"},
+                **({"buckets": buckets} if buckets is not None else {}),
             }
         ],
     }

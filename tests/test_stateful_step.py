@@ -138,7 +138,9 @@ def test_none_keeps_one_event_per_instant_and_dead_letters_the_others_with_a_rea
     ]
     # closing: one result per (application, ts, detector), with the first value
     columns = step_bucket(state, empty_events(), 100_000, s).columns("none", 0)
-    points = sorted({(a, t, v) for a, t, v in zip(columns["application"], columns["ts_ms"], columns["agg_value"])})
+    points = sorted(
+        {(a, t, v) for a, t, v in zip(columns["application"], columns["ts_ms"], columns["agg_value"], strict=True)}
+    )
     assert points == [("a", 5_000, 1.5), ("a", 6_000, 3.0), ("a", 7_000, 1.0), ("b", 5_000, 7.0)]
     keys = list(zip(columns["application"], columns["ts_ms"], columns["detector"], strict=True))
     assert len(keys) == len(set(keys))
@@ -181,6 +183,10 @@ def test_late_events_are_dead_lettered_with_the_watermark_in_the_detail():
     step_bucket(state, events([("a", 1_000, 1.0)]), 0, s)
     out = step_bucket(state, events([("a", 2_000, 5.0), ("b", 2_000, 5.0), ("b", 25_000, 1.0)]), 20_000, s)
     columns = out.columns("avg", 10_000)
-    late = [(a, d) for a, r, d in zip(columns["application"], columns["reason"], columns["detail"]) if r == "late"]
+    late = [
+        (a, d)
+        for a, r, d in zip(columns["application"], columns["reason"], columns["detail"], strict=True)
+        if r == "late"
+    ]
     assert [a for a, _ in late] == ["a", "b"]
     assert all("1970-01-01T00:00:20.000Z" in d for _, d in late)

@@ -134,3 +134,38 @@ def test_a_failing_detector_only_affects_its_own_key(spark, tmp_path):
         assert [r["reason"] for r in dead if r["reason"] != "detector_error"] == ["invalid_json"]
     finally:
         stream.stop()
+
+
+def test_the_job_gives_the_same_rows_with_one_bucket_for_all_and_about_one_per_application(spark, tmp_path):
+    """Bucketing is an implementation detail: 1 bucket vs 4,096 (almost every application alone)."""
+    rng = np.random.default_rng(11)
+    batches = []
+    for b in range(4):
+        batch = []
+        for _ in range(60):
+            app = f"app-{int(rng.integers(0, 25))}"
+            seconds = b * 20 + float(rng.integers(-8_000, 20_000)) / 1000  # some late
+            batch.append(msg(app, float(np.round(rng.normal(50, 5), 2)), max(seconds, 0)))
+        batch.append(dict(batch[-1]))  # an exact repeat
+        batch.append({**batch[-1], "value": batch[-1]["value"] + 1})  # a second value at one instant
+        batches.append(batch)
+    for function, window in (("avg", W), ("none", 0)):
+        streams = {
+            buckets: FileStream(
+                spark, tmp_path / f"{function}-{buckets}", stream_config(function, window, 2_000, buckets=buckets)
+            )
+            for buckets in (1, 4096)
+        }
+        try:
+            for batch in [*batches, [msg("zz", 0, 500)]]:
+                for stream in streams.values():
+                    stream.send(*batch, wait=False)
+                for stream in streams.values():
+                    stream.wait()
+            one, many = (spark.sql(f"select * from {streams[b].name}").drop("src_offset") for b in (1, 4096))
+            assert one.filter("kind = 'result'").count() > 40
+            assert one.filter("kind = 'dead_letter'").count() >= 2
+            assert_df_equality(one, many, ignore_row_order=True, ignore_nullable=True)
+        finally:
+            for stream in streams.values():
+                stream.stop()
