@@ -74,6 +74,22 @@ def _type_of(variant: Column) -> Column:
     return F.schema_of_variant(variant)
 
 
+def _json_type(variant_type: Column) -> Column:
+    """A VARIANT type name in JSON's words: null, number, string, boolean, array, object."""
+    base = F.split(variant_type, "[<(]")[0]
+    named = F.lower(base)
+    for spark_types, word in (
+        (("VOID", "NULL"), "null"),
+        ((*_NUMERIC_TYPES, "DECIMAL"), "number"),
+        (("BOOLEAN",), "boolean"),
+        (("STRING",), "string"),
+        (("ARRAY",), "array"),
+        (("OBJECT",), "object"),
+    ):
+        named = F.when(base.isin(*spark_types), F.lit(word)).otherwise(named)
+    return named
+
+
 def _parse_ts(ts_text: Column) -> Column:
     # RFC 3339 allows a lower-case "z"; Spark's parser only takes "Z"
     trimmed = F.trim(ts_text)
@@ -140,7 +156,7 @@ def _diagnosis(raw: Column, kafka_ts: Column, source: SourceConfig) -> tuple[Col
         (
             ~t_msg.startswith("OBJECT"),
             "not_an_object",
-            F.concat(F.lit("value must be a JSON object, got "), F.split(t_msg, "[<(]")[0]),
+            F.concat(F.lit("value must be a JSON object, got "), _json_type(t_msg)),
         ),
     ]
     for name, expected, ok in (
@@ -152,7 +168,7 @@ def _diagnosis(raw: Column, kafka_ts: Column, source: SourceConfig) -> tuple[Col
         checks.append((type_col.isNull(), "missing_field", F.lit(f"{name} is missing")))
         checks.append((type_col.isin("VOID", "NULL"), "null_field", F.lit(f"{name} is null")))
         checks.append(
-            (~ok, "wrong_type", F.concat(F.lit(f"{name} must be {expected}, got "), F.split(type_col, "[<(]")[0]))
+            (~ok, "wrong_type", F.concat(F.lit(f"{name} must be {expected}, got "), _json_type(type_col)))
         )
     ts_text = F.try_variant_get(v, "$.ts", "string")
     checks += _value_checks(
