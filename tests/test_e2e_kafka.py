@@ -118,7 +118,10 @@ def test_kafka_to_kafka_and_sqlite_with_restart(kafka_broker, spark, tmp_path):
 
     # -- run 1: 30 minutes of data and the bad messages -------------------------------
     web1, db1 = series("web", 0, 1800), series("db", 0, 1800)
-    produce_messages(bootstrap, "e2e-web", web1)
+    # two values at one instant in one batch (second-resolution timestamps, two hosts under one name):
+    # the window counts both; the points stream keeps the first and dead-letters the other
+    same_instant = [msg("web", 1.5, 905), msg("web", 0.0, 905)]
+    produce_messages(bootstrap, "e2e-web", web1 + same_instant)
     produce_messages(bootstrap, "e2e-db", db1)
     produce_messages(bootstrap, "e2e-web", list(BAD))
     tombstone(bootstrap, "e2e-web")
@@ -130,13 +133,15 @@ def test_kafka_to_kafka_and_sqlite_with_restart(kafka_broker, spark, tmp_path):
     # producer retries: a copy of run 1's last event (its window is still open: the copy must be
     # recognised from the state restored from the checkpoint) and a copy within this run
     duplicates = [web1[-1], web2[3]]
-    produce_messages(bootstrap, "e2e-web", [*web2, late, *duplicates])
+    # another value at the instant of run 1's last point (still open after the restart)
+    conflicting = {**web1[-1], "value": web1[-1]["value"] + 7.0}
+    produce_messages(bootstrap, "e2e-web", [*web2, late, *duplicates, conflicting])
     produce_messages(bootstrap, "e2e-db", db2)
     assert run(config, spark=spark) == 0
 
     # -- expected, computed without Spark ------------------------------------------------
     watermark = T0_MS + 2390 * 1000 - LATENESS_MS
-    windows = expected_windows(web1 + web2 + db1 + db2, watermark)
+    windows = expected_windows(web1 + same_instant + web2 + [conflicting] + db1 + db2, watermark)
     expected = {}
     for app, points in windows.items():
         for label, params in (("ema", EMA), ("robust", ROBUST)):
@@ -172,8 +177,13 @@ def test_kafka_to_kafka_and_sqlite_with_restart(kafka_broker, spark, tmp_path):
     points = con.execute(
         "SELECT COUNT(*), COUNT(DISTINCT application) FROM predictions WHERE agg_function='none'"
     ).fetchone()
-    # every web point up to the final watermark of the points stream (no lateness configured)
-    assert points == (len([m for m in web1 + web2 if m["ts"] < "2024-01-01T00:39:50.000Z"]), 1)
+    # every web point up to the final watermark of the points stream (no lateness configured), one per instant
+    assert points == (len([m for m in web1 + web2 if m["ts"] < "2024-01-01T00:39:50.000Z"]) + 1, 1)
+    kept = con.execute(
+        "SELECT ts, agg_value FROM predictions WHERE agg_function='none' AND detector='ema' AND ts IN (?, ?)",
+        (same_instant[0]["ts"], web1[-1]["ts"]),
+    ).fetchall()
+    assert sorted(kept) == sorted([(same_instant[0]["ts"], 1.5), (web1[-1]["ts"], web1[-1]["value"])])
 
     # -- Kafka output: the same results, keyed deterministically ------------------------
     out = consume_all(bootstrap, "e2e-out")
@@ -194,6 +204,7 @@ def test_kafka_to_kafka_and_sqlite_with_restart(kafka_broker, spark, tmp_path):
         "value_upper_limit",
         "anomaly_probability",
         "is_anomaly",
+        "explanation",
     }
     assert sample["anomaly_results"]["is_anomaly"] is True and sample["agg_window_millis"] == WINDOW_MS
 
@@ -214,3 +225,13 @@ def test_kafka_to_kafka_and_sqlite_with_restart(kafka_broker, spark, tmp_path):
     assert {r.value for r in dlq_points if r.value in BAD} == set(BAD)
     duplicate_points = [r for r in dlq_points if r.header("anomaly.reason") == b"duplicate"]
     assert sorted(json.loads(r.value)["ts"] for r in duplicate_points) == sorted(m["ts"] for m in duplicates)
+    conflicts = [r for r in dlq_points if r.header("anomaly.reason") == b"conflicting_value"]
+    assert sorted((json.loads(r.value)["ts"], json.loads(r.value)["value"]) for r in conflicts) == sorted(
+        (m["ts"], m["value"]) for m in (same_instant[1], conflicting)
+    )
+    assert any(repr(web1[-1]["value"]) in r.header("anomaly.detail").decode() for r in conflicts)
+    # one key, one value: at-least-once may repeat a message, never with another value
+    values_by_key = defaultdict(set)
+    for record in consume_all(bootstrap, "e2e-out-points") + out:
+        values_by_key[record.key].add(record.value)
+    assert values_by_key and all(len(v) == 1 for v in values_by_key.values())
