@@ -18,6 +18,7 @@ and ``state_version``, and implement ``_update``, ``_get_state`` and
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -178,8 +179,22 @@ _MAGIC = b"ADS1"
 
 
 def params_fingerprint(config: Mapping[str, Any]) -> str:
+    # every to_state/from_state asks for it, once per application and micro-batch
+    # in the streaming job: cache by the (hashable) items when they allow it
+    try:
+        return _cached_fingerprint(tuple(sorted(config.items())))
+    except TypeError:  # an unhashable value (a list): compute it
+        return _fingerprint(config)
+
+
+def _fingerprint(config: Mapping[str, Any]) -> str:
     canonical = json.dumps(config, sort_keys=True, default=str)
     return hashlib.sha1(canonical.encode()).hexdigest()[:12]
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_fingerprint(items: tuple[tuple[str, Any], ...]) -> str:
+    return _fingerprint(dict(items))
 
 
 def pack_state(name: str, version: int, config: Mapping[str, Any], fields: Mapping[str, Any]) -> bytes:
@@ -243,7 +258,7 @@ def unpack_state(blob: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
                 ndim = mv[pos]
                 shape = struct.unpack_from(f"<{ndim}q", mv, pos + 1)
                 pos += 1 + 8 * ndim
-                nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                nbytes = math.prod(shape) * dtype.itemsize
                 fields[key] = np.frombuffer(mv[pos : pos + nbytes], dtype=dtype).reshape(shape).copy()
                 pos += nbytes
             elif kind == 4:
