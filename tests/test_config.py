@@ -26,7 +26,10 @@ def config_with(**changes) -> dict:
     """BASE with stream-level sections updated, e.g. aggregation={"deduplicate": False}."""
     raw = copy.deepcopy(BASE)
     for section, values in changes.items():
-        raw["streams"][0][section].update(values)
+        if isinstance(values, dict):
+            raw["streams"][0][section].update(values)
+        else:
+            raw["streams"][0][section] = values
     return raw
 
 
@@ -37,6 +40,9 @@ def config_with(**changes) -> dict:
         ({"aggregation": {"agg_window_millis": 0}}, "streams[0].aggregation.agg_window_millis", "> 0"),
         ({"aggregation": {"deduplicate": "yes"}}, "streams[0].aggregation.deduplicate", "true or false"),
         ({"aggregation": {"windowsize": 5}}, "streams[0].aggregation", "windowsize"),
+        ({"buckets": 0}, "streams[0].buckets", ">= 1"),
+        ({"buckets": 100_000}, "streams[0].buckets", "at most 65,536"),
+        ({"buckets": "many"}, "streams[0].buckets", "integer"),
         ({"source": {"starting_offsets": "now"}}, "streams[0].source.starting_offsets", "must be one of"),
         ({"sinks": {"dead_letter_topic": None}}, "streams[0].sinks.dead_letter_topic", "required"),
         (
@@ -96,3 +102,27 @@ def test_a_checkpoint_built_with_other_settings_is_refused_before_spark_starts(t
     monkeypatch.setattr(session, "build_session", no_spark)
     with pytest.raises(main.CheckpointMismatch, match=r"stream 'db'.*detector 'ema' was"):
         main.run(parse_config(raw))
+
+
+def test_buckets_default_and_changing_them_or_an_old_state_layout_is_refused(tmp_path):
+    import json
+
+    from jobs import main
+
+    assert parse_config(BASE).streams[0].buckets == 32
+    raw = copy.deepcopy(BASE)
+    raw["checkpoint_dir"] = str(tmp_path)
+    job = parse_config(raw)
+    stream = job.streams[0]
+    main.check_checkpoint(stream, main.checkpoint_of(job, stream))
+    main.check_checkpoint(stream, main.checkpoint_of(job, stream))  # same config: fine
+    raw["streams"][0]["buckets"] = 64
+    with pytest.raises(main.CheckpointMismatch, match=r"buckets was 32, config says 64"):
+        main.check_checkpoint(parse_config(raw).streams[0], main.checkpoint_of(job, stream))
+    # a checkpoint of the per-application operator (no state layout recorded)
+    fingerprint = tmp_path / stream.name / main.FINGERPRINT_FILE
+    old = json.loads(fingerprint.read_text())
+    del old["state_layout"], old["buckets"]
+    fingerprint.write_text(json.dumps(old))
+    with pytest.raises(main.CheckpointMismatch, match=r"older version of the job.*per application.*new checkpoint"):
+        main.check_checkpoint(stream, main.checkpoint_of(job, stream))
