@@ -153,6 +153,9 @@ def find_same_instant(
     """
     ts = np.asarray(ts, dtype=np.int64)
     values = np.asarray(values, dtype=np.float64)
+    nothing = np.zeros(len(ts), dtype=bool)
+    if len(state.ts) == 0 and not (ts[1:] == ts[:-1]).any():
+        return nothing, nothing, values  # the common case: one event per instant, nothing open
     on_time = ts + 1 > state.closed_until
     _, first, inverse = np.unique(ts, return_index=True, return_inverse=True)
     kept = values[first][inverse]
@@ -281,33 +284,3 @@ def next_close_time(state: WindowState, agg_function: str, window_ms: int) -> in
     if len(state.starts) == 0:
         return None
     return int(state.starts.min()) + window_length(agg_function, window_ms)
-
-
-def to_fields(state: WindowState) -> dict[str, object]:
-    """Plain fields for the key's state blob."""
-    return {
-        "w_closed_until": state.closed_until,
-        "w_starts": state.starts,
-        "w_ts": state.ts,
-        "w_counts": state.counts,
-        "w_sums": state.sums,
-        "w_mins": state.mins,
-        "w_maxs": state.maxs,
-        "w_seen_ts": state.seen_ts,
-        "w_seen_values": state.seen_values,
-    }
-
-
-def from_fields(fields: dict[str, object]) -> WindowState:
-    return WindowState(
-        int(fields["w_closed_until"]),  # type: ignore[call-overload]
-        fields["w_starts"],  # type: ignore[arg-type]
-        fields["w_ts"],  # type: ignore[arg-type]
-        fields["w_counts"],  # type: ignore[arg-type]
-        fields["w_sums"],  # type: ignore[arg-type]
-        fields["w_mins"],  # type: ignore[arg-type]
-        fields["w_maxs"],  # type: ignore[arg-type]
-        # absent in state written before duplicates were looked for
-        fields.get("w_seen_ts", _EMPTY_I),  # type: ignore[arg-type]
-        fields.get("w_seen_values", _EMPTY_F),  # type: ignore[arg-type]
-    )

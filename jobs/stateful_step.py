@@ -42,6 +42,7 @@ the batch, not on when a window happened to be closed.
 from __future__ import annotations
 
 import json
+import struct
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -54,8 +55,23 @@ from jobs import aggregation
 
 KIND_RESULT = "result"
 KIND_DEAD_LETTER = "dead_letter"
-KEY_STATE_VERSION = 2
 BUCKET_STATE_VERSION = 1
+# An application's state inside its bucket's value: magic and version, closed_until,
+# last_event_ms, the lengths of the window arrays, the number of detectors; then
+# the arrays' bytes; then per detector its label and its own state blob.
+_KEY_MAGIC = b"KS\x02\x00"
+_WINDOW_ARRAYS = (
+    ("starts", np.int64),
+    ("ts", np.int64),
+    ("counts", np.int64),
+    ("sums", np.float64),
+    ("mins", np.float64),
+    ("maxs", np.float64),
+    ("seen_ts", np.int64),
+    ("seen_values", np.float64),
+)
+_KEY_HEADER = struct.Struct(f"<4sqq{len(_WINDOW_ARRAYS)}qI")
+_LABEL_HEADER = struct.Struct("<HI")
 NO_TIMER = -1
 DUPLICATE_DETAIL = "an event with the same application, ts and value is already counted"
 # The operator's output columns, in order (jobs/detection.py gives their Spark types).
@@ -120,21 +136,41 @@ class KeyState:
         return close if close is not None else self.last_event_ms + settings.idle_timeout_ms
 
     def encode(self) -> bytes:
-        fields: dict[str, Any] = aggregation.to_fields(self.windows)
-        fields["last_event_ms"] = int(self.last_event_ms)
+        """A compact fixed layout (not the detectors' generic field format): one per application per batch."""
+        w = self.windows
+        arrays = [np.ascontiguousarray(getattr(w, name), dtype) for name, dtype in _WINDOW_ARRAYS]
+        parts = [
+            _KEY_HEADER.pack(
+                _KEY_MAGIC, w.closed_until, self.last_event_ms, *(len(a) for a in arrays), len(self.detector_blobs)
+            )
+        ]
+        parts += [a.tobytes() for a in arrays]
         for label, blob in self.detector_blobs.items():
-            fields["d:" + label] = blob
-        return pack_state("key_state", KEY_STATE_VERSION, {}, fields)
+            name = label.encode()
+            parts += [_LABEL_HEADER.pack(len(name), len(blob)), name, blob]
+        return b"".join(parts)
 
     @staticmethod
     def decode(blob: bytes) -> KeyState:
-        header, fields = unpack_state(blob)
-        if header["name"] != "key_state" or header["version"] != KEY_STATE_VERSION:
-            raise StateError(f"unsupported application state {header}; start from a new checkpoint")
+        if blob[:4] != _KEY_MAGIC:
+            raise StateError("unsupported application state (not written by this version); start from a new checkpoint")
+        _, closed_until, last_event_ms, *sizes, n_detectors = _KEY_HEADER.unpack_from(blob, 0)
+        pos = _KEY_HEADER.size
+        arrays = {}
+        for (name, dtype), n in zip(_WINDOW_ARRAYS, sizes, strict=True):
+            arrays[name] = np.frombuffer(blob, dtype, n, pos).copy()
+            pos += 8 * n
         state = KeyState.__new__(KeyState)
-        state.windows = aggregation.from_fields(fields)
-        state.last_event_ms = int(fields["last_event_ms"])
-        state.detector_blobs = {k[2:]: v for k, v in fields.items() if k.startswith("d:")}
+        state.windows = aggregation.WindowState(closed_until=closed_until, **arrays)
+        state.last_event_ms = last_event_ms
+        state.detector_blobs = {}
+        for _ in range(n_detectors):
+            name_len, blob_len = _LABEL_HEADER.unpack_from(blob, pos)
+            pos += _LABEL_HEADER.size
+            label = blob[pos : pos + name_len].decode()
+            pos += name_len
+            state.detector_blobs[label] = blob[pos : pos + blob_len]
+            pos += blob_len
         return state
 
 

@@ -80,14 +80,6 @@ def test_empty_windows_emit_nothing_and_negative_times_align_to_the_epoch():
     assert starts.tolist() == [-10_000, 20_000] and values.tolist() == [1.0, 1.0]
 
 
-def test_state_round_trips_through_fields():
-    state, _ = agg.add_events(agg.WindowState.empty("percentile95"), TS, VALUES, "percentile95", W)
-    again = agg.from_fields(agg.to_fields(state))
-    _, s1, v1 = agg.close_windows(state, 20_000, "percentile95", W)
-    _, s2, v2 = agg.close_windows(again, 20_000, "percentile95", W)
-    assert s1.tolist() == s2.tolist() and v1.tolist() == v2.tolist()
-
-
 def _add_without_duplicates(state, ts, values, function):
     state, duplicate = agg.find_duplicates(state, ts, values, function, W)
     state, _late = agg.add_events(state, ts[~duplicate], values[~duplicate], function, W)
@@ -125,11 +117,3 @@ def test_a_duplicate_of_a_closed_window_is_late_and_the_memory_of_closed_windows
     assert duplicate.tolist() == [False, True]
     _, late = agg.add_events(state, np.array([0]), np.array([1.0]), "avg", W)
     assert late.tolist() == [True]
-
-
-def test_state_written_before_deduplication_still_loads():
-    state, _ = agg.add_events(agg.WindowState.empty("sum"), TS, VALUES, "sum", W)
-    old_fields = {k: v for k, v in agg.to_fields(state).items() if not k.startswith("w_seen")}
-    again = agg.from_fields(old_fields)
-    assert len(again.seen_ts) == 0
-    assert agg.close_windows(again, 20_000, "sum", W)[2].tolist() == EXPECTED["sum"]
