@@ -229,12 +229,8 @@ class JdbcTable:
             stmt = conn.createStatement()
             existing = self._column_types(conn, self.table)
             if existing:
-                for column in ADDED_COLUMNS:
-                    if column not in existing:
-                        log.info("table %s: adding column %s (new in this version)", self.table, column)
-                        stmt.executeUpdate(f"ALTER TABLE {self.table} ADD COLUMN {column} {types[column]}")
-                        existing[column] = "text"
                 self._check_existing(conn, existing)
+                self._add_new_columns(conn, existing)
             else:
                 stmt.executeUpdate(
                     f"CREATE TABLE IF NOT EXISTS {self.table} ({columns}, PRIMARY KEY ({', '.join(KEY_COLUMNS)}))"
@@ -265,8 +261,27 @@ class JdbcTable:
                 self.mask(describe_error(err)),
             )
 
+    def _add_new_columns(self, conn: Any, existing: dict[str, str]) -> None:
+        """Give a table made by an earlier version the columns added since (nullable, so old rows stay valid)."""
+        for column in ADDED_COLUMNS:
+            if column in existing:
+                continue
+            ddl = f"ALTER TABLE {self.table} ADD COLUMN {column} {_TYPES[self.dialect][column]}"
+            savepoint = conn.setSavepoint() if self.dialect == "postgresql" else None
+            try:
+                conn.createStatement().executeUpdate(ddl)
+            except Exception as err:  # typically: the job's user does not own the table
+                if savepoint is not None:
+                    conn.rollback(savepoint)
+                raise JdbcSchemaError(
+                    f"table {self.table} lacks column {column} (new in this version) and it could not be added "
+                    f"({self.mask(describe_error(err))}); run `{ddl}` as the table's owner, or set "
+                    "sinks.jdbc.table to a new name"
+                ) from None
+            log.info("table %s: added column %s (new in this version)", self.table, column)
+
     def _check_existing(self, conn: Any, existing: dict[str, str]) -> None:
-        missing = [c for c in COLUMNS if c not in existing]
+        missing = [c for c in COLUMNS if c not in existing and c not in ADDED_COLUMNS]
         if missing:
             raise JdbcSchemaError(
                 f"table {self.table} exists but lacks columns {missing}; "
@@ -276,7 +291,8 @@ class JdbcTable:
             wrong = [
                 f"{c} is {existing[c]} (needs {' or '.join(_PG_ACCEPTED[c])})"
                 for c in COLUMNS
-                if not existing[c].startswith(_PG_ACCEPTED[c]) or existing[c].endswith("]")  # no arrays
+                if c in existing
+                and (not existing[c].startswith(_PG_ACCEPTED[c]) or existing[c].endswith("]"))  # no arrays
             ]
             if wrong:
                 raise JdbcSchemaError(
@@ -364,6 +380,8 @@ class JdbcTable:
             ts = F.timestamp_millis("ts_ms")
             flag = F.col("is_anomaly")
         shaped = {"ts": ts.alias("ts"), "is_anomaly": flag.alias("is_anomaly")}
+        if "explanation" not in results.columns:  # rows shaped before explanations existed
+            shaped["explanation"] = F.lit(None).cast("string").alias("explanation")
         return results.select(*[shaped.get(column, column) for column in COLUMNS])
 
     def upsert(self, results: DataFrame, sleep: Callable[[float], None] = time.sleep) -> None:

@@ -252,10 +252,34 @@ def test_incompatible_existing_table_is_refused(spark, postgres, monkeypatch, dd
     assert tables.split() == [table]
 
 
+def test_a_table_of_an_earlier_version_gets_the_new_column_or_a_clear_refusal(spark, postgres, monkeypatch):
+    monkeypatch.setenv(PASSWORD_ENV, postgres.password)
+    # owned by the job's user: the explanation column is added, old rows stay
+    postgres.psql(
+        f"CREATE TABLE v1_mine ({GOOD_COLUMNS}, PRIMARY KEY ({KEY})); ALTER TABLE v1_mine OWNER TO {postgres.user}"
+    )
+    JdbcTable(spark, JdbcConfig(postgres.jdbc_url, "v1_mine", postgres.user, PASSWORD_ENV), "s").ensure_schema()
+    columns = postgres.psql("SELECT column_name FROM information_schema.columns WHERE table_name = 'v1_mine'")
+    assert "explanation" in columns.split()
+    # owned by a DBA, the job may only write rows: refused, with the statement to run
+    postgres.psql(
+        f"CREATE TABLE v1_dba ({GOOD_COLUMNS}, PRIMARY KEY ({KEY})); "
+        f"GRANT SELECT, INSERT, UPDATE ON v1_dba TO {postgres.user}"
+    )
+    jdbc = JdbcTable(spark, JdbcConfig(postgres.jdbc_url, "v1_dba", postgres.user, PASSWORD_ENV), "s")
+    with pytest.raises(
+        JdbcSchemaError, match=r"lacks column explanation .*ALTER TABLE v1_dba ADD COLUMN explanation TEXT"
+    ):
+        jdbc.ensure_schema()
+
+
 def test_compatible_existing_table_is_accepted(spark, postgres, monkeypatch):
     monkeypatch.setenv(PASSWORD_ENV, postgres.password)
-    compatible = GOOD_COLUMNS.replace("application TEXT", "application VARCHAR(200)").replace(
-        "agg_value DOUBLE PRECISION", "agg_value NUMERIC"
+    compatible = (
+        GOOD_COLUMNS.replace("application TEXT", "application VARCHAR(200)").replace(
+            "agg_value DOUBLE PRECISION", "agg_value NUMERIC"
+        )
+        + ", explanation VARCHAR(2000)"
     )
     # made by a DBA: the job's user may write rows but not add an index
     postgres.psql(
