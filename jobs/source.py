@@ -66,6 +66,9 @@ def read_kafka(spark: SparkSession, source: SourceConfig) -> DataFrame:
         reader = reader.option("maxOffsetsPerTrigger", str(source.max_offsets_per_trigger))
     for key, value in source.kafka_options.items():
         reader = reader.option(key, value)
+    if source.security is not None:  # secrets read from the environment now, never kept in the config
+        for key, value in source.security.client_options().items():
+            reader = reader.option(key, value)
     return reader.load()
 
 
