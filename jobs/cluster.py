@@ -165,6 +165,8 @@ def start_worker(cluster_dir: Path, state: ClusterState, index: int) -> int:
     (work / "local").mkdir(parents=True, exist_ok=True)
     env = _env(Path(cluster_dir))
     env["SPARK_LOCAL_DIRS"] = str(work / "local")
+    # finished applications' working dirs (their copy of the jars and the env archive) go after a day
+    env["SPARK_WORKER_OPTS"] = "-Dspark.worker.cleanup.enabled=true -Dspark.worker.cleanup.appDataTtl=86400"
     cmd = [
         spark_class(),
         "org.apache.spark.deploy.worker.Worker",
@@ -181,6 +183,14 @@ def start_worker(cluster_dir: Path, state: ClusterState, index: int) -> int:
         state.master_url,
     ]
     return _spawn(cmd, work / "worker.log", env)
+
+
+def restart_worker(cluster_dir: Path, state: ClusterState, index: int) -> int:
+    """Start worker ``index`` (1-based) again after it died; ``stop`` knows the new pid."""
+    pid = start_worker(cluster_dir, state, index)
+    state.worker_pids[index - 1] = pid
+    _save(Path(cluster_dir).resolve(), state)
+    return pid
 
 
 def start(

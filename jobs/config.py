@@ -219,7 +219,25 @@ class SinksConfig:
 # micro-batch bursts, so bigger producer batches cost nothing visible. No
 # compression by default: every consumer must be able to read the topic (e.g.
 # kafka-python needs an extra package for lz4); set it in sinks.kafka_options.
-PRODUCER_DEFAULTS = {"kafka.linger.ms": "20", "kafka.batch.size": "262144"}
+#
+# A broker outage is ridden out, not fatal: the Kafka clients' default timeouts would fail the query
+# after 2 minutes (measured: the producer's delivery.timeout.ms of 120 s expired a result write), and
+# a stream that dies at night needs a person. With these, a write waits up to 10 minutes for the
+# broker to come back (Kafka retries within that time); a longer outage fails the query, and a restart
+# resumes from the checkpoint. Override in sinks.kafka_options.
+PRODUCER_DEFAULTS = {
+    "kafka.linger.ms": "20",
+    "kafka.batch.size": "262144",
+    "kafka.delivery.timeout.ms": "600000",  # default 120 s: the first limit an outage hits
+    "kafka.max.block.ms": "600000",  # default 60 s: waiting for metadata of the output topic
+}
+# The source's side of the same (override in source.kafka_options): the driver's offset look-ups
+# (default.api.timeout.ms, default 60 s per try, 3 tries) and the executors' reads
+# (kafkaConsumer.pollTimeoutMs, default spark.network.timeout = 120 s per task attempt).
+SOURCE_DEFAULTS = {
+    "kafka.default.api.timeout.ms": "600000",
+    "kafkaConsumer.pollTimeoutMs": "600000",
+}
 # source options that describe how to reach the cluster rather than what to read
 _CONNECTION_PREFIXES = ("kafka.security.", "kafka.ssl.", "kafka.sasl.", "kafka.client.dns.")
 

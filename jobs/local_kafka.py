@@ -121,6 +121,31 @@ def random_cluster_id() -> str:
             return cid
 
 
+def listener_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` free ports below the kernel's ephemeral range, for servers that go down and come back.
+
+    While a broker is down its clients reconnect every second or so; a connect to a closed loopback
+    port inside the ephemeral range can be given that very port as its local end and connect to
+    itself (TCP simultaneous open), and the broker then cannot bind it again (seen after a 5-minute
+    outage). Outside the range no client socket ever gets the port.
+    """
+    import random
+
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random()
+    picked: list[int] = []
+    for _ in range(2000):
+        port = rng.randrange(max(1024, low - 12000), low)
+        if port not in picked and _port_bindable(host, port):
+            picked.append(port)
+            if len(picked) == n:
+                return picked
+    return free_ports(n, host)  # a crowded range: fall back to any free ports
+
+
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
     """``n`` distinct ports that were free on ``host`` a moment ago."""
     socks = []
@@ -276,13 +301,13 @@ class LocalKafkaBroker:
         self.startup_timeout = startup_timeout
         self.extra_config = dict(config or {})
         if port is None or controller_port is None:
-            picked = free_ports(2, host)
+            picked = listener_ports(2, host)
             port = port if port is not None else next(p for p in picked if p != controller_port)
             controller_port = controller_port if controller_port is not None else next(p for p in picked if p != port)
         if port == controller_port:
             raise ValueError("port and controller_port must differ")
         self.sasl_ssl_port = (
-            next(p for p in free_ports(3, host) if p not in (port, controller_port)) if sasl_ssl else None
+            next(p for p in listener_ports(3, host) if p not in (port, controller_port)) if sasl_ssl else None
         )
         self.port = port
         self.controller_port = controller_port
