@@ -346,6 +346,36 @@ def pack_env(venv: Path | None = None, output: Path = ENV_ARCHIVE) -> Path:
     return output
 
 
+def code_zip(output: Path = REPO_ROOT / "build" / "anomaly_job.zip") -> Path:
+    """The jobs/ and detectors/ packages as a zip for the executors (what spark-submit.sh's --py-files holds)."""
+    import zipfile
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_suffix(".tmp")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+        for package in ("jobs", "detectors"):
+            for path in sorted((REPO_ROOT / package).rglob("*.py")):
+                z.write(path, path.relative_to(REPO_ROOT))
+    os.replace(tmp, output)
+    return output
+
+
+def shipping_conf() -> dict[str, str]:
+    """Spark settings that give a cluster's executors this project's code and Python environment when the
+    session is built from plain Python (``ANOMALY_SPARK_MASTER=spark://...``), as spark-submit.sh does."""
+    venv_bin = str(Path(sys.executable).parent)
+    # the driver-side helpers resolve "python3" on the driver's PATH (see spark-submit.sh)
+    os.environ["PATH"] = f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"
+    os.environ["PYSPARK_PYTHON"] = "python3"
+    return {
+        "spark.archives": f"{pack_env()}#env",
+        "spark.submit.pyFiles": str(code_zip()),
+        "spark.pyspark.python": "python3",
+        "spark.executorEnv.PATH": f"./env/bin{os.pathsep}{os.environ['PATH']}",
+        "spark.executor.extraJavaOptions": "-XX:-DontCompileHugeMethods -Djava.io.tmpdir=.",
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/cluster.sh", description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=("start", "stop", "status", "pack-env"))

@@ -70,7 +70,12 @@ def build_session(
     under_submit = "SPARK_SUBMIT_OPTS" in os.environ or os.environ.get("ANOMALY_UNDER_SUBMIT") == "1"
     if not under_submit:
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-        builder = builder.master(os.environ.get("ANOMALY_SPARK_MASTER", "local[*]"))
+        master = os.environ.get("ANOMALY_SPARK_MASTER", "local[*]")
+        builder = builder.master(master)
+        if master.startswith("spark://"):  # a standalone cluster from plain Python (bench/throughput.py)
+            from jobs.cluster import shipping_conf
+
+            conf = {**shipping_conf(), **conf}
         builder = builder.config("spark.jars", ",".join(job_jars()))
         java_options = conf.pop(
             "spark.driver.extraJavaOptions",
