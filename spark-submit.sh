@@ -94,7 +94,9 @@ for arg in "${job_args[@]}"; do
   [[ "$arg" == --config=* ]] && config="${arg#--config=}"
   prev="$arg"
 done
-if [[ -n "$config" ]] && tmp_dir="$(cd "$ROOT" && "$VENV/bin/python" -m jobs.main --config "$config" --print-temp-dir 2>/dev/null)"; then
+# (from the caller's directory: the config's relative paths are relative to it)
+if [[ -n "$config" ]] \
+    && tmp_dir="$(PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$VENV/bin/python" -m jobs.main --config "$config" --print-temp-dir 2>/dev/null)"; then
   mkdir -p "$tmp_dir"
   driver_tmp=" -Djava.io.tmpdir=$tmp_dir"
 fi

@@ -56,6 +56,9 @@ PACK_EXCLUDES = (
     "lib/python*/site-packages/ruff/*",
     "bin/ruff",
     "lib/python*/site-packages/__editable__*",
+    # test suites and C headers of the libraries (pandas' tests alone are 39 MB)
+    "lib/python*/site-packages/*/tests/*",
+    "lib/python*/site-packages/pyarrow/include/*",
 )
 
 
@@ -321,7 +324,7 @@ def status(cluster_dir: Path = DEFAULT_DIR) -> str:
 def _env_fingerprint(venv: Path) -> str:
     """Changes whenever a package is installed, upgraded or removed in ``venv``."""
     site = sorted((venv / "lib").glob("python*/site-packages/*.dist-info"))
-    return hashlib.sha256("\n".join(p.name for p in site).encode()).hexdigest()[:16]
+    return hashlib.sha256("\n".join([*(p.name for p in site), *PACK_EXCLUDES]).encode()).hexdigest()[:16]
 
 
 def pack_env(venv: Path | None = None, output: Path = ENV_ARCHIVE) -> Path:

@@ -124,7 +124,12 @@ def test_cluster_run_equals_local_mode_with_executors_on_both_workers(
     state, cluster_dir = spark_cluster
     input_topics(kafka_broker, "clrun")
     config = write_config(
-        tmp_path / "job.yaml", tmp_path, kafka_broker.bootstrap_servers, "clrun", trigger="available_now"
+        tmp_path / "job.yaml",
+        tmp_path,
+        kafka_broker.bootstrap_servers,
+        "clrun",
+        trigger="available_now",
+        max_offsets=250,
     )
     started = time.monotonic()
     job = Submitted(state.master_url, config, tmp_path / "run.log", available_now=True)
