@@ -52,6 +52,10 @@ setup(
             # the plugin example test builds a wheel of tests/plugin_example offline
             "setuptools>=70.1",
             "wheel",
+            # the executors' Python environment for a cluster (--archives), see jobs/cluster.py
+            "venv-pack>=0.2",
+            # the local broker's TLS certificates (jobs/local_kafka.py)
+            "cryptography>=42",
         ],
     },
     entry_points={

@@ -10,15 +10,18 @@
 #                              resolved by scripts/bootstrap.sh); shipped to the cluster by Spark
 #   --py-files build/anomaly_job.zip   the jobs/ and detectors/ packages, rebuilt on every submit
 #   log4j2 config (conf/log4j2.properties) for a quiet driver log in local mode
-# The executors' Python needs numpy, pandas (<3), pyarrow and protobuf: on a cluster ship an
-# environment with --archives (see README "Running on a cluster").
+#   on a cluster master (spark://, yarn, k8s://): the venv packed with venv-pack (build/anomaly-env.tar.gz,
+#                              rebuilt when its packages change) as --archives ...#env, with
+#                              the executors' python3 taken from it (./env/bin first on their PATH); ANOMALY_SHIP_ENV=0,
+#                              or your own spark.pyspark.python, turns this off
+#   the driver JVM's java.io.tmpdir in the job's temp_dir (see README "Reliability")
 #
 # Job options (python -m jobs.main --help): --config FILE, --available-now, --checkpoint-dir DIR,
 # --validate.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
-usage() { sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 submit_args=()
 job_args=()
@@ -53,15 +56,56 @@ PY
 )
 
 extra=()
-has_master=false
-for arg in "${submit_args[@]}"; do [[ "$arg" == "--master" || "$arg" == --master=* ]] && has_master=true; done
-$has_master || extra+=(--master "local[*]")
+master="local[*]"
+prev=""
+own_python=false
+for arg in "${submit_args[@]}"; do
+  [[ "$prev" == "--master" ]] && master="$arg"
+  [[ "$arg" == --master=* ]] && master="${arg#--master=}"
+  [[ "$arg" == spark.pyspark.python=* ]] && own_python=true
+  prev="$arg"
+done
+[[ " ${submit_args[*]} " == *" --master"* ]] || extra+=(--master "$master")
+executor_tmp=""
+if [[ "$master" != local* ]]; then
+  if [[ "${ANOMALY_SHIP_ENV:-1}" != 0 ]] && ! $own_python; then
+    # the executors' Python: this venv, packed (cached while its packages are unchanged)
+    env_archive="$(cd "$ROOT" && "$VENV/bin/python" -m jobs.cluster pack-env)"
+    extra+=(--archives "$env_archive#env")
+    # Spark runs the Python of the executors *and* of a few driver-side helpers (transformWithState's
+    # schema check) with one command, spark.pyspark.python. "./env/bin/python" exists only in an
+    # executor's working dir, so the command is "python3" found on PATH: ./env/bin first on the
+    # executors (spark.executorEnv.PATH; the executor JVM resolves it), the venv first on the driver.
+    extra+=(--conf "spark.pyspark.python=python3")
+    # (Spark hands the executors' environment to the driver-side helpers too: the venv comes second)
+    extra+=(--conf "spark.executorEnv.PATH=./env/bin:$VENV/bin:$PATH")
+    extra+=(--conf "spark.pyspark.driver.python=$VENV/bin/python")
+    export PATH="$VENV/bin:$PATH"
+  fi
+  # an executor's temp files in its own working dir (removed with it), not in the host's /tmp
+  executor_tmp=" -Djava.io.tmpdir=."
+fi
+# the driver JVM starts before the job's Python: give it the job's temp dir now
+driver_tmp=""
+config=""
+prev=""
+for arg in "${job_args[@]}"; do
+  [[ "$prev" == "--config" ]] && config="$arg"
+  [[ "$arg" == --config=* ]] && config="${arg#--config=}"
+  prev="$arg"
+done
+# (from the caller's directory: the config's relative paths are relative to it)
+if [[ -n "$config" ]] \
+    && tmp_dir="$(PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$VENV/bin/python" -m jobs.main --config "$config" --print-temp-dir 2>/dev/null)"; then
+  mkdir -p "$tmp_dir"
+  driver_tmp=" -Djava.io.tmpdir=$tmp_dir"
+fi
 jars="$(ls "$ROOT"/.jars/spark/*.jar | paste -sd, -)"
 extra+=(--jars "$jars")
 extra+=(--py-files "$ROOT/build/anomaly_job.zip")
 # -XX:-DontCompileHugeMethods: let the JIT compile Spark's big generated validation method (see jobs/session.py)
-extra+=(--conf "spark.driver.extraJavaOptions=-XX:-DontCompileHugeMethods -Dlog4j2.configurationFile=file:$ROOT/conf/log4j2.properties")
-extra+=(--conf "spark.executor.extraJavaOptions=-XX:-DontCompileHugeMethods")
+extra+=(--conf "spark.driver.extraJavaOptions=-XX:-DontCompileHugeMethods -Dlog4j2.configurationFile=file:$ROOT/conf/log4j2.properties$driver_tmp")
+extra+=(--conf "spark.executor.extraJavaOptions=-XX:-DontCompileHugeMethods$executor_tmp")
 extra+=(--conf "spark.ui.showConsoleProgress=false")
 
 export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$VENV/bin/python}"

@@ -66,6 +66,70 @@ class ConfigError(ValueError):
         self.field = field_name
 
 
+SECURITY_PROTOCOLS = ("SASL_SSL", "SASL_PLAINTEXT", "SSL")
+SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
+_SASL_MODULES = {
+    "SCRAM-SHA-512": "org.apache.kafka.common.security.scram.ScramLoginModule",
+    "SCRAM-SHA-256": "org.apache.kafka.common.security.scram.ScramLoginModule",
+    "PLAIN": "org.apache.kafka.common.security.plain.PlainLoginModule",
+}
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """How the job authenticates to a secured Kafka cluster; secrets come from environment variables.
+
+    SASL (SCRAM or PLAIN) over TLS, or mutual TLS (``protocol: SSL`` with a client ``keystore``).
+    """
+
+    protocol: str
+    sasl_mechanism: str | None = None
+    username_env: str | None = None
+    password_env: str | None = None
+    # PEM file of the CA certificate(s) the broker's certificate is checked against (absent: the JVM's)
+    truststore: str | None = None
+    # mTLS: PEM file holding the client's certificate chain and its private key
+    keystore: str | None = None
+    key_password_env: str | None = None
+
+    def describe(self) -> str:
+        """``SASL_SSL/SCRAM-SHA-512``: for messages (never a secret)."""
+        return f"{self.protocol}/{self.sasl_mechanism}" if self.sasl_mechanism else self.protocol
+
+    def username(self) -> str | None:
+        return os.environ.get(self.username_env) if self.username_env else None
+
+    def client_options(self) -> dict[str, str]:
+        """Kafka client settings as Spark options (``kafka.`` prefix), secrets read now from the environment."""
+
+        def env(name: str | None, what: str) -> str:
+            value = os.environ.get(name or "")
+            if not value:
+                raise ConfigError(f"source.security.{what}", f"environment variable {name} is not set")
+            return value
+
+        options = {"kafka.security.protocol": self.protocol}
+        if self.sasl_mechanism:
+            user, password = env(self.username_env, "username_env"), env(self.password_env, "password_env")
+
+            def quoted(text: str) -> str:
+                return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+            options["kafka.sasl.mechanism"] = self.sasl_mechanism
+            options["kafka.sasl.jaas.config"] = (
+                f"{_SASL_MODULES[self.sasl_mechanism]} required username={quoted(user)} password={quoted(password)};"
+            )
+        if self.truststore:
+            options["kafka.ssl.truststore.type"] = "PEM"
+            options["kafka.ssl.truststore.location"] = self.truststore
+        if self.keystore:
+            options["kafka.ssl.keystore.type"] = "PEM"
+            options["kafka.ssl.keystore.location"] = self.keystore
+            if self.key_password_env:
+                options["kafka.ssl.key.password"] = env(self.key_password_env, "key_password_env")
+        return options
+
+
 @dataclass(frozen=True)
 class SourceConfig:
     bootstrap_servers: str
@@ -79,6 +143,7 @@ class SourceConfig:
     # every real event and make them all late
     max_future_millis: int = 24 * 3600 * 1000
     kafka_options: Mapping[str, str] = field(default_factory=dict)
+    security: KafkaSecurity | None = None
 
 
 @dataclass(frozen=True)
@@ -160,7 +225,25 @@ MAX_BUCKETS = 65_536
 # micro-batch bursts, so bigger producer batches cost nothing visible. No
 # compression by default: every consumer must be able to read the topic (e.g.
 # kafka-python needs an extra package for lz4); set it in sinks.kafka_options.
-PRODUCER_DEFAULTS = {"kafka.linger.ms": "20", "kafka.batch.size": "262144"}
+#
+# A broker outage is ridden out, not fatal: the Kafka clients' default timeouts would fail the query
+# after 2 minutes (measured: the producer's delivery.timeout.ms of 120 s expired a result write), and
+# a stream that dies at night needs a person. With these, a write waits up to 10 minutes for the
+# broker to come back (Kafka retries within that time); a longer outage fails the query, and a restart
+# resumes from the checkpoint. Override in sinks.kafka_options.
+PRODUCER_DEFAULTS = {
+    "kafka.linger.ms": "20",
+    "kafka.batch.size": "262144",
+    "kafka.delivery.timeout.ms": "600000",  # default 120 s: the first limit an outage hits
+    "kafka.max.block.ms": "600000",  # default 60 s: waiting for metadata of the output topic
+}
+# The source's side of the same (override in source.kafka_options): the driver's offset look-ups
+# (default.api.timeout.ms, default 60 s per try, 3 tries) and the executors' reads
+# (kafkaConsumer.pollTimeoutMs, default spark.network.timeout = 120 s per task attempt).
+SOURCE_DEFAULTS = {
+    "kafka.default.api.timeout.ms": "600000",
+    "kafkaConsumer.pollTimeoutMs": "600000",
+}
 # source options that describe how to reach the cluster rather than what to read
 _CONNECTION_PREFIXES = ("kafka.security.", "kafka.ssl.", "kafka.sasl.", "kafka.client.dns.")
 
@@ -189,6 +272,8 @@ class StreamConfig:
         options = dict(PRODUCER_DEFAULTS)
         if self.sinks.bootstrap_servers in (None, self.source.bootstrap_servers):
             options.update({k: v for k, v in self.source.kafka_options.items() if k.startswith(_CONNECTION_PREFIXES)})
+            if self.source.security is not None:  # same cluster, same credentials
+                options.update(self.source.security.client_options())
         options.update(self.sinks.kafka_options)
         return options
 
@@ -201,6 +286,8 @@ class JobConfig:
     trigger_interval: str = "5 seconds"
     spark_conf: Mapping[str, str] = field(default_factory=dict)
     source_path: str | None = None
+    # Spark's scratch files and the JVM's temp files (RocksDB's native library...); emptied at start-up
+    temp_dir: str = "work/tmp"
 
 
 # -- helpers ------------------------------------------------------------------------
@@ -262,7 +349,7 @@ def _string_map(value: Any, name: str) -> dict[str, str]:
 
 
 # -- sections -----------------------------------------------------------------------
-def _source(raw: Any, name: str) -> SourceConfig:
+def _source(raw: Any, name: str, base_dir: Path | None = None) -> SourceConfig:
     section = _mapping(raw, name)
     _check_keys(
         section,
@@ -275,6 +362,7 @@ def _source(raw: Any, name: str) -> SourceConfig:
             "require_timezone",
             "max_future_millis",
             "kafka_options",
+            "security",
         ),
         name,
     )
@@ -312,6 +400,52 @@ def _source(raw: Any, name: str) -> SourceConfig:
             section.get("max_future_millis"), f"{name}.max_future_millis", 0, default=24 * 3600 * 1000
         ),
         kafka_options=kafka_options,
+        security=_security(section.get("security"), f"{name}.security", base_dir),
+    )
+
+
+def _env_name(value: Any, name: str) -> str | None:
+    env = _str(value, name, required=False)
+    if env is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", env):
+        raise ConfigError(
+            name, f"must be an environment variable name (the secret stays out of the config), got {env!r}"
+        )
+    return env
+
+
+def _security(raw: Any, name: str, base_dir: Path | None) -> KafkaSecurity | None:
+    if raw is None:
+        return None
+    section = _mapping(raw, name)
+    _check_keys(
+        section,
+        ("protocol", "sasl_mechanism", "username_env", "password_env", "truststore", "keystore", "key_password_env"),
+        name,
+    )
+    protocol = _choice(section.get("protocol"), f"{name}.protocol", SECURITY_PROTOCOLS, "SASL_SSL")
+    mechanism = section.get("sasl_mechanism")
+    if protocol.startswith("SASL"):
+        mechanism = _choice(mechanism, f"{name}.sasl_mechanism", SASL_MECHANISMS, "SCRAM-SHA-512")
+        for key in ("username_env", "password_env"):
+            if section.get(key) is None:
+                raise ConfigError(f"{name}.{key}", f"is required with {protocol} (the name of an environment variable)")
+    elif mechanism is not None:
+        raise ConfigError(f"{name}.sasl_mechanism", f"only with a SASL protocol, not {protocol}")
+
+    def path(key: str) -> str | None:
+        value = _str(section.get(key), f"{name}.{key}", required=False)
+        if value is not None and base_dir is not None and not Path(value).is_absolute():
+            value = str((base_dir / value).resolve())
+        return value
+
+    return KafkaSecurity(
+        protocol=protocol,
+        sasl_mechanism=mechanism,
+        username_env=_env_name(section.get("username_env"), f"{name}.username_env"),
+        password_env=_env_name(section.get("password_env"), f"{name}.password_env"),
+        truststore=path("truststore"),
+        keystore=path("keystore"),
+        key_password_env=_env_name(section.get("key_password_env"), f"{name}.key_password_env"),
     )
 
 
@@ -439,7 +573,7 @@ def _stream(raw: Any, name: str, base_dir: Path | None) -> StreamConfig:
         raise ConfigError(f"{name}.sinks", "is required")
     return StreamConfig(
         name=stream_name,  # type: ignore[arg-type]
-        source=_source(section["source"], f"{name}.source"),
+        source=_source(section["source"], f"{name}.source", base_dir),
         aggregation=_aggregation(section.get("aggregation"), f"{name}.aggregation"),
         detectors=_detectors(section.get("detectors"), f"{name}.detectors"),
         sinks=_sinks(section["sinks"], f"{name}.sinks", base_dir),
@@ -463,7 +597,9 @@ def _buckets(value: Any, name: str) -> int:
 def parse_config(raw: Any, base_dir: Path | None = None, source_path: str | None = None) -> JobConfig:
     """Validate a config already loaded into Python objects."""
     section = _mapping(raw, "config")
-    _check_keys(section, ("checkpoint_dir", "trigger", "trigger_interval", "spark_conf", "streams"), "config")
+    _check_keys(
+        section, ("checkpoint_dir", "trigger", "trigger_interval", "spark_conf", "streams", "temp_dir"), "config"
+    )
     streams_raw = section.get("streams")
     if not isinstance(streams_raw, list) or not streams_raw:
         raise ConfigError("streams", "must be a non-empty list of streams")
@@ -476,7 +612,14 @@ def parse_config(raw: Any, base_dir: Path | None = None, source_path: str | None
     assert checkpoint is not None
     if base_dir is not None and "://" not in checkpoint and not Path(checkpoint).is_absolute():
         checkpoint = str((base_dir / checkpoint).resolve())
+    temp_dir = _str(section.get("temp_dir"), "temp_dir", required=False)
+    if temp_dir is None:  # beside a local checkpoint dir (work/checkpoints -> work/tmp), else ./work/tmp
+        local = checkpoint.removeprefix("file:") if "://" not in checkpoint or checkpoint.startswith("file:") else None
+        temp_dir = str(Path(local).parent / "tmp") if local else "work/tmp"
+    if base_dir is not None and not Path(temp_dir).is_absolute():
+        temp_dir = str((base_dir / temp_dir).resolve())
     return JobConfig(
+        temp_dir=temp_dir,
         streams=streams,
         checkpoint_dir=checkpoint,
         trigger=_choice(section.get("trigger"), "trigger", ("processing_time", "available_now"), "processing_time"),

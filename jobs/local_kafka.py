@@ -10,6 +10,11 @@ the directory with ``ANOMALY_KAFKA_JARS``); no Kafka distribution, Docker or Zoo
 
 or, for a broker to play with, ``python -m jobs.local_kafka run``.
 
+``sasl_ssl=True`` adds a second listener, ``SASL_SSL`` with SCRAM-SHA-512 (``broker.sasl_ssl_servers``),
+beside the PLAINTEXT one: a self-signed CA and a broker certificate for 127.0.0.1 are generated under
+``log_dir/tls/`` (``ca.pem`` is what a client trusts), and :meth:`LocalKafkaBroker.add_scram_user`
+creates users with Kafka's own ``kafka-configs`` tool (``kafka.admin.ConfigCommand``, same jars).
+
 Layout of ``log_dir`` (a temporary directory unless one is given)::
 
     server.properties     generated broker config
@@ -114,6 +119,31 @@ def random_cluster_id() -> str:
         cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         if not cid.startswith("-"):  # Kafka avoids ids that look like CLI options
             return cid
+
+
+def listener_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` free ports below the kernel's ephemeral range, for servers that go down and come back.
+
+    While a broker is down its clients reconnect every second or so; a connect to a closed loopback
+    port inside the ephemeral range can be given that very port as its local end and connect to
+    itself (TCP simultaneous open), and the broker then cannot bind it again (seen after a 5-minute
+    outage). Outside the range no client socket ever gets the port.
+    """
+    import random
+
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random()
+    picked: list[int] = []
+    for _ in range(2000):
+        port = rng.randrange(max(1024, low - 12000), low)
+        if port not in picked and _port_bindable(host, port):
+            picked.append(port)
+            if len(picked) == n:
+                return picked
+    return free_ports(n, host)  # a crowded range: fall back to any free ports
 
 
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
@@ -260,6 +290,7 @@ class LocalKafkaBroker:
         config: Mapping[str, Any] | None = None,
         jar_dir: str | os.PathLike[str] | None = None,
         host: str = "127.0.0.1",
+        sasl_ssl: bool = False,
     ) -> None:
         self.jar_dir = check_kafka_jars(Path(jar_dir) if jar_dir is not None else None)
         self.java = java_executable()
@@ -270,11 +301,14 @@ class LocalKafkaBroker:
         self.startup_timeout = startup_timeout
         self.extra_config = dict(config or {})
         if port is None or controller_port is None:
-            picked = free_ports(2, host)
+            picked = listener_ports(2, host)
             port = port if port is not None else next(p for p in picked if p != controller_port)
             controller_port = controller_port if controller_port is not None else next(p for p in picked if p != port)
         if port == controller_port:
             raise ValueError("port and controller_port must differ")
+        self.sasl_ssl_port = (
+            next(p for p in listener_ports(3, host) if p not in (port, controller_port)) if sasl_ssl else None
+        )
         self.port = port
         self.controller_port = controller_port
         self._owns_dir = log_dir is None
@@ -291,6 +325,18 @@ class LocalKafkaBroker:
     @property
     def bootstrap_servers(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def sasl_ssl_servers(self) -> str:
+        """Bootstrap servers of the SASL_SSL (SCRAM-SHA-512) listener; ``sasl_ssl=True`` only."""
+        if self.sasl_ssl_port is None:
+            raise KafkaBrokerError("this broker has no SASL_SSL listener (start it with sasl_ssl=True)")
+        return f"{self.host}:{self.sasl_ssl_port}"
+
+    @property
+    def ca_file(self) -> Path:
+        """The PEM CA certificate that signed the SASL_SSL listener's certificate (what clients trust)."""
+        return self._log_dir / "tls" / "ca.pem"
 
     @property
     def log_dir(self) -> Path:
@@ -370,8 +416,60 @@ class LocalKafkaBroker:
             "num.recovery.threads.per.data.dir": 1,
             "num.replica.fetchers": 1,
         }
+        if self.sasl_ssl_port is not None:
+            secured = f"SASL_SSL://{self.host}:{self.sasl_ssl_port}"
+            props["listeners"] += "," + secured
+            props["advertised.listeners"] += "," + secured
+            props["listener.security.protocol.map"] += ",SASL_SSL:SASL_SSL"
+            prefix = "listener.name.sasl_ssl."
+            props[prefix + "sasl.enabled.mechanisms"] = "SCRAM-SHA-512"
+            props[prefix + "scram-sha-512.sasl.jaas.config"] = (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            )
+            props[prefix + "ssl.keystore.type"] = "PEM"
+            props[prefix + "ssl.keystore.location"] = str(self._log_dir / "tls" / "broker.pem")
         props.update(self.extra_config)
         return {k: str(v) for k, v in props.items()}
+
+    def _write_tls_files(self) -> None:
+        """A self-signed CA and a broker certificate for ``host`` (kept across restarts)."""
+        tls = self._log_dir / "tls"
+        if (tls / "broker.pem").exists() and self.ca_file.exists():
+            return
+        tls.mkdir(parents=True, exist_ok=True)
+        ca_pem, broker_pem = make_tls_files(self.host)
+        self.ca_file.write_bytes(ca_pem)
+        key_file = tls / "broker.pem"
+        key_file.touch(mode=0o600)
+        key_file.write_bytes(broker_pem)
+
+    def add_scram_user(self, user: str, password: str, mechanism: str = "SCRAM-SHA-512") -> None:
+        """Create (or update) a SCRAM user with Kafka's ``kafka-configs`` tool, over the PLAINTEXT listener.
+
+        The password goes to the tool in a file it reads (``--add-config-file``), not on its command line.
+        """
+        with tempfile.NamedTemporaryFile("w", dir=self._log_dir, suffix=".properties", delete=False) as f:
+            f.write(f"{mechanism}=iterations=4096,password={password}\n")
+            secret_file = f.name
+        try:
+            cmd = self._java_cmd(
+                "kafka.admin.ConfigCommand",
+                "--bootstrap-server",
+                self.bootstrap_servers,
+                "--alter",
+                "--entity-type",
+                "users",
+                "--entity-name",
+                user,
+                "--add-config-file",
+                secret_file,
+                heap="256m",
+            )
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, start_new_session=True)
+        finally:
+            os.unlink(secret_file)
+        if res.returncode != 0:
+            raise KafkaBrokerError(f"creating SCRAM user {user!r} failed (exit {res.returncode}): {res.stderr[-1500:]}")
 
     def _write_config(self) -> None:
         lines = ["# generated by jobs/local_kafka.py"] + [f"{k}={v}" for k, v in self.server_properties().items()]
@@ -422,6 +520,8 @@ class LocalKafkaBroker:
             _install_safety_hooks()
             t0 = time.monotonic()
             self._wait_ports_free(timeout=PORT_WAIT_S)
+            if self.sasl_ssl_port is not None:
+                self._write_tls_files()
             self._write_config()
             self._format_storage()
 
@@ -612,6 +712,48 @@ class LocalKafkaBroker:
                 time.sleep(0.1)
         finally:
             admin.close()
+
+
+def make_tls_files(host: str, days: int = 30) -> tuple[bytes, bytes]:
+    """(CA certificate, broker private key + certificate chain), PEM: a self-signed CA for tests and demos."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def build(subject: str, issuer: x509.Name | None, key, signer, ca: bool):
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(issuer or name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            try:
+                alt: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address(host))]
+            except ValueError:
+                alt = [x509.DNSName(host)]
+            builder = builder.add_extension(x509.SubjectAlternativeName([*alt, x509.DNSName("localhost")]), False)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = build("streaming-anomaly local CA", None, ca_key, ca_key, ca=True)
+    broker_key = ec.generate_private_key(ec.SECP256R1())
+    broker_cert = build(host, ca_cert.subject, broker_key, ca_key, ca=False)
+    pem = serialization.Encoding.PEM
+    key_pem = broker_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    chain = broker_cert.public_bytes(pem) + ca_cert.public_bytes(pem)
+    return ca_cert.public_bytes(pem), key_pem + chain
 
 
 def _leader(partition: Mapping[str, Any]) -> int:

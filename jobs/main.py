@@ -163,12 +163,13 @@ def run(job: JobConfig, spark: Any = None, stop_event: threading.Event | None = 
     """Start every stream and wait; returns a process exit code."""
     from jobs.progress import ProgressListener
     from jobs.session import build_session
+    from jobs.workdir import claim
 
     # Every stream's checkpoint before Spark starts: a refusal takes a moment, not
     # a JVM start, and no stream runs while another one is refused.
     for stream in job.streams:
         check_checkpoint(stream, checkpoint_of(job, stream))
-    spark = spark or build_session(conf=job.spark_conf)
+    spark = spark or build_session(conf=job.spark_conf, temp_dir=claim(job.temp_dir))
     listener = ProgressListener()
     spark.streams.addListener(listener)
     queries = []
@@ -180,8 +181,9 @@ def run(job: JobConfig, spark: Any = None, stop_event: threading.Event | None = 
             active = [q for q in queries if q.isActive]
             failed = [q for q in queries if not q.isActive and q.exception() is not None]
             if failed:
+                by_name = {s.name: s for s in job.streams}
                 for q in failed:
-                    log.error("[%s] failed: %s", q.name, str(q.exception()).splitlines()[0])
+                    log.error("[%s] failed: %s", q.name, failure_message(by_name.get(q.name), str(q.exception())))
                 return 1
             if not active:
                 return 0
@@ -192,6 +194,24 @@ def run(job: JobConfig, spark: Any = None, stop_event: threading.Event | None = 
             if q.isActive:
                 q.stop()
         spark.streams.removeListener(listener)
+
+
+_AUTH_ERRORS = ("SaslAuthenticationException", "Authentication failed", "AuthenticationException")
+
+
+def failure_message(stream: StreamConfig | None, error: str) -> str:
+    """One line for a failed query; a refused login names the listener, protocol, mechanism and user."""
+    first = error.splitlines()[0] if error else "unknown error"
+    security = stream.source.security if stream is not None else None
+    if security is None:
+        return first
+    where = f"{stream.source.bootstrap_servers} ({security.describe()})"  # type: ignore[union-attr]
+    if any(marker in error for marker in _AUTH_ERRORS):
+        who = f"user {security.username()!r}, password from ${security.password_env}" if security.username_env else ""
+        return f"Kafka authentication failed at listener {where}, {who or 'client certificate'}: {first}"
+    if "SSLHandshakeException" in error or "SslAuthenticationException" in error:
+        return f"TLS handshake with listener {where} failed (check source.security.truststore): {first}"
+    return first
 
 
 def configure_logging() -> None:
@@ -211,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--available-now", action="store_true", help="consume what is in Kafka now, then exit")
     parser.add_argument("--checkpoint-dir", help="override checkpoint_dir from the config")
     parser.add_argument("--validate", action="store_true", help="validate the config and exit")
+    parser.add_argument("--print-temp-dir", action="store_true", help=argparse.SUPPRESS)  # for spark-submit.sh
     args = parser.parse_args(argv)
     configure_logging()
     try:
@@ -226,6 +247,11 @@ def main(argv: list[str] | None = None) -> int:
             trigger="available_now" if args.available_now else job.trigger,
             checkpoint_dir=args.checkpoint_dir or job.checkpoint_dir,
         )
+    if args.print_temp_dir:  # spark-submit.sh: the driver JVM's java.io.tmpdir, set before it starts
+        from jobs.workdir import temp_paths
+
+        print(temp_paths(job.temp_dir)["jvm"])
+        return 0
     if args.validate:
         print(f"config OK: {len(job.streams)} stream(s): {', '.join(s.name for s in job.streams)}")
         return 0

@@ -47,12 +47,22 @@ def job_jars() -> list[str]:
     return jars
 
 
-def build_session(app_name: str = "anomaly-job", conf: Mapping[str, str] | None = None) -> SparkSession:
+def build_session(
+    app_name: str = "anomaly-job", conf: Mapping[str, str] | None = None, temp_dir: Mapping[str, Path] | None = None
+) -> SparkSession:
     """Create (or reuse) the SparkSession.
 
     Under spark-submit the master and jars come from the command line; run from
     plain Python (tests, demo) it defaults to local mode with the bootstrap jars.
+    ``temp_dir`` (jobs/workdir.py ``claim``) receives Spark's scratch files and the
+    driver JVM's temp files, unless ``conf`` sets ``spark.local.dir`` itself; under
+    spark-submit the driver's ``java.io.tmpdir`` is set by spark-submit.sh.
     """
+    conf = {**DEFAULT_CONF, **dict(conf or {})}
+    if temp_dir is not None:
+        conf.setdefault("spark.local.dir", str(temp_dir["spark"]))
+        # Python's tempfile in the driver and in Spark's Python workers (they inherit the environment)
+        os.environ["TMPDIR"] = str(temp_dir["python"])
     # Spark's Python workers must run this interpreter (the venv's), not `python3`
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
@@ -60,14 +70,22 @@ def build_session(app_name: str = "anomaly-job", conf: Mapping[str, str] | None 
     under_submit = "SPARK_SUBMIT_OPTS" in os.environ or os.environ.get("ANOMALY_UNDER_SUBMIT") == "1"
     if not under_submit:
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-        builder = builder.master(os.environ.get("ANOMALY_SPARK_MASTER", "local[*]"))
+        master = os.environ.get("ANOMALY_SPARK_MASTER", "local[*]")
+        builder = builder.master(master)
+        if master.startswith("spark://"):  # a standalone cluster from plain Python (bench/throughput.py)
+            from jobs.cluster import shipping_conf
+
+            conf = {**shipping_conf(), **conf}
         builder = builder.config("spark.jars", ",".join(job_jars()))
-        builder = builder.config(
+        java_options = conf.pop(
             "spark.driver.extraJavaOptions",
             f"{JIT_OPTIONS} -Dlog4j2.configurationFile={REPO_ROOT / 'conf' / 'log4j2.properties'}",
         )
+        if temp_dir is not None:  # the JVM's temp files (RocksDB's native library...): with the job's
+            java_options += f" -Djava.io.tmpdir={temp_dir['jvm']}"
+        builder = builder.config("spark.driver.extraJavaOptions", java_options)
         builder = builder.config("spark.driver.memory", os.environ.get("ANOMALY_DRIVER_MEMORY", "2g"))
-    for key, value in {**DEFAULT_CONF, **dict(conf or {})}.items():
+    for key, value in conf.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")

@@ -23,7 +23,7 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs.config import SourceConfig
+from jobs.config import SOURCE_DEFAULTS, SourceConfig
 
 # The group key of rejected records. Cannot collide with an application name:
 # validation refuses control characters in it.
@@ -64,8 +64,11 @@ def read_kafka(spark: SparkSession, source: SourceConfig) -> DataFrame:
         reader = reader.option("subscribe", ",".join(source.topics))
     if source.max_offsets_per_trigger is not None:
         reader = reader.option("maxOffsetsPerTrigger", str(source.max_offsets_per_trigger))
-    for key, value in source.kafka_options.items():
+    for key, value in {**SOURCE_DEFAULTS, **source.kafka_options}.items():
         reader = reader.option(key, value)
+    if source.security is not None:  # secrets read from the environment now, never kept in the config
+        for key, value in source.security.client_options().items():
+            reader = reader.option(key, value)
     return reader.load()
 
 

@@ -51,7 +51,8 @@ def kafka_broker(tmp_path_factory):
     from jobs.local_kafka import KafkaBrokerError, LocalKafkaBroker
 
     try:
-        broker = LocalKafkaBroker(tmp_path_factory.mktemp("kafka"), num_partitions=2)
+        # a SASL_SSL (SCRAM-SHA-512) listener beside PLAINTEXT for tests/test_kafka_security.py
+        broker = LocalKafkaBroker(tmp_path_factory.mktemp("kafka"), num_partitions=2, sasl_ssl=True)
     except KafkaBrokerError as err:  # jars missing: scripts/bootstrap.sh was not run
         pytest.fail(str(err))
     with broker:

@@ -126,3 +126,54 @@ def test_buckets_default_and_changing_them_or_an_old_state_layout_is_refused(tmp
     fingerprint.write_text(json.dumps(old))
     with pytest.raises(main.CheckpointMismatch, match=r"older version of the job.*per application.*new checkpoint"):
         main.check_checkpoint(stream, main.checkpoint_of(job, stream))
+
+
+SECURITY = {
+    "protocol": "SASL_SSL",
+    "sasl_mechanism": "SCRAM-SHA-512",
+    "username_env": "T_KAFKA_USER",
+    "password_env": "T_KAFKA_PASSWORD",
+    "truststore": "/etc/ca.pem",
+}
+
+
+@pytest.mark.parametrize(
+    ("security", "field", "words"),
+    [
+        ({**SECURITY, "password_env": "p@ss"}, "streams[0].source.security.password_env", "environment variable name"),
+        (
+            {k: v for k, v in SECURITY.items() if k != "username_env"},
+            "streams[0].source.security.username_env",
+            "required",
+        ),
+        ({**SECURITY, "sasl_mechanism": "GSSAPI"}, "streams[0].source.security.sasl_mechanism", "must be one of"),
+        ({"protocol": "SSL", "sasl_mechanism": "PLAIN"}, "streams[0].source.security.sasl_mechanism", "SASL"),
+        ({**SECURITY, "password": "x"}, "streams[0].source.security.password", "unknown field"),
+    ],
+)
+def test_security_errors_name_the_field(security, field, words):
+    with pytest.raises(ConfigError) as info:
+        parse_config(config_with(source={"security": security}))
+    assert str(info.value).startswith(field) and words in str(info.value), str(info.value)
+
+
+def test_security_secrets_come_from_the_environment_when_used_and_reach_the_sinks(monkeypatch):
+    stream = parse_config(config_with(source={"security": SECURITY})).streams[0]
+    monkeypatch.delenv("T_KAFKA_PASSWORD", raising=False)
+    monkeypatch.setenv("T_KAFKA_USER", "job")
+    with pytest.raises(ConfigError, match="T_KAFKA_PASSWORD is not set"):
+        stream.source.security.client_options()
+    monkeypatch.setenv("T_KAFKA_PASSWORD", 'zq"9x')
+    options = stream.source.security.client_options()
+    assert options["kafka.sasl.jaas.config"] == (
+        'org.apache.kafka.common.security.scram.ScramLoginModule required username="job" password="zq\\"9x";'
+    )
+    assert options["kafka.ssl.truststore.location"] == "/etc/ca.pem"
+    assert stream.producer_options["kafka.sasl.jaas.config"] == options["kafka.sasl.jaas.config"]
+    assert "zq" not in repr(stream)  # the config object holds the variable names only
+
+
+def test_temp_dir_defaults_beside_a_local_checkpoint_dir():
+    assert parse_config(BASE).temp_dir == "/tmp/tmp"  # beside /tmp/anomaly-test-checkpoints
+    assert parse_config({**BASE, "checkpoint_dir": "s3a://b/ck"}).temp_dir == "work/tmp"
+    assert parse_config({**BASE, "temp_dir": "/var/tmp/job"}).temp_dir == "/var/tmp/job"

@@ -1,0 +1,217 @@
+"""The job on a real Spark standalone cluster: a master and two workers (1 core each) started from the
+pyspark wheel (jobs/cluster.py), the job submitted with ./spark-submit.sh --master spark://...
+
+* the cluster run's JDBC table equals, row for row and bit for bit, the local-mode run's over the same
+  input, with executors on both workers (the master's JSON) running the shipped Python environment;
+* one worker SIGKILLed (with its executor) mid-batch: the job goes on with the other worker, the table
+  equals the uninterrupted run's, and the restarted worker gets an executor again.
+
+One cluster for the module; deselect with ``-m "not cluster"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from jobs import cluster
+from jobs.synthetic import consume_all
+from tests.test_restart_safety import (
+    BAD,
+    REPO,
+    Job,
+    Reference,
+    batch_ids,
+    check_output_topic,
+    compare,
+    descendants,
+    input_topics,
+    stream_messages,
+    table_rows,
+    write_config,
+)
+
+pytestmark = pytest.mark.cluster
+TOTAL = len(stream_messages())
+
+
+class Submitted(Job):
+    """``./spark-submit.sh --master <cluster> -- --config ...`` in its own process group."""
+
+    def __init__(self, master: str, config: Path, log: Path, *, available_now: bool = False) -> None:
+        cmd = [str(REPO / "spark-submit.sh"), "--master", master, "--", "--config", str(config)]
+        if available_now:
+            cmd.append("--available-now")
+        self.log = log
+        self._out = log.open("wb")
+        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def stop(self, timeout: float = 120) -> int:
+        """SIGTERM the job's Python driver (a clean stop: jobs/main.py stops the queries), wait for the
+        whole spark-submit to exit."""
+        for pid in descendants(self.proc.pid):
+            with contextlib.suppress(OSError):
+                if b"jobs/main.py" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    os.kill(pid, signal.SIGTERM)
+        return self.wait(timeout)
+
+
+@pytest.fixture(scope="module")
+def spark_cluster(tmp_path_factory) -> Iterator[tuple[cluster.ClusterState, Path]]:
+    directory = tmp_path_factory.mktemp("cluster")
+    state = cluster.start(directory, workers=2)
+    try:
+        yield state, directory
+    finally:
+        cluster.stop(directory)
+        left = [p for p in [state.master_pid, *state.worker_pids] if cluster._group_alive(p)]
+        assert not left, f"cluster processes left behind: {left}"
+
+
+@pytest.fixture(scope="module")
+def local_reference(kafka_broker, tmp_path_factory) -> Reference:
+    """The same input in local mode (python -m jobs.main, local[*]), one --available-now run."""
+    input_topics(kafka_broker, "clref")
+    work = tmp_path_factory.mktemp("local")
+    config = write_config(work / "job.yaml", work, kafka_broker.bootstrap_servers, "clref", trigger="available_now")
+    job = Job(config, work / "run.log", available_now=True)
+    assert job.wait(600) == 0, job.tail()
+    rows = table_rows(work / "results.db")
+    output, duplicates = check_output_topic(consume_all(kafka_broker.bootstrap_servers, "clref-out"))
+    assert len(rows) > 100 and duplicates == 0 and len(output) == len(rows)
+    return Reference(rows, output, {r.value for r in consume_all(kafka_broker.bootstrap_servers, "clref-dlq")})
+
+
+def app_cores_by_worker(state: cluster.ClusterState) -> dict[str, int]:
+    """{worker id: cores in use} of the ALIVE workers, from the master's JSON."""
+    return {w["id"]: w["coresused"] for w in cluster.alive_workers(state)}
+
+
+def executor_pythons(cluster_dir: Path) -> set[str]:
+    """Where the numpy of each Python worker running inside the cluster dir was loaded from."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if not os.readlink(entry / "cwd").startswith(str(cluster_dir)):
+                continue
+            for line in (entry / "maps").read_text().splitlines():
+                if "site-packages/numpy/" in line:
+                    found.add(line.split()[-1].split("/lib/python")[0])
+                    break
+    return found
+
+
+def last_offset(checkpoint: Path, batch: int) -> int:
+    """The end offset of the input topic's partition 0 in batch ``batch``'s offsets file."""
+    line = (checkpoint / "offsets" / str(batch)).read_text().splitlines()[-1]
+    return next(iter(json.loads(line).values()))["0"]
+
+
+@pytest.mark.timeout(900)
+def test_cluster_run_equals_local_mode_with_executors_on_both_workers(
+    kafka_broker, spark_cluster, local_reference, tmp_path
+):
+    state, cluster_dir = spark_cluster
+    input_topics(kafka_broker, "clrun")
+    config = write_config(
+        tmp_path / "job.yaml",
+        tmp_path,
+        kafka_broker.bootstrap_servers,
+        "clrun",
+        trigger="available_now",
+        max_offsets=250,
+    )
+    started = time.monotonic()
+    job = Submitted(state.master_url, config, tmp_path / "run.log", available_now=True)
+    busy_together, pythons = False, set()
+    while job.alive():
+        with contextlib.suppress(OSError, ValueError):
+            cores = app_cores_by_worker(state)
+            busy_together = busy_together or (len(cores) == 2 and all(c == 1 for c in cores.values()))
+        pythons |= executor_pythons(cluster_dir)
+        time.sleep(0.5)
+    assert job.wait(10) == 0, job.tail()
+    took = time.monotonic() - started
+    assert busy_together, "the master's JSON never showed an executor on each of the two workers"
+    # the executors' Python is the shipped environment, unpacked in their working dirs
+    assert pythons and all(p.startswith(str(cluster_dir)) and p.endswith("/env") for p in pythons), pythons
+    figures = compare(local_reference, tmp_path, kafka_broker.bootstrap_servers, "clrun")
+    print(
+        f"\ncluster run: {figures['rows']} rows equal to local mode (bit for bit); {took:.0f} s; env {sorted(pythons)}"
+    )
+
+
+@pytest.mark.timeout(900)
+def test_worker_sigkilled_mid_batch_job_continues_and_table_equals(
+    kafka_broker, spark_cluster, local_reference, tmp_path
+):
+    state, cluster_dir = spark_cluster
+    input_topics(kafka_broker, "clkill")
+    config = write_config(
+        tmp_path / "job.yaml",
+        tmp_path,
+        kafka_broker.bootstrap_servers,
+        "clkill",
+        trigger="processing_time",
+        max_offsets=40,
+    )
+    checkpoint = tmp_path / "checkpoints" / "chaos"
+    started = time.monotonic()
+    job = Submitted(state.master_url, config, tmp_path / "run.log")
+    try:
+        # both executors up, a few batches done; then a batch in flight (planned, not committed)
+        deadline = time.monotonic() + 400
+        while not (len(batch_ids(checkpoint / "commits")) >= 2 and set(app_cores_by_worker(state).values()) == {1}):
+            assert job.alive() and time.monotonic() < deadline, job.tail()
+            time.sleep(0.2)
+        deadline = time.monotonic() + 120
+        while not batch_ids(checkpoint / "offsets") - batch_ids(checkpoint / "commits"):
+            assert job.alive() and time.monotonic() < deadline, job.tail()
+            time.sleep(0.01)
+        victim = state.worker_pids[1]
+        in_flight = max(batch_ids(checkpoint / "offsets"))
+        family = descendants(victim)
+        os.killpg(victim, signal.SIGKILL)
+        for pid in family:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        # the job goes on with one worker: the batch in flight and later ones commit
+        deadline = time.monotonic() + 300
+        while max(batch_ids(checkpoint / "commits"), default=-1) < in_flight + 2:
+            assert job.alive() and time.monotonic() < deadline, f"no progress after the worker loss:\n{job.tail()}"
+            time.sleep(0.2)
+        recovered_s = time.monotonic() - killed_at
+        # the worker comes back and gets an executor of the running application again
+        cluster.restart_worker(cluster_dir, state, 2)
+        deadline = time.monotonic() + 300
+        while sorted(app_cores_by_worker(state).values()) != [1, 1]:
+            assert job.alive() and time.monotonic() < deadline, "the restarted worker got no executor"
+            time.sleep(0.5)
+        # the whole input consumed and the results written: the table equals the uninterrupted run's
+        deadline = time.monotonic() + 400
+        while table_rows(tmp_path / "results.db") != local_reference.rows:
+            assert job.alive() and time.monotonic() < deadline, f"table never equal to the reference:\n{job.tail()}"
+            time.sleep(1)
+        committed = max(batch_ids(checkpoint / "commits"))
+        assert last_offset(checkpoint, committed) == TOTAL
+    finally:
+        code = job.stop() if job.alive() else job.wait(10)
+    assert code == 0, job.tail()
+    figures = compare(local_reference, tmp_path, kafka_broker.bootstrap_servers, "clkill")
+    assert len(consume_all(kafka_broker.bootstrap_servers, "clkill-dlq")) >= len(BAD)
+    print(
+        f"\nworker 2 SIGKILLed in batch {in_flight} (uncommitted); the job went on with worker 1 "
+        f"({recovered_s:.0f} s to commit two more batches); worker restarted, executor back; {figures}; "
+        f"{time.monotonic() - started:.0f} s"
+    )
