@@ -704,10 +704,20 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("kafka", "py4j"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    from jobs.config import parse_config
+    from jobs.config import ConfigError, parse_config
     from jobs.local_kafka import LocalKafkaBroker
     from jobs.session import build_session
 
+    for case in cases:  # before anything starts: e.g. --buckets on a job that has no such field
+        try:
+            parse_config(
+                {
+                    "checkpoint_dir": "unused",
+                    "streams": [stream_config("check", "127.0.0.1:9092", "check", case, max_offsets, args.buckets)],
+                }
+            )
+        except ConfigError as err:
+            parser.error(f"the job refuses the benchmark's stream config: {err}")
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="anomaly-bench-"))
     spark = build_session(
