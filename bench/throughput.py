@@ -730,6 +730,9 @@ def main(argv: list[str] | None = None) -> int:
             # of queueing behind the whole micro-batch (FIFO made the writer fall 80 s behind).
             # Elsewhere one job runs at a time, and FAIR and FIFO schedule it the same.
             "spark.scheduler.mode": "FAIR",
+            # on a busy shared machine a Python worker can take longer than the default to
+            # connect back to the JVM (seen: "Python worker failed to connect back")
+            "spark.python.authenticate.socketTimeout": "120s",
         },
     )
     # Spark's WARN lines (one per new key from the state server, "falling behind"...) would bury the report
