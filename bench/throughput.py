@@ -66,6 +66,7 @@ import argparse
 import logging
 import math
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -806,6 +807,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.buckets,
             )
     spark.stop()
+    shutil.rmtree(work, ignore_errors=True)  # topics and checkpoints: GBs at the default size
 
     print()
     print(machine())
