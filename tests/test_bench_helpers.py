@@ -1,0 +1,71 @@
+"""The benchmark's pure helpers (bench/throughput.py): cost fit, ratios, the verdict line. No Spark."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+_spec = importlib.util.spec_from_file_location(
+    "bench_throughput", Path(__file__).resolve().parent.parent / "bench" / "throughput.py"
+)
+bench = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = bench  # dataclasses look their module up while the class is built
+_spec.loader.exec_module(bench)  # type: ignore[union-attr]
+
+
+def test_fit_recovers_per_key_per_event_and_fixed_costs():
+    rng = np.random.default_rng(1)
+    keys = np.array([1_000, 1_000, 10_000, 10_000, 100_000, 100_000, 50_000, 2_000])
+    events = np.array([500_000, 250_000, 500_000, 120_000, 500_000, 300_000, 400_000, 2_000])
+    seconds = 20e-6 * keys + 3e-6 * events + 0.8 + rng.normal(0, 1e-4, len(keys))
+    fit = bench.fit_costs(keys, events, seconds)
+    assert fit.per_key_s == pytest.approx(20e-6, rel=0.01)
+    assert fit.per_event_s == pytest.approx(3e-6, rel=0.01)
+    assert fit.per_batch_s == pytest.approx(0.8, abs=0.01)
+    assert fit.batches == 8
+    assert "20.00 us per key per batch" in fit.describe()
+
+
+def test_fit_folds_the_fixed_cost_into_events_when_batches_are_all_the_same_size():
+    keys = np.array([1_000, 1_000, 10_000, 10_000, 100_000])
+    events = np.full(5, 500_000)
+    seconds = 20e-6 * keys + 3e-6 * events + 0.5
+    fit = bench.fit_costs(keys, events, seconds)
+    assert fit.per_batch_s is None
+    assert fit.per_key_s == pytest.approx(20e-6, rel=1e-6)
+    assert fit.per_event_s == pytest.approx(3e-6 + 0.5 / 500_000, rel=1e-6)
+    assert "folded" in fit.describe()
+
+
+def test_fit_with_too_few_batches_is_nan_not_a_number_made_up():
+    fit = bench.fit_costs([1_000], [500_000], [10.0])
+    assert math.isnan(fit.per_key_s) and math.isnan(fit.per_event_s)
+    assert "not enough batches" in fit.describe()
+
+
+def test_summary_line_is_the_exact_format():
+    line = bench.summary_line(0.8149, 0.5, 0.456, 7.891)
+    assert line == "throughput: avg/native=0.81 none/ingest=0.50 keys=0.46 p99_latency_s=7.89"
+    assert re.fullmatch(r"throughput: avg/native=\S+ none/ingest=\S+ keys=\S+ p99_latency_s=\S+", line)
+    assert bench.summary_line(float("nan"), 1, 1, float("nan")).startswith("throughput: avg/native=nan ")
+
+
+def test_keys_ratio_is_the_worse_case_most_over_fewest_applications():
+    events_s = {("avg", 1_000): 30_000.0, ("avg", 100_000): 24_000.0, ("none", 1_000): 40_000.0}
+    events_s[("none", 100_000)] = 10_000.0
+    assert bench.keys_ratio(events_s, ["avg", "none"], [1_000, 10_000, 100_000]) == pytest.approx(0.25)
+    assert bench.keys_ratio(events_s, ["avg"], [1_000, 100_000]) == pytest.approx(0.8)
+    assert math.isnan(bench.keys_ratio(events_s, ["avg", "none"], [1_000]))
+
+
+def test_application_names_never_truncate_and_keys_per_batch():
+    assert bench.app_width(1_000) == 4 and bench.app_width(100_000) == 5 and bench.app_width(1_000_001) == 7
+    assert bench.keys_in_batch(100_000, 500_000) == 100_000
+    assert bench.keys_in_batch(100_000, 20_000) == 20_000
+    assert bench.parse_apps("100000,1000, 10000") == [1_000, 10_000, 100_000]
