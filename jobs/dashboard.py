@@ -330,10 +330,11 @@ def create_app(settings: Settings) -> Any:
             data = await upload.read(settings.sandbox.max_bytes + 1)
         path = str(form.get("path") or "")
         if data is None and not path:
-            return JSONResponse({"errors": {"path": "choose a file from the data folder or upload one"}}, 400)
+            return JSONResponse({"errors": {"path": "choose a file from the data folder or upload one"}})
         async with settings.sandbox_slots:
             out = await run_in_threadpool(run_sandbox, settings.sandbox, detector, params, path or None, data)
-        return JSONResponse(out, status_code=400 if "errors" in out else 200)
+        # a refused field is an answer the form shows next to the field, not a failed request
+        return JSONResponse(out)
 
     async def favicon(request: Request) -> Response:
         return Response(status_code=204)  # none; without this route every page logs a 404

@@ -414,6 +414,18 @@ class ResultsRepository:
             _append(anomalies, (fn, int(window)), det, ms, value, lower, upper, prob)
         return SeriesView(start_ms, end_ms, rows, bucket_ms, lines, anomalies)
 
+    def detector_summary(
+        self, application: str, from_ts: datetime | str | int, to_ts: datetime | str | int
+    ) -> list[tuple[str, int, int, datetime, datetime]]:
+        """Per detector of ``application`` in range: (detector, points, anomalies, first ts, last ts)."""
+        sql = (
+            f"SELECT detector, COUNT(*), SUM(CASE WHEN {self._is_anomaly} THEN 1 ELSE 0 END), MIN(ts), MAX(ts) "
+            f"FROM {self.table} WHERE application = {{p}} AND ts >= {{p}} AND ts < {{p}} "
+            "GROUP BY detector ORDER BY detector"
+        )
+        rows = self._query(sql, (application, self._bound(from_ts, "from_ts"), self._bound(to_ts, "to_ts")))
+        return [(d, int(n), int(a or 0), self._ts(first), self._ts(last)) for d, n, a, first, last in rows]
+
     def rows_after(self, application: str, after_ms: int, limit: int = 5000) -> list[Prediction]:
         """Rows of ``application`` with ``ts`` later than ``after_ms`` (the live channel's poll), oldest first."""
         sql = (

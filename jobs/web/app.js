@@ -18,6 +18,7 @@
   }
 
   async function load() {
+    const started = performance.now();
     const q = new URLSearchParams({ application: name });
     if (state.from) q.set("from", state.from);
     if (state.to) q.set("to", state.to);
@@ -45,6 +46,7 @@
     drawToggles();
     C.fillTable(document.querySelector("#anomalies tbody"), C.anomalyRows(body), C.anomalyCells, 500);
     setStatus("");
+    document.body.dataset.loadMs = String(Math.round(performance.now() - started)); // fetch + draw (bench)
     live();
   }
 
