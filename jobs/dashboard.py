@@ -168,8 +168,8 @@ APPS_BODY = """<h1>Applications</h1>
 
 APP_BODY = """<h1 id="title"></h1>
 <form id="range" class="toolbar" autocomplete="off">
- <label>From <input id="from" type="datetime-local" step="1"></label>
- <label>To <input id="to" type="datetime-local" step="1"></label>
+ <label>From (UTC) <input id="from" type="datetime-local" step="1"></label>
+ <label>To (UTC) <input id="to" type="datetime-local" step="1"></label>
  <button type="submit">Apply</button>
  <button type="button" data-range="3600000">1 h</button><button type="button" data-range="86400000">1 d</button>
  <button type="button" data-range="604800000">7 d</button><button type="button" data-range="all">all</button>

@@ -319,8 +319,10 @@ class ResultsRepository:
             f"SELECT application, MAX(ts) AS last_ts, "
             f"SUM(CASE WHEN {self._is_anomaly} AND ts >= {{p}} AND ts < {{p}} THEN 1 ELSE 0 END) AS anomalies, "
             f"MAX(CASE WHEN {self._is_anomaly} THEN ts END) AS last_anomaly "
-            f"FROM {self.table} {where} GROUP BY application ORDER BY {order} LIMIT {{p}} OFFSET {{p}}"
+            f"FROM {self.table} {where} GROUP BY application"
         )
+        # a sub-select: PostgreSQL sorts by output names only when they stand alone
+        sql = f"SELECT * FROM ({sql}) s ORDER BY {order} LIMIT {{p}} OFFSET {{p}}"
         params = (self._bound(from_ts, "from_ts"), self._bound(to_ts, "to_ts"), *search_params)
         rows = self._query(sql, (*params, max(0, int(limit)), max(0, int(offset))))
         latest = self._latest_values([r[0] for r in rows])

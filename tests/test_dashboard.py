@@ -101,7 +101,10 @@ def test_applications_page_lists_every_application(session, demo_run):
     if SCREENSHOT_DIR:
         session.page.fill("#search", "")
         session.page.wait_for_function("document.querySelectorAll('#apps a.app-link').length === 5")
-        session.page.screenshot(path=str(Path(SCREENSHOT_DIR) / "dashboard-applications.png"))
+        session.page.screenshot(
+            path=str(Path(SCREENSHOT_DIR) / "dashboard-applications.png"),
+            clip={"x": 0, "y": 0, "width": 1000, "height": 380},
+        )
 
 
 def _open_app(session, name: str) -> None:
@@ -138,7 +141,10 @@ def test_application_page_draws_every_anomaly_and_toggles_detectors(session, dem
     fills = "() => document.querySelectorAll('.chart .scatterlayer .trace .js-fill').length"
     assert session.page.evaluate(fills) == len(detectors)  # one band per detector
     if SCREENSHOT_DIR:
-        session.page.screenshot(path=str(Path(SCREENSHOT_DIR) / "dashboard-application.png"))
+        session.page.screenshot(
+            path=str(Path(SCREENSHOT_DIR) / "dashboard-application.png"),
+            clip={"x": 0, "y": 0, "width": 1200, "height": 520},
+        )
     session.page.uncheck('#detectors input[data-detector="ema"]')
     session.page.wait_for_function(f"({fills})() === {len(detectors) - 1}")
     markers = "() => document.querySelectorAll('.chart .scatterlayer .points path').length"
