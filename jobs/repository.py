@@ -395,6 +395,9 @@ class ResultsRepository:
             )
             for fn, window, det, ms, value, lower, upper, prob in self._query(sql, rng):
                 _append(lines, (fn, int(window)), det, ms, value, lower, upper, prob)
+        elif self.dialect == "sqlite":
+            bucket_ms = max(1, -(-(end_ms - start_ms) // max(1, buckets)))
+            self._sqlite_buckets(lines, application, start_ms, end_ms, bucket_ms, base, rng)
         else:
             bucket_ms = max(1, -(-(end_ms - start_ms) // max(1, buckets)))
             bucket = f"(({self._ms()} - {{p}}) / {{p}})"
@@ -415,6 +418,42 @@ class ResultsRepository:
         for fn, window, det, ms, value, lower, upper, prob in self._query(sql, rng):
             _append(anomalies, (fn, int(window)), det, ms, value, lower, upper, prob)
         return SeriesView(start_ms, end_ms, rows, bucket_ms, lines, anomalies)
+
+    def _sqlite_buckets(
+        self,
+        lines: dict[tuple[str, int], dict[str, dict[str, list[Any]]]],
+        application: str,
+        start_ms: int,
+        end_ms: int,
+        bucket_ms: int,
+        base: str,
+        rng: tuple[Any, ...],
+    ) -> None:
+        """Min/max per bucket in SQLite: one small query per (chart, detector, bucket) on the
+        primary key, which is ordered by ts within a (application, detector, agg_function,
+        agg_window_millis) -- no sort. (One GROUP BY over the range sorts every row in a temp
+        b-tree: measured twice the CPU on 1,000,000 rows, see bench/dashboard_render.py.)"""
+        combos = self._query(f"SELECT DISTINCT detector, agg_function, agg_window_millis {base}", rng)
+        edges = [*range(start_ms, end_ms, bucket_ms), end_ms]
+        bounds = [_iso_ms(datetime.fromtimestamp(ms / 1000, tz=timezone.utc)) for ms in edges]
+        sql = (
+            "SELECT MIN(agg_value), MAX(agg_value), MIN(value_lower_limit), MAX(value_upper_limit), "
+            f"MAX(anomaly_probability), COUNT(*) FROM {self.table} WHERE application = ? AND detector = ? "
+            "AND agg_function = ? AND agg_window_millis = ? AND ts >= ? AND ts < ?"
+        )
+        try:
+            with self._connect() as conn:
+                for det, fn, window in sorted(combos, key=lambda c: (c[1], c[2], c[0])):
+                    for i in range(len(edges) - 1):
+                        row = conn.execute(sql, (application, det, fn, window, bounds[i], bounds[i + 1])).fetchone()
+                        vmin, vmax, lower, upper, prob, n = row
+                        if n:
+                            for value in (vmin, vmax):
+                                _append(lines, (fn, int(window)), det, edges[i], value, lower, upper, prob)
+        except sqlite3.Error as err:
+            raise RepositoryError(
+                self._mask(f"reading table {self.table} ({self.url.split('?', 1)[0]}): {err}")
+            ) from None
 
     def detector_summary(
         self, application: str, from_ts: datetime | str | int, to_ts: datetime | str | int
