@@ -42,7 +42,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["jobs", "jobs.*", "detectors", "detectors.*"]),
-    package_data={"jobs": ["py.typed"], "detectors": ["py.typed"]},
+    package_data={"jobs": ["py.typed", "web/*.js", "web/*.css"], "detectors": ["py.typed"]},
     install_requires=[
         "numpy>=1.26",
     ],
