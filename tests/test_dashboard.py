@@ -75,7 +75,14 @@ def test_demo_job_log_is_quiet(demo_run):
     log = demo_run.stdout + demo_run.stderr
     assert not re.search(r"^\s+at [\w$.]+\(", log, re.M), f"Java stack trace in the log:\n{log[-4000:]}"
     assert not re.search(r"^\S+ WARN TransformWithState", log, re.M), log[-4000:]
-    for noise in ("Connection reset", "py4j", "READ_UNCOMMITTED", "Traceback", "received return type of UDF"):
+    for noise in (
+        "Connection reset",
+        "py4j",
+        "READ_UNCOMMITTED",
+        "Traceback",
+        "received return type of UDF",
+        "Disabling AQE",
+    ):
         assert noise not in log, f"{noise!r} in the job's log:\n{log[-4000:]}"
     batches = [int(b) for b in re.findall(r"\[demo\] batch (\d+):", log)]
     assert batches and batches == list(range(len(batches))), batches
