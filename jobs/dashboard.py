@@ -356,6 +356,17 @@ def create_app(settings: Settings) -> Any:
     return _Guard(app, settings.token)
 
 
+PAGES = ("/", "/app", "/sandbox")
+
+
+def _without_token(scope: dict) -> bytes:
+    from urllib.parse import parse_qsl, urlencode
+
+    query = [(k, v) for k, v in parse_qsl(scope.get("query_string", b"").decode("latin-1")) if k != "token"]
+    path = scope.get("root_path", "") + scope["path"]
+    return (path + ("?" + urlencode(query) if query else "")).encode("latin-1")
+
+
 class _Guard:
     """ASGI middleware: the token check (when one is set) and security headers on every response."""
 
@@ -407,6 +418,13 @@ class _Guard:
                 message = {**message, "headers": headers}
             await send(message)
 
+        if set_cookie and scope["path"] in PAGES and scope.get("method") == "GET":
+            # the token came in the address: keep it in the cookie, out of the address bar and history
+            await send_with_headers(
+                {"type": "http.response.start", "status": 303, "headers": [(b"location", _without_token(scope))]}
+            )
+            await send({"type": "http.response.body", "body": b""})
+            return
         if not allowed:
             body = b"401: this dashboard needs its token (?token=... once, or Authorization: Bearer ...)\n"
             await send_with_headers(

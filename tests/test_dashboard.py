@@ -241,6 +241,16 @@ def test_token_is_required_on_every_request(dashboard):
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(wrong, timeout=10)
         assert err.value.code == 401, path
+    # the token in the address: a cookie, and a redirect that takes it out of the address bar
+    import http.client
+
+    host, port = urllib.parse.urlsplit(dashboard.url).netloc.split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request("GET", f"/app?name=auth&token={TOKEN}")
+    resp = conn.getresponse()
+    assert resp.status == 303 and resp.getheader("Location") == "/app?name=auth"
+    assert f"anomaly_dashboard_token={TOKEN}" in resp.getheader("Set-Cookie")
+    conn.close()
     ok = urllib.request.Request(dashboard.url + "api/applications", headers={"Authorization": f"Bearer {TOKEN}"})
     with urllib.request.urlopen(ok, timeout=10) as resp:
         assert json.loads(resp.read())["total"] == 5
