@@ -25,6 +25,15 @@ SPARK_DEPS = [
     "pyyaml>=6",
 ]
 
+# The dashboard and the HTML report (jobs/dashboard.py, jobs/report.py): plotly ships
+# plotly.js inside its wheel, so no page loads anything from the internet.
+DASHBOARD_DEPS = [
+    "plotly>=5.20",
+    "starlette>=0.37",
+    "uvicorn>=0.29",
+    "python-multipart>=0.0.9",  # the sandbox's CSV upload form
+]
+
 setup(
     name="streaming-anomaly",
     version="0.1.0",
@@ -33,15 +42,19 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["jobs", "jobs.*", "detectors", "detectors.*"]),
-    package_data={"jobs": ["py.typed"], "detectors": ["py.typed"]},
+    package_data={"jobs": ["py.typed", "web/*.js", "web/*.css"], "detectors": ["py.typed"]},
     install_requires=[
         "numpy>=1.26",
     ],
     extras_require={
         "spark": SPARK_DEPS,
         "postgres": ["psycopg[binary]>=3.1"],
+        "dashboard": DASHBOARD_DEPS,
         "dev": [
             *SPARK_DEPS,
+            *DASHBOARD_DEPS,
+            # browser tests drive Debian's chromium (scripts/chromium.sh); no browser download
+            "playwright>=1.44",
             # tests/test_postgres_sink.py and jobs/repository.py's PostgreSQL reads
             "psycopg[binary]>=3.1",
             "pytest>=8",
@@ -62,6 +75,8 @@ setup(
         "console_scripts": [
             "anomaly-job=jobs.main:main",
             "anomaly-backtest=jobs.backtest:main",
+            "anomaly-dashboard=jobs.dashboard:main",
+            "anomaly-report=jobs.report:main",
         ],
         # Built-in detectors register in code; third-party packages add theirs here:
         #   entry_points={"streaming_anomaly.detectors": ["mine = mypkg.mod:MyDetector"]}

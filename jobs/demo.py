@@ -24,6 +24,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from jobs.local_kafka import LocalKafkaBroker
 from jobs.synthetic import InjectedAnomaly, consume_all, generate, produce_messages
@@ -98,6 +99,22 @@ def summarize(db_path: Path, anomalies: list[InjectedAnomaly], judge: str) -> tu
     return "\n".join(lines), all_found
 
 
+def submit_job(bootstrap_servers: str, work: Path, **run_kwargs: Any) -> subprocess.CompletedProcess:
+    """The demo's job: ``./spark-submit.sh`` with conf/demo.yaml and ``--available-now``
+    (``run_kwargs`` go to subprocess.run, e.g. to capture the log in a test)."""
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers, "ANOMALY_WORK_DIR": str(work)}
+    command = [
+        str(REPO / "spark-submit.sh"),
+        "--master",
+        "local[2]",
+        "--",
+        "--config",
+        str(REPO / "conf" / "demo.yaml"),
+        "--available-now",
+    ]
+    return subprocess.run(command, env=env, cwd=REPO, check=False, **run_kwargs)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work-dir", default=str(REPO / "work" / "demo"), help="results and checkpoints")
@@ -121,25 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             broker.create_topic(topic, partitions=2)
         produce_messages(broker.bootstrap_servers, "metrics", stream.messages)
         produce_messages(broker.bootstrap_servers, "metrics", BAD_MESSAGES)
-        env = {
-            **os.environ,
-            "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
-            "ANOMALY_WORK_DIR": str(work),
-        }
         started = time.monotonic()
-        job = subprocess.run(
-            [
-                str(REPO / "spark-submit.sh"),
-                "--master",
-                "local[2]",
-                "--",
-                "--config",
-                str(REPO / "conf" / "demo.yaml"),
-                "--available-now",
-            ],
-            env=env,
-            cwd=REPO,
-        )
+        job = submit_job(broker.bootstrap_servers, work)
         elapsed = time.monotonic() - started
         if job.returncode != 0:
             print(f"demo: the job failed (exit {job.returncode})", file=sys.stderr)
@@ -160,6 +160,16 @@ def main(argv: list[str] | None = None) -> int:
         f"({', '.join(f'{k}: {v}' for k, v in sorted(reasons.items()))})"
     )
     print(f"results table: {work / 'anomalies.db'} (table predictions)")
+    report = work / "report.html"
+    try:
+        from jobs.report import write_report
+        from jobs.repository import ResultsRepository
+
+        write_report(ResultsRepository(f"jdbc:sqlite:{work / 'anomalies.db'}"), report, title="Demo: anomalies found")
+        print(f"report: {report} (open it in a browser; works offline)")
+        print(f"dashboard: python -m jobs.dashboard --jdbc jdbc:sqlite:{work / 'anomalies.db'}")
+    except ImportError as err:  # the dashboard extra is not installed
+        print(f"report: skipped ({err}; pip install -e '.[dashboard]')")
     print("the last windows of each application stay open: the watermark has not passed them yet")
     if not all_found:
         print(f"demo: detector {args.judge!r} MISSED an injected anomaly", file=sys.stderr)

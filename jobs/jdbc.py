@@ -428,6 +428,10 @@ class JdbcTable:
             if self.dialect == "sqlite":
                 # SQLite has one writer at a time: parallel tasks would only queue on the lock
                 writer = writer.option("numPartitions", "1")
+                # Spark's writer asks for READ_UNCOMMITTED by default, which the SQLite driver
+                # refuses with a warning per task; SERIALIZABLE is the level SQLite has (and
+                # keeps the task's rows in one transaction: NONE would commit row by row)
+                writer = writer.option("isolationLevel", "SERIALIZABLE")
             for key, value in props.items():
                 writer = writer.option(key, value)
             writer.mode("append").save()

@@ -193,6 +193,8 @@ def run(job: JobConfig, spark: Any = None, stop_event: threading.Event | None = 
         for q in queries:
             if q.isActive:
                 q.stop()
+        # the listener must see every query's last events before it goes (see wait_terminated)
+        listener.wait_terminated([str(q.id) for q in queries])
         spark.streams.removeListener(listener)
 
 

@@ -14,6 +14,8 @@ Spark's own INFO logging stays off (conf/log4j2.properties).
 from __future__ import annotations
 
 import logging
+import threading
+import time
 
 from pyspark.sql.streaming import StreamingQueryListener
 
@@ -50,6 +52,26 @@ class ProgressListener(StreamingQueryListener):
 
     def __init__(self, stats_board: StatsBoard = BOARD) -> None:
         self.stats_board = stats_board
+        self._terminated: set[str] = set()
+        self._changed = threading.Condition()
+
+    def wait_terminated(self, query_ids: list[str], timeout_s: float = 30.0) -> bool:
+        """Wait until the terminated event of every query has been handled here.
+
+        Spark's listener bus delivers events asynchronously and in order, so once
+        a query's terminated event has arrived its last progress event (the batch
+        an --available-now run ends with) has been logged too. Removing the
+        listener or stopping the session before that loses the last line and
+        makes the JVM log a py4j "Connection reset" stack trace.
+        """
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while not set(query_ids) <= self._terminated:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(left)
+        return True
 
     def onQueryStarted(self, event) -> None:
         log.info("[%s] started (id %s, run %s)", event.name, event.id, event.runId)
@@ -75,3 +97,6 @@ class ProgressListener(StreamingQueryListener):
             log.error("query %s failed: %s", event.id, event.exception.splitlines()[0])
         else:
             log.info("query %s stopped", event.id)
+        with self._changed:
+            self._terminated.add(str(event.id))
+            self._changed.notify_all()

@@ -34,7 +34,14 @@ from urllib.parse import parse_qsl, quote, unquote
 from detectors.base import AnomalyResult
 from jobs.config import JdbcConfig
 
-__all__ = ["AnomalyResult", "Prediction", "RepositoryError", "ResultsRepository"]
+__all__ = [
+    "AnomalyResult",
+    "AppSummary",
+    "Prediction",
+    "RepositoryError",
+    "ResultsRepository",
+    "SeriesView",
+]
 
 _TABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _FIELDS = (
@@ -127,6 +134,74 @@ def _opt_float(value: Any) -> float | None:
     return None if math.isnan(value) else value
 
 
+@dataclass(frozen=True)
+class AppSummary:
+    """One row of the dashboard's applications page."""
+
+    application: str
+    last_ts: datetime
+    last_value: float | None
+    anomalies: int  # in the requested range
+    last_anomaly_ts: datetime | None  # at any time
+
+
+@dataclass
+class SeriesView:
+    """What the charts of one application draw for a time range (see :meth:`ResultsRepository.series`).
+
+    ``lines[(agg_function, agg_window_millis)][detector]`` holds parallel lists
+    ``ts`` (epoch ms), ``value``, ``lower``, ``upper``, ``prob``. When the range
+    holds more rows than the caller's budget, each detector's rows are reduced to
+    min and max per time bucket (two points per bucket: a vertical stroke, the way
+    a pixel column would show them), so spikes survive. ``anomalies`` has the same
+    shape and is never reduced: every anomaly in range is there.
+    """
+
+    from_ms: int
+    to_ms: int
+    rows: int
+    bucket_ms: int | None
+    lines: dict[tuple[str, int], dict[str, dict[str, list[Any]]]]
+    anomalies: dict[tuple[str, int], dict[str, dict[str, list[Any]]]]
+
+
+def _columns_dict() -> dict[str, list[Any]]:
+    return {"ts": [], "value": [], "lower": [], "upper": [], "prob": []}
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _epoch_ms(ts: datetime | str | int) -> int:
+    if isinstance(ts, int):
+        return ts
+    return round(_ceil_ms(to_utc(ts)).timestamp() * 1000)
+
+
+def _number(value: Any) -> float | None:
+    value = _opt_float(value)
+    return None if value is None or math.isinf(value) else value
+
+
+def _append(
+    into: dict[tuple[str, int], dict[str, dict[str, list[Any]]]],
+    chart: tuple[str, int],
+    detector: str,
+    ms: Any,
+    value: Any,
+    lower: Any,
+    upper: Any,
+    prob: Any,
+) -> None:
+    cols = into.setdefault(chart, {}).setdefault(detector, _columns_dict())
+    cols["ts"].append(int(ms))
+    cols["value"].append(_number(value))
+    cols["lower"].append(_number(lower))
+    cols["upper"].append(_number(upper))
+    cols["prob"].append(_number(prob))
+
+
 class ResultsRepository:
     """Reads of the result table (see the module docstring); a connection per call."""
 
@@ -177,6 +252,230 @@ class ResultsRepository:
     def get_applications(self) -> list[str]:
         """Every application with at least one row, sorted."""
         return sorted(row[0] for row in self._query(f"SELECT DISTINCT application FROM {self.table}", ()))
+
+    # -- dashboard queries ----------------------------------------------------------
+    # Every value is a bound parameter ({p}); only the checked table name and fixed
+    # SQL fragments chosen by dialect are spliced into the text.
+    def _ms(self, column: str = "ts") -> str:
+        if self.dialect == "sqlite":  # ISO-8601 text with Z: julianday parses it
+            return f"CAST(ROUND((julianday({column}) - 2440587.5) * 86400000.0) AS INTEGER)"
+        return f"CAST(ROUND(EXTRACT(EPOCH FROM {column}) * 1000) AS BIGINT)"
+
+    @property
+    def _is_anomaly(self) -> str:
+        return "is_anomaly <> 0" if self.dialect == "sqlite" else "is_anomaly"
+
+    def _bound(self, ts: datetime | str | int, name: str = "ts") -> Any:
+        """A query parameter for ``ts`` (epoch ms, datetime or ISO text) in the table's representation."""
+        if isinstance(ts, int):
+            ts = datetime.fromtimestamp(ts / 1000, tz=timezone.utc)
+        value = _ceil_ms(to_utc(ts, name))
+        return _iso_ms(value) if self.dialect == "sqlite" else value
+
+    def _ts(self, value: Any) -> datetime:
+        return _sqlite_ts(value) if isinstance(value, str) else value.astimezone(timezone.utc)
+
+    def time_range(self, application: str | None = None) -> tuple[datetime, datetime] | None:
+        """First and last ``ts`` of one application (or of the whole table); None when empty."""
+        where, params = ("WHERE application = {p}", (application,)) if application is not None else ("", ())
+        rows = self._query(f"SELECT MIN(ts), MAX(ts) FROM {self.table} {where}", params)
+        if not rows or rows[0][0] is None:
+            return None
+        return self._ts(rows[0][0]), self._ts(rows[0][1])
+
+    def count_applications(self, search: str = "") -> int:
+        where, params = self._search(search)
+        return int(self._query(f"SELECT COUNT(DISTINCT application) FROM {self.table} {where}", params)[0][0])
+
+    def _search(self, search: str) -> tuple[str, tuple[Any, ...]]:
+        if not search:
+            return "", ()
+        return "WHERE LOWER(application) LIKE LOWER({p}) ESCAPE '\\'", (f"%{_escape_like(search)}%",)
+
+    def application_summaries(
+        self,
+        from_ts: datetime | str | int,
+        to_ts: datetime | str | int,
+        search: str = "",
+        sort: str = "recent_anomaly",
+        offset: int = 0,
+        limit: int = 50,
+    ) -> list[AppSummary]:
+        """One page of applications (paged and filtered in the database, not here).
+
+        ``sort``: ``name``, ``recent_anomaly`` (latest anomaly first, never-anomalous last)
+        or ``anomalies`` (most anomalies in range first); ``search`` is a case-insensitive
+        substring of the name.
+        """
+        order = {
+            "name": "application",
+            "recent_anomaly": "CASE WHEN last_anomaly IS NULL THEN 1 ELSE 0 END, last_anomaly DESC, application",
+            "anomalies": "anomalies DESC, application",
+        }.get(sort)
+        if order is None:
+            raise ValueError(f"sort must be name, recent_anomaly or anomalies, got {sort!r}")
+        where, search_params = self._search(search)
+        sql = (
+            f"SELECT application, MAX(ts) AS last_ts, "
+            f"SUM(CASE WHEN {self._is_anomaly} AND ts >= {{p}} AND ts < {{p}} THEN 1 ELSE 0 END) AS anomalies, "
+            f"MAX(CASE WHEN {self._is_anomaly} THEN ts END) AS last_anomaly "
+            f"FROM {self.table} {where} GROUP BY application"
+        )
+        # a sub-select: PostgreSQL sorts by output names only when they stand alone
+        sql = f"SELECT * FROM ({sql}) s ORDER BY {order} LIMIT {{p}} OFFSET {{p}}"
+        params = (self._bound(from_ts, "from_ts"), self._bound(to_ts, "to_ts"), *search_params)
+        rows = self._query(sql, (*params, max(0, int(limit)), max(0, int(offset))))
+        latest = self._latest_values([r[0] for r in rows])
+        return [
+            AppSummary(app, self._ts(last), latest.get(app), int(n or 0), self._ts(la) if la is not None else None)
+            for app, last, n, la in rows
+        ]
+
+    def _latest_values(self, applications: list[str]) -> dict[str, float | None]:
+        if not applications:
+            return {}
+        marks = ", ".join(["{p}"] * len(applications))
+        sql = (
+            f"SELECT t.application, t.agg_value FROM {self.table} t JOIN "
+            f"(SELECT application, MAX(ts) AS m FROM {self.table} WHERE application IN ({marks}) "
+            "GROUP BY application) l ON t.application = l.application AND t.ts = l.m "
+            "ORDER BY t.application, t.agg_function, t.agg_window_millis, t.detector"
+        )
+        out: dict[str, float | None] = {}
+        for app, value in self._query(sql, tuple(applications)):
+            out.setdefault(app, _opt_float(value))
+        return out
+
+    def sparklines(
+        self, applications: list[str], from_ts: datetime | str | int, to_ts: datetime | str | int, buckets: int = 48
+    ) -> dict[str, list[tuple[int, float]]]:
+        """Mean ``agg_value`` per time bucket for each application: (bucket start ms, mean)."""
+        if not applications:
+            return {}
+        start, end = self._bound(from_ts, "from_ts"), self._bound(to_ts, "to_ts")
+        start_ms, end_ms = _epoch_ms(from_ts), _epoch_ms(to_ts)
+        width = max(1, -(-(end_ms - start_ms) // max(1, buckets)))
+        marks = ", ".join(["{p}"] * len(applications))
+        bucket = f"(({self._ms()} - {{p}}) / {{p}})"
+        sql = (
+            f"SELECT application, {bucket} AS b, AVG(agg_value) FROM {self.table} "
+            f"WHERE application IN ({marks}) AND ts >= {{p}} AND ts < {{p}} "
+            "GROUP BY application, b ORDER BY application, b"
+        )
+        out: dict[str, list[tuple[int, float]]] = {app: [] for app in applications}
+        for app, b, mean in self._query(sql, (start_ms, width, *applications, start, end)):
+            if mean is not None:
+                out[app].append((start_ms + int(b) * width, float(mean)))
+        return out
+
+    def series(
+        self,
+        application: str,
+        from_ts: datetime | str | int,
+        to_ts: datetime | str | int,
+        max_rows: int = 4000,
+        buckets: int = 1000,
+    ) -> SeriesView:
+        """The charts' data for ``from_ts <= ts < to_ts``: every row when there are at most
+        ``max_rows``, otherwise min/max per bucket (``buckets`` per range, ~one per pixel
+        column); every anomaly in range either way."""
+        start, end = self._bound(from_ts, "from_ts"), self._bound(to_ts, "to_ts")
+        start_ms, end_ms = _epoch_ms(from_ts), _epoch_ms(to_ts)
+        base = f"FROM {self.table} WHERE application = {{p}} AND ts >= {{p}} AND ts < {{p}}"
+        rng = (application, start, end)
+        rows = int(self._query(f"SELECT COUNT(*) {base}", rng)[0][0])
+        lines: dict[tuple[str, int], dict[str, dict[str, list[Any]]]] = {}
+        anomalies: dict[tuple[str, int], dict[str, dict[str, list[Any]]]] = {}
+        bucket_ms = None
+        fields = "agg_function, agg_window_millis, detector"
+        if rows <= max_rows:
+            sql = (
+                f"SELECT {fields}, {self._ms()}, agg_value, value_lower_limit, value_upper_limit, "
+                f"anomaly_probability {base} ORDER BY ts"
+            )
+            for fn, window, det, ms, value, lower, upper, prob in self._query(sql, rng):
+                _append(lines, (fn, int(window)), det, ms, value, lower, upper, prob)
+        elif self.dialect == "sqlite":
+            bucket_ms = max(1, -(-(end_ms - start_ms) // max(1, buckets)))
+            self._sqlite_buckets(lines, application, start_ms, end_ms, bucket_ms, base, rng)
+        else:
+            bucket_ms = max(1, -(-(end_ms - start_ms) // max(1, buckets)))
+            bucket = f"(({self._ms()} - {{p}}) / {{p}})"
+            sql = (
+                f"SELECT {fields}, {bucket} AS b, MIN(agg_value), MAX(agg_value), MIN(value_lower_limit), "
+                f"MAX(value_upper_limit), MAX(anomaly_probability) "
+                f"FROM {self.table} WHERE application = {{p}} AND ts >= {{p}} AND ts < {{p}} "
+                f"GROUP BY {fields}, b ORDER BY {fields}, b"
+            )
+            for fn, window, det, b, vmin, vmax, lower, upper, prob in self._query(sql, (start_ms, bucket_ms, *rng)):
+                ms = start_ms + int(b) * bucket_ms
+                for value in (vmin, vmax):
+                    _append(lines, (fn, int(window)), det, ms, value, lower, upper, prob)
+        sql = (
+            f"SELECT {fields}, {self._ms()}, agg_value, value_lower_limit, value_upper_limit, "
+            f"anomaly_probability {base} AND {self._is_anomaly} ORDER BY ts"
+        )
+        for fn, window, det, ms, value, lower, upper, prob in self._query(sql, rng):
+            _append(anomalies, (fn, int(window)), det, ms, value, lower, upper, prob)
+        return SeriesView(start_ms, end_ms, rows, bucket_ms, lines, anomalies)
+
+    def _sqlite_buckets(
+        self,
+        lines: dict[tuple[str, int], dict[str, dict[str, list[Any]]]],
+        application: str,
+        start_ms: int,
+        end_ms: int,
+        bucket_ms: int,
+        base: str,
+        rng: tuple[Any, ...],
+    ) -> None:
+        """Min/max per bucket in SQLite: one small query per (chart, detector, bucket) on the
+        primary key, which is ordered by ts within a (application, detector, agg_function,
+        agg_window_millis) -- no sort. (One GROUP BY over the range sorts every row in a temp
+        b-tree: measured twice the CPU on 1,000,000 rows, see bench/dashboard_render.py.)"""
+        combos = self._query(f"SELECT DISTINCT detector, agg_function, agg_window_millis {base}", rng)
+        edges = [*range(start_ms, end_ms, bucket_ms), end_ms]
+        bounds = [_iso_ms(datetime.fromtimestamp(ms / 1000, tz=timezone.utc)) for ms in edges]
+        sql = (
+            "SELECT MIN(agg_value), MAX(agg_value), MIN(value_lower_limit), MAX(value_upper_limit), "
+            f"MAX(anomaly_probability), COUNT(*) FROM {self.table} WHERE application = ? AND detector = ? "
+            "AND agg_function = ? AND agg_window_millis = ? AND ts >= ? AND ts < ?"
+        )
+        try:
+            with self._connect() as conn:
+                for det, fn, window in sorted(combos, key=lambda c: (c[1], c[2], c[0])):
+                    for i in range(len(edges) - 1):
+                        row = conn.execute(sql, (application, det, fn, window, bounds[i], bounds[i + 1])).fetchone()
+                        vmin, vmax, lower, upper, prob, n = row
+                        if n:
+                            for value in (vmin, vmax):
+                                _append(lines, (fn, int(window)), det, edges[i], value, lower, upper, prob)
+        except sqlite3.Error as err:
+            raise RepositoryError(
+                self._mask(f"reading table {self.table} ({self.url.split('?', 1)[0]}): {err}")
+            ) from None
+
+    def detector_summary(
+        self, application: str, from_ts: datetime | str | int, to_ts: datetime | str | int
+    ) -> list[tuple[str, int, int, datetime, datetime]]:
+        """Per detector of ``application`` in range: (detector, points, anomalies, first ts, last ts)."""
+        sql = (
+            f"SELECT detector, COUNT(*), SUM(CASE WHEN {self._is_anomaly} THEN 1 ELSE 0 END), MIN(ts), MAX(ts) "
+            f"FROM {self.table} WHERE application = {{p}} AND ts >= {{p}} AND ts < {{p}} "
+            "GROUP BY detector ORDER BY detector"
+        )
+        rows = self._query(sql, (application, self._bound(from_ts, "from_ts"), self._bound(to_ts, "to_ts")))
+        return [(d, int(n), int(a or 0), self._ts(first), self._ts(last)) for d, n, a, first, last in rows]
+
+    def rows_after(self, application: str, after_ms: int, limit: int = 5000) -> list[Prediction]:
+        """Rows of ``application`` with ``ts`` later than ``after_ms`` (the live channel's poll), oldest first."""
+        sql = (
+            f"SELECT {_FIELDS} FROM {self.table} WHERE application = {{p}} AND ts > {{p}} "
+            "ORDER BY ts, detector, agg_function, agg_window_millis LIMIT {p}"
+        )
+        after = datetime.fromtimestamp(after_ms / 1000, tz=timezone.utc)
+        bound = _iso_ms(after) if self.dialect == "sqlite" else after
+        return [self._prediction(row) for row in self._query(sql, (application, bound, int(limit)))]
 
     # -- plumbing -----------------------------------------------------------------
     def _prediction(self, row: tuple[Any, ...]) -> Prediction:
