@@ -692,6 +692,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-seconds", type=int, help="steady-rate phase (default 120; --quick 60; 0: skip)")
     parser.add_argument("--latency-rate", type=int, help="events/s of the latency phase (default: half of none)")
     parser.add_argument("--buckets", type=int, help="passed to each stream's config as 'buckets'")
+    parser.add_argument(
+        "--master",
+        help="run on this Spark master (e.g. spark://127.0.0.1:7077 from scripts/cluster.sh) instead of local[*]; "
+        "the code zip and packed environment are shipped as spark-submit.sh does",
+    )
     args = parser.parse_args(argv)
     events = args.events or (300_000 if args.quick else 2_000_000)
     apps_list = args.apps or ([1000, 20_000] if args.quick else [1000, 10_000, 100_000])
@@ -702,6 +707,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--cases: unknown {', '.join(unknown)}; choose from {', '.join(CASES)}")
 
+    if args.master:
+        os.environ["ANOMALY_SPARK_MASTER"] = args.master  # read by jobs.session.build_session
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("kafka", "py4j"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
