@@ -223,7 +223,10 @@ class DefaultDetector(Detector):
         self._cad_hist: deque[float] = deque(maxlen=CAD_REST)  # last raw CAD scores
         self._since_alarm = ALARM_REST + 1  # points since the last alarm (capped)
         self._peak = 0.0  # score of the last alarm
-        self._lik: deque[float] = deque(maxlen=LIK_LONG)  # last combined scores (before the rest)
+        # last LIK_LONG combined scores (before the rest), double-written ring as _buf
+        self._lik = np.zeros(2 * LIK_LONG, dtype=np.float64)
+        self._lik_pos = LIK_LONG - 1  # slot (< LIK_LONG) of the latest score
+        self._lik_n = 0  # scores in the ring (<= LIK_LONG)
 
     # -- novelty (spatial + context record) ---------------------------------------------------
     def _context_distance(self, half: float) -> float:
@@ -233,10 +236,16 @@ class DefaultDetector(Detector):
         query = np.empty(CONTEXT_LENGTH)
         query[:-1] = recent[-(CONTEXT_LENGTH - 1) :]
         query[-1] = half
-        # Past stretches end at least L points back: no overlap with the query.
-        past = np.lib.stride_tricks.sliding_window_view(recent[: m - CONTEXT_LENGTH + 1], CONTEXT_LENGTH)
+        # Past stretches end at least L points back: no overlap with the query. Column k
+        # of the stretches is recent[k : k + rows]; the squared differences are summed in
+        # numpy's pairwise order for 8 terms, ((0+1)+(2+3)) + ((4+5)+(6+7)), so this gives
+        # the same bits as ((past - query) ** 2).mean(axis=1) on the (rows, 8) matrix;
+        # the minimum is taken before the (monotonic) division by 8 and square root.
+        rows = m - 2 * CONTEXT_LENGTH + 2
         with np.errstate(over="ignore", invalid="ignore"):
-            dist = float(np.sqrt(((past - query) ** 2).mean(axis=1)).min())
+            sq = [np.square(recent[k : k + rows] - query[k]) for k in range(CONTEXT_LENGTH)]
+            total = ((sq[0] + sq[1]) + (sq[2] + sq[3])) + ((sq[4] + sq[5]) + (sq[6] + sq[7]))
+            dist = math.sqrt(float(total.min()) / CONTEXT_LENGTH)
         return math.inf if math.isnan(dist) else dist
 
     def _novelty(self, half: float) -> tuple[float, float | None]:
@@ -317,18 +326,25 @@ class DefaultDetector(Detector):
         (the current one excluded); a Gaussian tail probability ``p`` of the short mean
         scores ``log(p) / log(LIK_TAIL)``. Learns ``combined`` after scoring it.
         """
-        hist = self._lik
-        n = len(hist)
+        n = self._lik_n
         out = 0.0
         if n >= 2 * LIK_SHORT:
-            arr = np.fromiter(hist, dtype=np.float64, count=n)
-            mu = float(arr.mean())
-            var = max(float(arr.var()), LIK_VAR_FLOOR)
+            arr = self._lik_scores()
+            # arr.mean() and arr.var(), spelled out (same operations, same bits, less overhead)
+            mu = float(np.add.reduce(arr)) / n
+            var = max(float(np.add.reduce(np.square(arr - mu))) / n, LIK_VAR_FLOOR)
             recent = (float(arr[n - LIK_SHORT + 1 :].sum()) + combined) / LIK_SHORT
             tail = 0.5 * math.erfc((recent - mu) / math.sqrt(2.0 * var))
             out = LIK_TOP if tail <= 0.0 else min(max(math.log(tail) / math.log(LIK_TAIL), 0.0), LIK_TOP)
-        hist.append(combined)
+        p = (self._lik_pos + 1) % LIK_LONG
+        self._lik[p] = self._lik[p + LIK_LONG] = combined
+        self._lik_pos, self._lik_n = p, min(n + 1, LIK_LONG)
         return out
+
+    def _lik_scores(self) -> np.ndarray:
+        """The scores in the likelihood ring, oldest first (a view)."""
+        end = self._lik_pos + LIK_LONG + 1
+        return self._lik[end - self._lik_n : end]
 
     def _recent(self) -> np.ndarray:
         m = min(self._count, HISTORY)
@@ -361,7 +377,7 @@ class DefaultDetector(Detector):
             "cad_hist": np.asarray(self._cad_hist, dtype=np.float64),
             "since_alarm": self._since_alarm,
             "peak": self._peak,
-            "lik": np.asarray(self._lik, dtype=np.float64),
+            "lik": self._lik_scores().copy(),
         }
 
     def _set_state(self, state: dict[str, Any], version: int) -> None:
@@ -389,6 +405,7 @@ class DefaultDetector(Detector):
             and isinstance(cad_hist, np.ndarray)
             and len(cad_hist) <= CAD_REST
             and isinstance(lik, np.ndarray)
+            and lik.dtype == np.float64
             and lik.ndim == 1
             and len(lik) <= LIK_LONG
         ):
@@ -407,7 +424,11 @@ class DefaultDetector(Detector):
         self._rebuilds = rebuilds
         self._cad_hist = deque((float(v) for v in cad_hist), maxlen=CAD_REST)
         self._since_alarm, self._peak = since, peak
-        self._lik = deque((float(v) for v in lik), maxlen=LIK_LONG)
+        k = len(lik)
+        self._lik[:] = 0.0
+        self._lik[:k] = lik
+        self._lik[LIK_LONG : LIK_LONG + k] = lik
+        self._lik_pos, self._lik_n = (k - 1 if k else LIK_LONG - 1), k
 
 
 def _unhalve(half: float) -> float:
