@@ -735,17 +735,35 @@ class CADDetector(Detector):
                                   strict=True):
                 smask = sum(1 << f for f in facts if f < NEURON_BASE)
                 self._lefts[lid] = _Left(facts, py27_tuple_hash(facts), smask)
-            columns = zip(state["c_id"].tolist(), state["c_count"].tolist(), state["c_zero"].tolist(),
-                          state["c_used"].tolist(), state["c_left"].tolist(), state["c_right"].tolist(),
-                          strict=True)
-            for cid, count, zero, used, lid, rid in columns:  # ascending ids = insertion order
-                left = self._lefts[lid]
-                rhash = self._rights[rid][1]
-                rec = [self._append_context(count, used, lid, rid, cid, left.hash, rhash), zero, left.hash,
-                       rhash, None, cid, lid, rid]
-                self._ctx[cid] = rec
+            cids = state["c_id"].astype(np.int64)
+            n = len(cids)
+            if np.any(np.diff(cids) <= 0):
+                raise ValueError("context ids are not ascending")
+            size = max(_GROW, 1 << max(n - 1, 0).bit_length())
+            cols = {"_c_id": cids, "_c_count": state["c_count"], "_c_used": state["c_used"],
+                    "_c_left": state["c_left"], "_c_right": state["c_right"]}
+            for name, values in cols.items():
+                if len(values) != n:
+                    raise ValueError(f"context column {name} has {len(values)} entries, not {n}")
+                col = np.zeros(size, dtype=np.int64)
+                col[:n] = values
+                setattr(self, name, col)
+            self._c_lhash, self._c_rhash = np.zeros(size, dtype=np.int64), np.zeros(size, dtype=np.int64)
+            self._n = n
+            lefts, rights, ctx = self._lefts, self._rights, self._ctx
+            columns = zip(cids.tolist(), state["c_zero"].tolist(), state["c_left"].tolist(),
+                          state["c_right"].tolist(), strict=True)
+            lhashes, rhashes = [], []
+            for slot, (cid, zero, lid, rid) in enumerate(columns):  # ascending ids = insertion order
+                left = lefts[lid]
+                rhash = rights[rid][1]
+                rec = [slot, zero, left.hash, rhash, None, cid, lid, rid]
+                ctx[cid] = rec
                 left.rmap[rid] = rec
                 left.zeros += zero
+                lhashes.append(left.hash)
+                rhashes.append(rhash)
+            self._c_lhash[:n], self._c_rhash[:n] = lhashes, rhashes
             for left in self._lefts.values():
                 left.reorder()
             self._rebuild_indexes()
