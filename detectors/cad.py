@@ -79,6 +79,7 @@ from typing import Any
 import numpy as np
 
 from detectors.base import AnomalyResult, Detector, StateError
+from detectors.explain import explanation
 from detectors.params import Param, ParamError, ParamSchema
 
 NEURON_BASE = 1 << 31
@@ -89,6 +90,7 @@ RANGE_MARGIN = 0.5
 
 _EVICT_TO = 0.9  # after hitting max_contexts keep this share of the cap
 _MASK64 = (1 << 64) - 1
+_CAD_EXPLANATION = explanation("pattern", "cad")
 _GROW = 256  # initial capacity of the context and left columns (doubled when full)
 _SELECTION_CACHE = 4096  # most (fact group, code) selections kept between two learning steps
 _CONTEXT_COLUMNS = ("_c_count", "_c_used", "_c_left", "_c_right", "_c_id", "_c_lhash", "_c_rhash")
@@ -199,7 +201,7 @@ class CADDetector(Detector):
     """CAD OSE anomaly score per point; see the module docstring. No value bounds."""
 
     name = "cad"
-    state_version = 1
+    state_version = 2  # 2: neuron facts stored as context id + 2 * bits (1: as NEURON_BASE + id; still read)
     params = ParamSchema(
         (
             Param("min_value", float, None, "lower end of the value range; null: learn online",
@@ -661,7 +663,16 @@ class CADDetector(Detector):
                 self._set_range(lo, hi)
                 self._widenings += 1
         score = self._score(self._encode(value))
-        return AnomalyResult(None, None, score, score >= self.config["threshold"])
+        anomalous = score >= self.config["threshold"]
+        # CAD has no band: its alarms are broken sequences of value bands
+        return AnomalyResult(None, None, score, anomalous, _CAD_EXPLANATION if anomalous else None)
+
+    def _pack_facts(self, facts: np.ndarray) -> np.ndarray:
+        return np.where(facts >= NEURON_BASE, facts - NEURON_BASE + 2 * self._bits, facts)
+
+    def _unpack_facts(self, packed: np.ndarray) -> np.ndarray:
+        packed = packed.astype(np.int64)
+        return np.where(packed >= 2 * self._bits, packed - 2 * self._bits + NEURON_BASE, packed)
 
     def _get_state(self) -> dict[str, Any]:
         lids = sorted(self._lefts)
@@ -676,6 +687,8 @@ class CADDetector(Detector):
             return _fit_dtype(lens), _fit_dtype(flat)
 
         l_len, l_flat = ragged(l_facts)
+        # neuron facts (NEURON_BASE + id) as id + 2 * bits: small numbers, half the bytes
+        l_flat = _fit_dtype(self._pack_facts(l_flat.astype(np.int64)))
         r_len, r_flat = ragged(r_facts)
         # the range and the last points' scores, then the learned memory
         return {
@@ -686,7 +699,7 @@ class CADDetector(Detector):
             "widenings": self._widenings,
             "t": self._t,
             "hist": np.asarray(self._hist, dtype=np.float64),
-            "group": _fit_dtype(np.asarray(self._group, dtype=np.int64)),
+            "group": _fit_dtype(self._pack_facts(np.asarray(self._group, dtype=np.int64))),
             "next_l": self._next_l,
             "next_r": self._next_r,
             "next_c": self._next_c,
@@ -718,7 +731,8 @@ class CADDetector(Detector):
             self._widenings = int(state["widenings"])
             self._t = int(state["t"])
             self._hist = deque((float(v) for v in state["hist"]), maxlen=self._rest)
-            self._group = tuple(int(f) for f in state["group"])
+            unpack = self._unpack_facts if version >= 2 else (lambda a: a.astype(np.int64))
+            self._group = tuple(unpack(state["group"]).tolist())
             self._gmask = sum(1 << f for f in self._group if f < NEURON_BASE)
             self._next_l, self._next_r = int(state["next_l"]), int(state["next_r"])
             self._next_c, self._crossed_until = int(state["next_c"]), int(state["crossed_until"])
@@ -731,7 +745,7 @@ class CADDetector(Detector):
             for rid, facts in zip(state["r_id"].tolist(), unragged(state["r_len"], state["r_facts"]),
                                   strict=True):
                 self._rights[rid] = (facts, py27_tuple_hash(facts), sum(1 << f for f in facts))
-            for lid, facts in zip(state["l_id"].tolist(), unragged(state["l_len"], state["l_facts"]),
+            for lid, facts in zip(state["l_id"].tolist(), unragged(state["l_len"], unpack(state["l_facts"])),
                                   strict=True):
                 smask = sum(1 << f for f in facts if f < NEURON_BASE)
                 self._lefts[lid] = _Left(facts, py27_tuple_hash(facts), smask)

@@ -127,12 +127,15 @@ import numpy as np
 
 from detectors.base import AnomalyResult, Detector, StateError
 from detectors.cad import CADDetector
+from detectors.explain import explanation
 from detectors.params import Param, ParamSchema
 
 CONTEXT_LENGTH = 8
 HISTORY = 1536
 BURN_IN = 150
-WARMUP = 150
+WARMUP = 30
+SPATIAL_WINDOW = HISTORY  # points whose range a new value is compared with (0: all points so far)
+EARLY_MARGIN = 1.0  # the range is widened by EARLY_MARGIN * WARMUP / n of its spread after n points
 MAX_NOVELTY = 1e12  # caps c so that the probability stays strictly below 1
 
 RANGE_QUANTILE = 0.05  # CAD's initial range: the warm-up's [5 %, 95 %] quantiles, widened by RANGE_MARGIN
@@ -140,15 +143,19 @@ RANGE_MARGIN = 0.5  # share of the spread added on each side of CAD's range
 REPLAY = 1000  # points replayed into a rebuilt CAD
 CAD_REST = 20  # points the CAD score is silenced after a raw score >= CAD_BASE
 CAD_BASE = 0.75  # NAB's base threshold of CAD
+CAD_MATURE = 288  # CAD's score counts from this point on (a day of 5-minute points: a cycle seen once)
 ALARM_LEVEL = 0.75  # a reported score at or above this opens a rest
 ALARM_REST = CAD_REST  # points after an alarm in which only a larger score is reported
 LIK_LONG = 500  # likelihood: earlier combined scores that give the usual mean and spread
 LIK_SHORT = 10  # likelihood: the last scores averaged (NAB's anomaly likelihood uses 10)
+LIK_MIN = 2 * LIK_SHORT  # likelihood: combined scores needed before it scores
 LIK_TAIL = 1e-5  # a tail probability of LIK_TAIL maps to 1 (log scale, as NAB's likelihood)
 LIK_VAR_FLOOR = 1e-6  # smallest variance of the combined score
 LIK_TOP = 1.0 - 1e-9  # the likelihood score stays strictly below 1
 NOVELTY_FLOOR = 0.75  # a novelty c >= 1 scores NOVELTY_FLOOR + (1 - NOVELTY_FLOOR) * c / (1 + c)
 MAX_CONTEXTS = 20_000
+LEVEL_RUN = 3  # points in a row beyond the band after which they join the range (a level shift)
+RUN_CAP = 1_000_000  # |points in a row beyond the band| kept (only >= 2 matters)
 CAD_TOP = 0.999  # a CAD score of exactly 1 is reported in [CAD_TOP, 1), graded by the novelty
 CAD_PARAMS: dict[str, Any] = {
     "base_threshold": CAD_BASE,
@@ -185,7 +192,7 @@ class DefaultDetector(Detector):
     """CAD OSE (online range, rebuilt on widening) + all-time novelty; see the module docstring."""
 
     name: ClassVar[str] = "default"
-    state_version: ClassVar[int] = 3
+    state_version: ClassVar[int] = 4
     params: ClassVar[ParamSchema] = ParamSchema(
         (
             Param(
@@ -213,6 +220,7 @@ class DefaultDetector(Detector):
         # Double-written ring: slots p and p + HISTORY hold the same value, so the
         # last m values are always the contiguous slice buf[p+HISTORY-m+1 : p+HISTORY+1].
         self._buf = np.zeros(2 * HISTORY, dtype=np.float64)
+        self._rbuf = np.zeros(2 * HISTORY, dtype=np.float64)  # the same ring as the range sees it
         self._pos = HISTORY - 1  # slot (< HISTORY) of the latest value
         self._count = 0  # points seen (not capped)
         self._lo = 0.0  # halved all-time minimum
@@ -221,6 +229,7 @@ class DefaultDetector(Detector):
         self._cad: CADDetector | None = None
         self._rebuilds = 0
         self._cad_hist: deque[float] = deque(maxlen=CAD_REST)  # last raw CAD scores
+        self._run = 0  # points in a row beyond the band: > 0 above, < 0 below (capped at RUN_CAP)
         self._since_alarm = ALARM_REST + 1  # points since the last alarm (capped)
         self._peak = 0.0  # score of the last alarm
         # last LIK_LONG combined scores (before the rest), double-written ring as _buf
@@ -248,20 +257,43 @@ class DefaultDetector(Detector):
             dist = math.sqrt(float(total.min()) / CONTEXT_LENGTH)
         return math.inf if math.isnan(dist) else dist
 
-    def _novelty(self, half: float) -> tuple[float, float | None]:
-        """(novelty c, context distance or None); c >= 1 means never seen before."""
+    def _spatial_range(self) -> tuple[float, float, float, float, float]:
+        """(low end, high end, spread, unwidened low, unwidened high) of the values a new
+        one is compared with (halved).
+
+        The range of the last SPATIAL_WINDOW points (0: all points so far) is widened on
+        each side by ``EARLY_MARGIN * WARMUP / n`` of its spread after ``n`` points: a
+        young stream has not yet shown its range (at the 30th point the band is three
+        spreads wide, at the 300th 1.2, at the 3,000th 1.02). A value beyond the widened
+        range has the spatial novelty ``1 + excess / spread``. The window holds the
+        values as learnt for the range: a value beyond the band enters it clipped to the
+        range, unless it is the LEVEL_RUN-th in a row beyond the band on the same side
+        (then the run's values enter as they are): a short spike does not widen the band
+        for days, a level shift does after LEVEL_RUN points.
+        """
+        if SPATIAL_WINDOW:
+            recent = self._recent(self._rbuf)[-SPATIAL_WINDOW:]
+            lo, hi = float(recent.min()), float(recent.max())
+        else:
+            lo, hi = self._lo, self._hi
+        spread = hi - lo
+        widen = EARLY_MARGIN * WARMUP / max(self._count, 1) * spread
+        return lo - widen, hi + widen, spread, lo, hi
+
+    def _novelty(self, half: float, lo: float, hi: float, spread: float) -> tuple[float, float | None, float]:
+        """(novelty c, context distance or None, spatial part of c); c >= 1 means never seen before."""
         n = self._count
-        lo, hi = self._lo, self._hi
         novelty = 0.0
         if half > hi or half < lo:
             excess = (half - hi) if half > hi else (lo - half)
-            novelty = 1.0 + _ratio(excess, hi - lo)
+            novelty = 1.0 + _ratio(excess, spread)
+        spatial = novelty
         dist = None
         if n >= 2 * CONTEXT_LENGTH + 1 and n >= BURN_IN:
             dist = self._context_distance(half)
             if n >= 2 * BURN_IN:
                 novelty = max(novelty, _ratio(dist, self._record))
-        return min(novelty, MAX_NOVELTY), dist
+        return min(novelty, MAX_NOVELTY), dist, spatial
 
     # -- CAD ---------------------------------------------------------------------------------
     def _cad_score(self, quarter: float) -> float:
@@ -297,27 +329,57 @@ class DefaultDetector(Detector):
                 self._start_cad()
             return AnomalyResult.warming_up()
 
-        novelty, dist = self._novelty(half)
+        lo, hi, spread, lo_seen, hi_seen = self._spatial_range()  # the band reported is the one scored against
+        novelty, dist, spatial = self._novelty(half, lo, hi, spread)
         raw = self._cad_score(half * 0.5)
-        cad = raw if max(self._cad_hist) < CAD_BASE else 0.0
+        cad = raw if max(self._cad_hist) < CAD_BASE and self._count >= CAD_MATURE else 0.0
         self._cad_hist.append(raw)
         graded = novelty / (1.0 + novelty)  # in [0, 1)
         nov = NOVELTY_FLOOR + (1.0 - NOVELTY_FLOOR) * graded if novelty >= 1.0 else 0.0
         if cad >= 1.0:  # CAD's score is a ratio of small counts: break its ties at 1 by novelty
             cad = CAD_TOP + (1.0 - CAD_TOP) * graded
-        score = max(cad, nov)
-        score = max(score, self._likelihood(score))
+        combined = max(cad, nov)
+        lik = self._likelihood(combined) if self._count >= CAD_MATURE else 0.0
+        score = max(combined, lik)
         if self._since_alarm <= ALARM_REST and score <= self._peak:
             score = 0.0
         elif score >= ALARM_LEVEL:
             self._since_alarm, self._peak = 0, score
         self._since_alarm = min(self._since_alarm + 1, ALARM_REST + 1)
 
-        lo, hi = self._lo, self._hi
-        e = (self._c_threshold - 1.0) * (hi - lo)
+        e = (self._c_threshold - 1.0) * spread
         lower, upper = _unhalve(lo - e), _unhalve(hi + e)
-        self._learn(half, dist)
-        return AnomalyResult(lower, upper, score, score >= self.config["threshold"])
+        side = 1 if value > upper else -1 if value < lower else 0
+        run = self._run + side if side and self._run * side >= 0 else side
+        self._run = max(-RUN_CAP, min(RUN_CAP, run))
+        anomalous = score >= self.config["threshold"]
+        why = None
+        if anomalous:
+            by = "likelihood" if lik > combined else "cad" if cad >= nov else "range" if spatial >= 1.0 else "shape"
+            why = self._explain(value, side, abs(run), by, lower, upper)
+        ranged = half if not side or abs(run) >= LEVEL_RUN else min(max(half, lo_seen), hi_seen)
+        self._learn(half, dist, ranged)
+        if abs(run) == LEVEL_RUN:  # a level shift: the run's values join the range as they are
+            for j in range(min(LEVEL_RUN, self._count)):
+                slot = (self._pos - j) % HISTORY
+                self._rbuf[slot] = self._rbuf[slot + HISTORY] = self._buf[slot]
+        return AnomalyResult(lower, upper, score, anomalous, why)
+
+    def _explain(self, value: float, side: int, run: int, by: str, lower: float,
+                 upper: float) -> str:
+        """The explanation of an alarm (detectors.explain): where the value lies against the
+        band, and which part raised the alarm. Only built for alarms (it costs a window std)."""
+        if side:
+            excess = value * 0.5 - self._hi if side > 0 else self._lo - value * 0.5
+            never = excess > self._hi - self._lo  # beyond all values so far by more than their spread
+            kind = "level_shift" if run >= 2 else "new_range" if never else "spike" if side > 0 else "dip"
+        else:
+            kind = "sustained" if by == "likelihood" else "pattern"
+        recent = self._recent()
+        with np.errstate(over="ignore", invalid="ignore"):  # huge values: sigma becomes null
+            std = float(recent.std()) * 2.0 if len(recent) > 1 else math.nan
+            sigma = abs(value - float(recent.mean()) * 2.0) / std if std > 0.0 else math.inf
+        return explanation(kind, by, sigma=sigma, expected=(lower, upper))
 
     def _likelihood(self, combined: float) -> float:
         """Log-tail likelihood that the mean of the last LIK_SHORT combined scores is this high.
@@ -328,7 +390,7 @@ class DefaultDetector(Detector):
         """
         n = self._lik_n
         out = 0.0
-        if n >= 2 * LIK_SHORT:
+        if n >= LIK_MIN:
             arr = self._lik_scores()
             # arr.mean() and arr.var(), spelled out (same operations, same bits, less overhead)
             mu = float(np.add.reduce(arr)) / n
@@ -346,15 +408,17 @@ class DefaultDetector(Detector):
         end = self._lik_pos + LIK_LONG + 1
         return self._lik[end - self._lik_n : end]
 
-    def _recent(self) -> np.ndarray:
+    def _recent(self, buf: np.ndarray | None = None) -> np.ndarray:
+        """The last min(count, HISTORY) values of a ring (default: the values), oldest first."""
         m = min(self._count, HISTORY)
         end = self._pos + HISTORY + 1
-        return self._buf[end - m : end]
+        return (self._buf if buf is None else buf)[end - m : end]
 
-    def _learn(self, half: float, dist: float | None) -> None:
+    def _learn(self, half: float, dist: float | None, ranged: float | None = None) -> None:
+        """Learn a value (halved); ``ranged`` is what the range window keeps of it (default: it)."""
         p = (self._pos + 1) % HISTORY
-        self._buf[p] = half
-        self._buf[p + HISTORY] = half
+        self._buf[p] = self._buf[p + HISTORY] = half
+        self._rbuf[p] = self._rbuf[p + HISTORY] = half if ranged is None else ranged
         self._pos = p
         if self._count == 0:
             self._lo = self._hi = half
@@ -368,6 +432,7 @@ class DefaultDetector(Detector):
     def _get_state(self) -> dict[str, Any]:
         return {
             "recent": self._recent().copy(),
+            "ranged": self._recent(self._rbuf).copy(),
             "count": self._count,
             "lo": self._lo,
             "hi": self._hi,
@@ -376,27 +441,35 @@ class DefaultDetector(Detector):
             "rebuilds": self._rebuilds,
             "cad_hist": np.asarray(self._cad_hist, dtype=np.float64),
             "since_alarm": self._since_alarm,
+            "run": self._run,
             "peak": self._peak,
             "lik": self._lik_scores().copy(),
         }
 
     def _set_state(self, state: dict[str, Any], version: int) -> None:
-        if version < 2:
-            raise StateError(f"{self.name}: state version {version} is from the previous method; start afresh")
+        if version < 4:
+            raise StateError(
+                f"{self.name}: stored state has version {version}, written by an earlier default detector "
+                f"(150-point warm-up); this one (version {self.state_version}) cannot continue it: start "
+                "from a new checkpoint"
+            )
         try:
-            recent = state["recent"]
+            recent, ranged = state["recent"], state["ranged"]
             count = int(state["count"])
             lo, hi, record = float(state["lo"]), float(state["hi"]), float(state["record"])
             cad_blob, cad_hist = state["cad"], state["cad_hist"]
             rebuilds, since, peak = int(state["rebuilds"]), int(state["since_alarm"]), float(state["peak"])
-            # version 2 kept no likelihood history: it restarts empty (scores only from the max)
-            lik = state["lik"] if version >= 3 else np.zeros(0, dtype=np.float64)
+            run = int(state["run"])
+            lik = state["lik"]
         except KeyError as err:
             raise StateError(f"{self.name}: stored state lacks field {err}") from None
         if not (
             isinstance(recent, np.ndarray)
             and recent.dtype == np.float64
             and recent.shape == (min(count, HISTORY),)
+            and isinstance(ranged, np.ndarray)
+            and ranged.dtype == np.float64
+            and ranged.shape == recent.shape
             and count >= 0
             and lo <= hi
             and record >= 0.0
@@ -414,6 +487,9 @@ class DefaultDetector(Detector):
         self._buf[:] = 0.0
         self._buf[:m] = recent
         self._buf[HISTORY : HISTORY + m] = recent
+        self._rbuf[:] = 0.0
+        self._rbuf[:m] = ranged
+        self._rbuf[HISTORY : HISTORY + m] = ranged
         self._pos = m - 1 if m else HISTORY - 1
         self._count, self._lo, self._hi, self._record = count, lo, hi, record
         cad = None
@@ -423,7 +499,7 @@ class DefaultDetector(Detector):
         self._cad = cad
         self._rebuilds = rebuilds
         self._cad_hist = deque((float(v) for v in cad_hist), maxlen=CAD_REST)
-        self._since_alarm, self._peak = since, peak
+        self._since_alarm, self._peak, self._run = since, peak, run
         k = len(lik)
         self._lik[:] = 0.0
         self._lik[:k] = lik

@@ -132,7 +132,7 @@ class RobustDetector(Detector):
     # -- scoring ----------------------------------------------------------------
     def _score(self, value: float, median: float, sigma: float, factor: float) -> AnomalyResult:
         scale = max(sigma, self.REL_SCALE_FLOOR * abs(median), self.ABS_SCALE_FLOOR * factor)
-        return gaussian_score(value, median, scale, self._z, self.config["threshold"], factor)
+        return gaussian_score(value, median, scale, self._z, self.config["threshold"], factor, by=self.name)
 
     def _push(self, value: float) -> None:
         self._buf[self._pos] = value

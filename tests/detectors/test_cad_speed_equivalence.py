@@ -1,9 +1,10 @@
 """The vectorised CAD (detectors.cad) against the previous pure-Python one (bench/cad_pure_python.py).
 
 The selection of contexts runs on numpy columns with a cache between learning steps;
-these tests pin that it changes nothing: same score for every point and the same state
-bytes, with a fixed range, with the range learned online (widenings) and with the
-context cap evicting, and across state round trips in the middle.
+these tests pin that it changes nothing: same score for every point and the same learnt
+state (the old state version 1 read back gives this code's bytes), with a fixed range,
+with the range learned online (widenings) and with the context cap evicting, and across
+state round trips in the middle.
 """
 
 from __future__ import annotations
@@ -38,10 +39,11 @@ def test_same_scores_and_state_as_pure_python(case: str) -> None:
     fast, slow = CADDetector(**params), PurePythonCAD(**params)
     for i, v in enumerate(values.tolist()):
         a, b = fast.update(i, v), slow.update(i, v)
-        assert a == b, f"point {i}: {a} != {b}"
+        assert a.anomaly_probability == b.anomaly_probability and a.is_anomaly == b.is_anomaly, f"point {i}"
         if i % 500 == 499:
             blob = fast.to_state()
-            assert blob == slow.to_state(), f"state differs after point {i}"
+            # the previous code wrote state version 1; this one reads it into the same model
+            assert CADDetector.from_state(slow.to_state(), **params).to_state() == blob, f"state after point {i}"
             fast = CADDetector.from_state(blob, **params)
     assert fast._misses < len(values)  # the cache was used
 
