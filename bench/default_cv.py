@@ -45,13 +45,11 @@ PROFILES = ("standard", "reward_low_FP_rate", "reward_low_FN_rate")
 # name -> constants of detectors.default to override. The first is the shipped code.
 VARIANTS: dict[str, dict[str, Any]] = {
     "shipped": {},
-    "warm-up 150 (v3)": {"WARMUP": 150},
-    "CAD from the start (v3)": {"CAD_MATURE": 0},
-    "all-time range (v3)": {"SPATIAL_WINDOW": 0, "EARLY_MARGIN": 0.0},
-    "spikes widen the range (v3)": {"LEVEL_RUN": 0},
-    "v3 (all four above)": {"WARMUP": 150, "CAD_MATURE": 0, "SPATIAL_WINDOW": 0, "EARLY_MARGIN": 0.0,
-                            "LEVEL_RUN": 0},
-    "CAD contexts <= 3000": {"MAX_CONTEXTS": 3000},
+    "spikes join the range after 72 points": {"RANGE_DELAY": 72},
+    "spikes join the range at once (v3)": {"RANGE_DELAY": 0},
+    "no early widening": {"EARLY_MARGIN": 0.0},
+    "v3 (warm-up 150, CAD from the start, v3 range)": {"WARMUP": 150, "CAD_MATURE": 0, "EARLY_MARGIN": 0.0,
+                                                        "RANGE_DELAY": 0},
 }
 
 
