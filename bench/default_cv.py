@@ -45,9 +45,10 @@ PROFILES = ("standard", "reward_low_FP_rate", "reward_low_FN_rate")
 # name -> constants of detectors.default to override. The first is the shipped code.
 VARIANTS: dict[str, dict[str, Any]] = {
     "shipped": {},
-    "spikes join the range after 72 points": {"RANGE_DELAY": 72},
-    "spikes join the range at once (v3)": {"RANGE_DELAY": 0},
+    "spikes join the range at once": {"RANGE_DELAY": 0},
+    "spikes join the range after a day": {"RANGE_DELAY": 288},
     "no early widening": {"EARLY_MARGIN": 0.0},
+    "CAD and likelihood from the start": {"CAD_MATURE": 0},
     "v3 (warm-up 150, CAD from the start, v3 range)": {"WARMUP": 150, "CAD_MATURE": 0, "EARLY_MARGIN": 0.0,
                                                         "RANGE_DELAY": 0},
 }
