@@ -68,6 +68,7 @@ import sys
 import numpy as np
 
 from detectors.base import AnomalyResult, BatchResult
+from detectors.explain import band_explanation
 from detectors.params import Param
 
 SQRT2 = math.sqrt(2.0)
@@ -189,7 +190,8 @@ def _clip(x: float) -> float:
 
 
 def gaussian_score(
-    x: float, center: float, scale: float, z_threshold: float, threshold: float, factor: float = 1.0
+    x: float, center: float, scale: float, z_threshold: float, threshold: float, factor: float = 1.0,
+    by: str | None = None,
 ) -> AnomalyResult:
     """Score ``x`` against a normal band ``center ± z_threshold * scale``.
 
@@ -197,6 +199,8 @@ def gaussian_score(
     so scaling is exact) that callers use to keep intermediate differences finite;
     bounds are reported in the original domain. ``scale`` must be > 0 and finite.
     ``z_threshold`` may be ``inf`` (a threshold no finite ``z`` reaches: no band).
+    With ``by`` (the detector's name) an anomaly gets an explanation (spike / dip, ``z``
+    as sigma, the band as expected; :mod:`detectors.explain`).
 
     The probability is :func:`two_sided_probability` of ``|x - center| / scale``
     (an overflowing ratio counts as the largest float, so it stays below 1). The
@@ -218,11 +222,13 @@ def gaussian_score(
         prob = threshold
     elif not anomalous and prob >= threshold:
         prob = math.nextafter(threshold, 0.0)
-    return AnomalyResult(lower, upper, prob, anomalous)
+    why = band_explanation(x, lower, upper, z, by) if anomalous and by else None
+    return AnomalyResult(lower, upper, prob, anomalous, why)
 
 
 def gaussian_scores(
-    x: np.ndarray, center: np.ndarray, scale: np.ndarray, z_threshold: float, threshold: float
+    x: np.ndarray, center: np.ndarray, scale: np.ndarray, z_threshold: float, threshold: float,
+    by: str | None = None,
 ) -> BatchResult:
     """:func:`gaussian_score` (``factor = 1``) over arrays: the same floating-point steps, so the same bits.
 
@@ -247,4 +253,8 @@ def gaussian_scores(
     anomalous = (x < lower) | (x > upper)
     prob = np.where(anomalous & (prob < threshold), threshold, prob)
     prob = np.where(~anomalous & (prob >= threshold), math.nextafter(threshold, 0.0), prob)
-    return BatchResult(lower, upper, prob, anomalous)
+    why = np.full(len(x), None, dtype=object)
+    if by:
+        for i in np.flatnonzero(anomalous).tolist():
+            why[i] = band_explanation(float(x[i]), float(lower[i]), float(upper[i]), float(z[i]), by)
+    return BatchResult(lower, upper, prob, anomalous, why)

@@ -47,6 +47,7 @@ class AnomalyResult:
     value_upper_limit: float | None
     anomaly_probability: float
     is_anomaly: bool
+    explanation: str | None = None  # compact JSON reason of an anomaly (detectors.explain), else None
 
     @staticmethod
     def warming_up() -> AnomalyResult:
@@ -56,23 +57,34 @@ class AnomalyResult:
 
 @dataclass(frozen=True)
 class BatchResult:
-    """Column form of many AnomalyResults; NaN stands for a missing bound."""
+    """Column form of many AnomalyResults; NaN stands for a missing bound.
+
+    ``explanation`` is an object array of ``str | None`` (one per point); left out,
+    it is all ``None``.
+    """
 
     value_lower_limit: np.ndarray
     value_upper_limit: np.ndarray
     anomaly_probability: np.ndarray
     is_anomaly: np.ndarray
+    explanation: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.explanation is None:
+            object.__setattr__(self, "explanation", np.full(len(self.anomaly_probability), None, dtype=object))
 
     def __len__(self) -> int:
         return len(self.anomaly_probability)
 
     def result(self, i: int) -> AnomalyResult:
         lo, hi = float(self.value_lower_limit[i]), float(self.value_upper_limit[i])
+        assert self.explanation is not None
         return AnomalyResult(
             None if math.isnan(lo) else lo,
             None if math.isnan(hi) else hi,
             float(self.anomaly_probability[i]),
             bool(self.is_anomaly[i]),
+            self.explanation[i],
         )
 
     @staticmethod
@@ -80,13 +92,16 @@ class BatchResult:
         n = len(results)
         lo, hi = np.full(n, np.nan), np.full(n, np.nan)
         prob, flag = np.zeros(n), np.zeros(n, dtype=bool)
+        why = np.full(n, None, dtype=object)
         for i, r in enumerate(results):
             if r.value_lower_limit is not None:
                 lo[i] = r.value_lower_limit
             if r.value_upper_limit is not None:
                 hi[i] = r.value_upper_limit
             prob[i], flag[i] = r.anomaly_probability, r.is_anomaly
-        return BatchResult(lo, hi, prob, flag)
+            if r.explanation is not None:
+                why[i] = r.explanation
+        return BatchResult(lo, hi, prob, flag, why)
 
 
 class StateError(ValueError):

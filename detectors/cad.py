@@ -73,12 +73,13 @@ always ``None``. ``anomaly_probability`` is the CAD score in [0, 1];
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import deque
 from typing import Any
 
 import numpy as np
 
 from detectors.base import AnomalyResult, Detector, StateError
+from detectors.explain import explanation
 from detectors.params import Param, ParamError, ParamSchema
 
 NEURON_BASE = 1 << 31
@@ -89,6 +90,16 @@ RANGE_MARGIN = 0.5
 
 _EVICT_TO = 0.9  # after hitting max_contexts keep this share of the cap
 _MASK64 = (1 << 64) - 1
+_CAD_EXPLANATION = explanation("pattern", "cad")
+_GROW = 256  # initial capacity of the context and left columns (doubled when full)
+_SELECTION_CACHE = 4096  # most (fact group, code) selections kept between two learning steps
+_CONTEXT_COLUMNS = ("_c_count", "_c_used", "_c_left", "_c_right", "_c_id", "_c_lhash", "_c_rhash")
+
+
+def _grown(col: np.ndarray, size: int) -> np.ndarray:
+    out = np.zeros(size, dtype=col.dtype)
+    out[: len(col)] = col
+    return out
 
 
 def py27_tuple_hash(items: tuple[int, ...]) -> int:
@@ -182,14 +193,15 @@ class _Left:
         self.zitems = [item for item in self.items if item[2][1]]
 
 
-# A context record is a list: [count, zero_level, left_hash, right_hash, last_used, id, left id, right id]
+# A context record is a list: [column slot, zero_level, left_hash, right_hash, unused, id, left id, right id];
+# its count and last use live in the detector's context columns (CADDetector._c_count, _c_used).
 
 
 class CADDetector(Detector):
     """CAD OSE anomaly score per point; see the module docstring. No value bounds."""
 
     name = "cad"
-    state_version = 1
+    state_version = 2  # 2: neuron facts stored as context id + 2 * bits (1: as NEURON_BASE + id; still read)
     params = ParamSchema(
         (
             Param("min_value", float, None, "lower end of the value range; null: learn online",
@@ -255,6 +267,19 @@ class CADDetector(Detector):
         self._ctx: dict[int, list] = {}
         self._next_l = self._next_r = self._next_c = 0
         self._crossed_until = 0  # left ids below this took part in the last left crossing
+        # Context columns (slot order = context id order): what every step reads or
+        # updates for all selected contexts at once. Left columns are indexed by left id.
+        self._n = 0  # contexts in the columns
+        self._c_count = np.zeros(_GROW, dtype=np.int64)  # times activated
+        self._c_used = np.zeros(_GROW, dtype=np.int64)  # step of the last activation or creation
+        self._c_left = np.zeros(_GROW, dtype=np.int64)
+        self._c_right = np.zeros(_GROW, dtype=np.int64)
+        self._c_id = np.zeros(_GROW, dtype=np.int64)
+        self._c_lhash = np.zeros(_GROW, dtype=np.int64)
+        self._c_rhash = np.zeros(_GROW, dtype=np.int64)
+        self._l_alive = np.zeros(_GROW, dtype=bool)
+        self._l_smask = np.zeros(_GROW, dtype=np.int64)
+        self._l_nneur = np.zeros(_GROW, dtype=np.int64)
         self._rebuild_indexes()
 
     def _rebuild_indexes(self) -> None:
@@ -265,6 +290,10 @@ class CADDetector(Detector):
         self._neuron_index: dict[int, list[int]] = {}  # neuron fact -> left ids (ascending)
         self._pure: list[int] = []  # left ids without neuron facts
         self._zero_lefts: set[int] = set()
+        self._neuron_arrays: dict[int, np.ndarray] = {}  # numpy copies of _neuron_index lists
+        self._rcross_cache: dict[int, tuple] = {}  # sensor mask -> right crossing (rights unchanged)
+        self._selection_cache: dict[tuple, tuple[int, np.ndarray]] = {}  # (group, code) -> (selected, active)
+        self._hits = self._misses = 0
         for lid in sorted(self._lefts):
             self._index_left(lid, self._lefts[lid])
         for rid in sorted(self._rights):
@@ -273,13 +302,25 @@ class CADDetector(Detector):
             self._r_by_hash.setdefault(hsh, rid)
         self._zero_sorted: list[int] | None = None
 
+    def _left_capacity(self, size: int) -> None:
+        if size > len(self._l_alive):
+            size = max(2 * len(self._l_alive), size)
+            self._l_alive = _grown(self._l_alive, size)
+            self._l_smask = _grown(self._l_smask, size)
+            self._l_nneur = _grown(self._l_nneur, size)
+
     def _index_left(self, lid: int, left: _Left) -> None:
         self._l_by_facts[left.facts] = lid
         self._l_by_hash.setdefault(left.hash, lid)
+        self._left_capacity(lid + 1)
+        self._l_alive[lid] = True
+        self._l_smask[lid] = left.smask
+        self._l_nneur[lid] = left.nneur
         if left.nneur:
             for f in left.facts:
                 if f >= NEURON_BASE:
                     self._neuron_index.setdefault(f, []).append(lid)
+                    self._neuron_arrays.pop(f, None)
         else:
             self._pure.append(lid)
         if left.zeros:
@@ -329,6 +370,7 @@ class CADDetector(Detector):
             self._next_r += 1
             self._rights[rid] = (facts, hsh, sum(1 << f for f in facts))
             self._r_by_hash[hsh] = rid
+            self._rcross_cache.clear()
         self._r_by_facts[facts] = rid
         return rid
 
@@ -349,7 +391,9 @@ class CADDetector(Detector):
             return rec, False
         cid = self._next_c
         self._next_c += 1
-        rec = [0, zero, left.hash, self._rights[rid][1], self._t, cid, lid, rid]
+        rhash = self._rights[rid][1]
+        rec = [self._append_context(0, self._t, lid, rid, cid, left.hash, rhash), zero, left.hash, rhash,
+               None, cid, lid, rid]
         self._ctx[cid] = rec
         left.rmap[rid] = rec
         left.reorder()
@@ -360,8 +404,60 @@ class CADDetector(Detector):
                 self._zero_sorted = None
         return rec, True
 
+    def _top_active(self, act: np.ndarray) -> np.ndarray:
+        """The max_active_neurons_num most used of the active contexts ``act``; ties are
+        broken by the semi-contexts' hashes, then by id (the reference's tuple order)."""
+        order = np.lexsort((self._c_id[act], self._c_rhash[act], self._c_lhash[act], self._c_count[act]))
+        return act[order[-self._max_act:]]
+
+    def _append_context(self, count: int, used: int, lid: int, rid: int, cid: int, lhash: int,
+                        rhash: int) -> int:
+        """Append one context to the columns; returns its slot."""
+        self._selection_cache.clear()
+        slot = self._n
+        if slot == len(self._c_id):
+            size = 2 * slot
+            for name in _CONTEXT_COLUMNS:
+                setattr(self, name, _grown(getattr(self, name), size))
+        self._c_count[slot], self._c_used[slot] = count, used
+        self._c_left[slot], self._c_right[slot], self._c_id[slot] = lid, rid, cid
+        self._c_lhash[slot], self._c_rhash[slot] = lhash, rhash
+        self._n = slot + 1
+        return slot
+
+    def _right_crossing(self, curmask: int) -> tuple[dict[int, tuple], set[int], np.ndarray]:
+        """For the current sensor facts: right id -> the facts of it they confirm (when any),
+        the right ids they wholly confirm, and the latter as a boolean column by right id.
+        Depends only on the mask and the stored rights, so it is cached until a right changes."""
+        hit = self._rcross_cache.get(curmask)
+        if hit is None:
+            rcross: dict[int, tuple] = {}
+            rfull: set[int] = set()
+            for rid, (_facts, _h, rmask) in self._rights.items():
+                m = rmask & curmask
+                if m:
+                    rcross[rid] = self._facts_of_mask(m)
+                    if m == rmask:
+                        rfull.add(rid)
+            full_col = np.zeros(self._next_r, dtype=bool)
+            full_col[list(rfull)] = True
+            hit = self._rcross_cache[curmask] = (rcross, rfull, full_col)
+        return hit
+
+    def _neuron_array(self, fact: int) -> np.ndarray:
+        arr = self._neuron_arrays.get(fact)
+        if arr is None:
+            arr = self._neuron_arrays[fact] = np.asarray(self._neuron_index.get(fact, ()), dtype=np.int64)
+        return arr
+
     def _step(self, code: int) -> float:
-        """One CAD step on value code ``code``; returns the raw score."""
+        """One CAD step on value code ``code``; returns the raw score.
+
+        The selection and activation of stored contexts (every step, hundreds of
+        contexts) run on the context columns with numpy; only the learning of
+        crossed contexts (after a new zero-level context, a few % of the steps)
+        walks the contexts in the reference's order, which decides new ids.
+        """
         cur, curmask = self._codes[code]
         group = self._group
         crossed_until = self._crossed_until  # the left crossing covers ids below this
@@ -373,89 +469,69 @@ class CADDetector(Detector):
             rec, new_flag = self._context(group, cur, 1)
             if new_flag:
                 skip = rec[5]
+        rcross, rfull, rfull_col = self._right_crossing(curmask)
 
-        # right crossing: right id -> confirmed facts, and which are wholly confirmed
-        rcross: dict[int, tuple] = {}
-        rfull = set()
-        mask_cache = self._mask_cache
-        codes_by_mask = self._facts_of_mask
-        for rid, (_facts, _h, rmask) in self._rights.items():
-            m = rmask & curmask
-            if m:
-                rcross[rid] = mask_cache.get(m) or codes_by_mask(m)
-                if m == rmask:
-                    rfull.add(rid)
+        # Between learning steps the stored contexts do not change, so the selection of
+        # a (fact group, value code) pair seen since the last change is reused.
+        key = (group, code)
+        hit = None if new_flag else self._selection_cache.get(key)
+        if hit is not None:
+            self._hits += 1
+            nsel, act = hit
+            n_active = len(act)
+            t = self._t
+            count = self._c_count
+            count[act] += 1
+            self._c_used[act] = t
+            if n_active > self._max_act:
+                act = self._top_active(act)
+            neurons = sorted(NEURON_BASE + c for c in self._c_id[act].tolist())
+            self._group = cur + tuple(neurons)
+            self._gmask = curmask
+            self._crossed_until = self._next_l
+            self._t = t + 1
+            pct_active = n_active / nsel if nsel else 0.0
+            return (1.0 - pct_active) / 2.0
+        self._misses += 1
 
-        # left crossing of the previous fact group
+        # Left crossing of the previous fact group: a left is wholly contained when
+        # its sensor facts are in the group's and all its neurons are group neurons.
+        nl = self._next_l
+        self._left_capacity(nl)
         gmask = self._gmask
-        notg = ~gmask
-        lefts = self._lefts
-        ncnt: Counter = Counter()
-        for f in group:
-            if f >= NEURON_BASE:
-                lst = self._neuron_index.get(f)
-                if lst:
-                    ncnt.update(lst)
-        full = [lid for lid in self._pure if lid < crossed_until and not (lefts[lid].smask & notg)]
-        for lid, n in ncnt.items():
-            if lid < crossed_until:
-                left = lefts[lid]
-                if n == left.nneur and not (left.smask & notg):
-                    full.append(lid)
-        cands = [(lid, True) for lid in full]
-        max_left = self._max_left
-        if new_flag:
-            if self._zero_sorted is None:
-                self._zero_sorted = sorted(self._zero_lefts)
-            for lid in self._zero_sorted:
-                if lid >= crossed_until:
-                    break
-                left = lefts[lid]
-                c = (left.smask & gmask).bit_count() + ncnt.get(lid, 0)
-                if 0 < c <= max_left and c < left.length:
-                    cands.append((lid, False))
-        cands.sort()
+        arrays = [self._neuron_array(f) for f in group if f >= NEURON_BASE]
+        ncnt = np.bincount(np.concatenate(arrays), minlength=nl) if arrays else np.zeros(nl, dtype=np.int64)
+        full_col = self._l_alive[:nl] & (ncnt == self._l_nneur[:nl]) & ((self._l_smask[:nl] & ~gmask) == 0)
+        full_col[crossed_until:] = False
 
-        active = []
-        pots = []
-        nsel = 0
+        # Selected contexts (left wholly contained) and the active ones among them
+        # (right wholly present now): counted and stamped in one go.
+        n = self._n
+        sel = full_col[self._c_left[:n]]
+        skip_rec = self._ctx.get(skip)
+        if skip_rec is not None:
+            sel[skip_rec[0]] = False
+        nsel = int(np.count_nonzero(sel))
+        act = np.flatnonzero(sel & rfull_col[self._c_right[:n]])
+        n_active = len(act)
+        if not new_flag:
+            if len(self._selection_cache) >= _SELECTION_CACHE:
+                self._selection_cache.clear()
+            self._selection_cache[key] = (nsel, act)
         t = self._t
-        gset = None
-        for lid, is_full in cands:
-            left = lefts[lid]
-            if is_full:
-                learn = new_flag and left.length <= max_left
-                for rid, cid, rec in left.items:
-                    if cid == skip:
-                        continue
-                    nsel += 1
-                    rc = rcross.get(rid)
-                    if rc:
-                        if rid in rfull:
-                            rec[0] += 1
-                            rec[4] = t
-                            active.append((rec[0], rec[2], rec[3], cid))
-                        elif learn and rec[1]:
-                            pots.append((left.facts, rc))
-            else:
-                lp = None
-                for rid, cid, _rec in left.zitems:
-                    if cid != skip:
-                        rc = rcross.get(rid)
-                        if rc:
-                            if lp is None:
-                                lp = mask_cache.get(left.smask & gmask) or codes_by_mask(left.smask & gmask)
-                                if lid in ncnt:
-                                    if gset is None:
-                                        gset = {f for f in group if f >= NEURON_BASE}
-                                    lp += tuple(sorted(gset.intersection(left.facts)))
-                            pots.append((lp, rc))
+        count = self._c_count
+        count[act] += 1
+        self._c_used[act] = t
+        if n_active > self._max_act:
+            act = self._top_active(act)
+        neurons = sorted(NEURON_BASE + c for c in self._c_id[act].tolist())
 
+        pots: list[tuple] = []
+        if new_flag:
+            pots = self._potential_contexts(full_col, ncnt, crossed_until, skip, rcross, rfull)
         unique = dict.fromkeys(pots)
         n_uniq = len(unique) + (1 if zero_ctx is not None and zero_ctx not in unique else 0)
-        pct_active = len(active) / nsel if nsel else 0.0
-        active.sort()
-        neurons = sorted(NEURON_BASE + a[3] for a in active[-self._max_act:])
+        pct_active = n_active / nsel if nsel else 0.0
         self._group = cur + tuple(neurons)
         self._gmask = curmask
 
@@ -472,6 +548,55 @@ class CADDetector(Detector):
             self._evict()
         return (1.0 - pct_active + pct_new) / 2.0
 
+    def _potential_contexts(self, full_col: np.ndarray, ncnt: np.ndarray, crossed_until: int, skip: int,
+                            rcross: dict[int, tuple], rfull: set[int]) -> list[tuple]:
+        """Crossed contexts to learn after a new zero-level context, in the reference's order:
+        left ids ascending, each left's contexts in CPython 2.7 dict order."""
+        lefts = self._lefts
+        gmask = self._gmask
+        group = self._group
+        max_left = self._max_left
+        cands = [(lid, True) for lid in np.flatnonzero(full_col).tolist()]
+        if self._zero_sorted is None:
+            self._zero_sorted = sorted(self._zero_lefts)
+        counts = ncnt.tolist()
+        for lid in self._zero_sorted:
+            if lid >= crossed_until:
+                break
+            left = lefts[lid]
+            c = (left.smask & gmask).bit_count() + counts[lid]
+            if 0 < c <= max_left and c < left.length:
+                cands.append((lid, False))
+        cands.sort()
+        mask_cache = self._mask_cache
+        codes_by_mask = self._facts_of_mask
+        pots = []
+        gset = None
+        for lid, is_full in cands:
+            left = lefts[lid]
+            if is_full:
+                if left.length > max_left:
+                    continue
+                for rid, cid, rec in left.items:
+                    if cid != skip and rec[1] and rid not in rfull:
+                        rc = rcross.get(rid)
+                        if rc:
+                            pots.append((left.facts, rc))
+            else:
+                lp = None
+                for rid, cid, _rec in left.zitems:
+                    if cid != skip:
+                        rc = rcross.get(rid)
+                        if rc:
+                            if lp is None:
+                                lp = mask_cache.get(left.smask & gmask) or codes_by_mask(left.smask & gmask)
+                                if counts[lid]:
+                                    if gset is None:
+                                        gset = {f for f in group if f >= NEURON_BASE}
+                                    lp += tuple(sorted(gset.intersection(left.facts)))
+                            pots.append((lp, rc))
+        return pots
+
     def _facts_of_mask(self, mask: int) -> tuple[int, ...]:
         out = self._mask_cache.get(mask)
         if out is None:
@@ -481,10 +606,12 @@ class CADDetector(Detector):
     def _evict(self) -> None:
         """Drop the least recently used contexts down to 90 % of max_contexts."""
         keep = int(self.config["max_contexts"] * _EVICT_TO)
-        order = sorted(self._ctx.values(), key=lambda r: (r[4], r[5]))
+        n = self._n
+        order = np.lexsort((self._c_id[:n], self._c_used[:n]))  # by (last used, id)
+        drop = order[: n - keep]
         touched = set()
-        for rec in order[: len(order) - keep]:
-            del self._ctx[rec[5]]
+        for cid in self._c_id[drop].tolist():
+            rec = self._ctx.pop(cid)
             left = self._lefts[rec[6]]
             del left.rmap[rec[7]]
             if rec[1]:
@@ -496,6 +623,16 @@ class CADDetector(Detector):
                 left.reorder()
             else:
                 del self._lefts[lid]
+                self._l_alive[lid] = False
+        kept = np.ones(n, dtype=bool)
+        kept[drop] = False
+        for name in _CONTEXT_COLUMNS:
+            col = getattr(self, name)
+            m = int(np.count_nonzero(kept))
+            col[:m] = col[:n][kept]
+        self._n = int(np.count_nonzero(kept))
+        for slot, cid in enumerate(self._c_id[: self._n].tolist()):
+            self._ctx[cid][0] = slot
         used_r = {rec[7] for rec in self._ctx.values()}
         self._rights = {rid: v for rid, v in self._rights.items() if rid in used_r}
         self._rebuild_indexes()
@@ -526,15 +663,23 @@ class CADDetector(Detector):
                 self._set_range(lo, hi)
                 self._widenings += 1
         score = self._score(self._encode(value))
-        return AnomalyResult(None, None, score, score >= self.config["threshold"])
+        anomalous = score >= self.config["threshold"]
+        # CAD has no band: its alarms are broken sequences of value bands
+        return AnomalyResult(None, None, score, anomalous, _CAD_EXPLANATION if anomalous else None)
+
+    def _pack_facts(self, facts: np.ndarray) -> np.ndarray:
+        return np.where(facts >= NEURON_BASE, facts - NEURON_BASE + 2 * self._bits, facts)
+
+    def _unpack_facts(self, packed: np.ndarray) -> np.ndarray:
+        packed = packed.astype(np.int64)
+        return np.where(packed >= 2 * self._bits, packed - 2 * self._bits + NEURON_BASE, packed)
 
     def _get_state(self) -> dict[str, Any]:
         lids = sorted(self._lefts)
         l_facts = [self._lefts[i].facts for i in lids]
         rids = sorted(self._rights)
         r_facts = [self._rights[i][0] for i in rids]
-        cids = sorted(self._ctx)
-        recs = [self._ctx[i] for i in cids]
+        n = self._n  # the columns are in context id order
 
         def ragged(seqs: list[tuple]) -> tuple[np.ndarray, np.ndarray]:
             lens = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
@@ -542,6 +687,8 @@ class CADDetector(Detector):
             return _fit_dtype(lens), _fit_dtype(flat)
 
         l_len, l_flat = ragged(l_facts)
+        # neuron facts (NEURON_BASE + id) as id + 2 * bits: small numbers, half the bytes
+        l_flat = _fit_dtype(self._pack_facts(l_flat.astype(np.int64)))
         r_len, r_flat = ragged(r_facts)
         # the range and the last points' scores, then the learned memory
         return {
@@ -552,7 +699,7 @@ class CADDetector(Detector):
             "widenings": self._widenings,
             "t": self._t,
             "hist": np.asarray(self._hist, dtype=np.float64),
-            "group": _fit_dtype(np.asarray(self._group, dtype=np.int64)),
+            "group": _fit_dtype(self._pack_facts(np.asarray(self._group, dtype=np.int64))),
             "next_l": self._next_l,
             "next_r": self._next_r,
             "next_c": self._next_c,
@@ -563,12 +710,12 @@ class CADDetector(Detector):
             "r_id": _fit_dtype(np.asarray(rids, dtype=np.int64)),
             "r_len": r_len,
             "r_facts": r_flat,
-            "c_id": _fit_dtype(np.asarray(cids, dtype=np.int64)),
-            "c_count": _fit_dtype(np.asarray([r[0] for r in recs], dtype=np.int64)),
-            "c_zero": np.asarray([r[1] for r in recs], dtype=np.uint8),
-            "c_used": _fit_dtype(np.asarray([r[4] for r in recs], dtype=np.int64)),
-            "c_left": _fit_dtype(np.asarray([r[6] for r in recs], dtype=np.int64)),
-            "c_right": _fit_dtype(np.asarray([r[7] for r in recs], dtype=np.int64)),
+            "c_id": _fit_dtype(self._c_id[:n]),
+            "c_count": _fit_dtype(self._c_count[:n]),
+            "c_zero": np.asarray([self._ctx[c][1] for c in self._c_id[:n].tolist()], dtype=np.uint8),
+            "c_used": _fit_dtype(self._c_used[:n]),
+            "c_left": _fit_dtype(self._c_left[:n]),
+            "c_right": _fit_dtype(self._c_right[:n]),
         }
 
     def _set_state(self, state: dict[str, Any], version: int) -> None:
@@ -584,7 +731,8 @@ class CADDetector(Detector):
             self._widenings = int(state["widenings"])
             self._t = int(state["t"])
             self._hist = deque((float(v) for v in state["hist"]), maxlen=self._rest)
-            self._group = tuple(int(f) for f in state["group"])
+            unpack = self._unpack_facts if version >= 2 else (lambda a: a.astype(np.int64))
+            self._group = tuple(unpack(state["group"]).tolist())
             self._gmask = sum(1 << f for f in self._group if f < NEURON_BASE)
             self._next_l, self._next_r = int(state["next_l"]), int(state["next_r"])
             self._next_c, self._crossed_until = int(state["next_c"]), int(state["crossed_until"])
@@ -597,19 +745,39 @@ class CADDetector(Detector):
             for rid, facts in zip(state["r_id"].tolist(), unragged(state["r_len"], state["r_facts"]),
                                   strict=True):
                 self._rights[rid] = (facts, py27_tuple_hash(facts), sum(1 << f for f in facts))
-            for lid, facts in zip(state["l_id"].tolist(), unragged(state["l_len"], state["l_facts"]),
+            for lid, facts in zip(state["l_id"].tolist(), unragged(state["l_len"], unpack(state["l_facts"])),
                                   strict=True):
                 smask = sum(1 << f for f in facts if f < NEURON_BASE)
                 self._lefts[lid] = _Left(facts, py27_tuple_hash(facts), smask)
-            columns = zip(state["c_id"].tolist(), state["c_count"].tolist(), state["c_zero"].tolist(),
-                          state["c_used"].tolist(), state["c_left"].tolist(), state["c_right"].tolist(),
-                          strict=True)
-            for cid, count, zero, used, lid, rid in columns:  # ascending ids = insertion order
-                left = self._lefts[lid]
-                rec = [count, zero, left.hash, self._rights[rid][1], used, cid, lid, rid]
-                self._ctx[cid] = rec
+            cids = state["c_id"].astype(np.int64)
+            n = len(cids)
+            if np.any(np.diff(cids) <= 0):
+                raise ValueError("context ids are not ascending")
+            size = max(_GROW, 1 << max(n - 1, 0).bit_length())
+            cols = {"_c_id": cids, "_c_count": state["c_count"], "_c_used": state["c_used"],
+                    "_c_left": state["c_left"], "_c_right": state["c_right"]}
+            for name, values in cols.items():
+                if len(values) != n:
+                    raise ValueError(f"context column {name} has {len(values)} entries, not {n}")
+                col = np.zeros(size, dtype=np.int64)
+                col[:n] = values
+                setattr(self, name, col)
+            self._c_lhash, self._c_rhash = np.zeros(size, dtype=np.int64), np.zeros(size, dtype=np.int64)
+            self._n = n
+            lefts, rights, ctx = self._lefts, self._rights, self._ctx
+            columns = zip(cids.tolist(), state["c_zero"].tolist(), state["c_left"].tolist(),
+                          state["c_right"].tolist(), strict=True)
+            lhashes, rhashes = [], []
+            for slot, (cid, zero, lid, rid) in enumerate(columns):  # ascending ids = insertion order
+                left = lefts[lid]
+                rhash = rights[rid][1]
+                rec = [slot, zero, left.hash, rhash, None, cid, lid, rid]
+                ctx[cid] = rec
                 left.rmap[rid] = rec
                 left.zeros += zero
+                lhashes.append(left.hash)
+                rhashes.append(rhash)
+            self._c_lhash[:n], self._c_rhash[:n] = lhashes, rhashes
             for left in self._lefts.values():
                 left.reorder()
             self._rebuild_indexes()

@@ -13,8 +13,9 @@ band" always agree, and the default ``threshold = 0.9999`` is a 3.89 sigma band.
 
 >>> from detectors.ema import EMADetector
 >>> det = EMADetector(window=20, warmup=5)
->>> det.update(0, 10.0)        # warming up: explicit, no bounds, no alarm
-AnomalyResult(value_lower_limit=None, value_upper_limit=None, anomaly_probability=0.0, is_anomaly=False)
+>>> det.update(0, 10.0)        # warming up: explicit, no bounds, no alarm, no explanation
+AnomalyResult(value_lower_limit=None, value_upper_limit=None, anomaly_probability=0.0, is_anomaly=False, \
+explanation=None)
 >>> for i in range(1, 50):
 ...     r = det.update(i * 1000, 10.0 + (i % 3))
 >>> r.is_anomaly, r.value_lower_limit < 11.0 < r.value_upper_limit
@@ -116,7 +117,7 @@ class EMADetector(Detector):
             result = AnomalyResult.warming_up()
         else:
             scale = max(self.std, self.REL_STD_FLOOR * abs(self._mean), self.ABS_STD_FLOOR)
-            result = gaussian_score(value, self._mean, scale, self._z, self.config["threshold"])
+            result = gaussian_score(value, self._mean, scale, self._z, self.config["threshold"], by=self.name)
         self._learn(value)
         return result
 
@@ -136,11 +137,14 @@ class EMADetector(Detector):
             self._learn(x)
         out = BatchResult(np.full(n, np.nan), np.full(n, np.nan), np.zeros(n), np.zeros(n, dtype=bool))
         if scored.any():
-            part = gaussian_scores(values[scored], centers[scored], scales[scored], self._z, self.config["threshold"])
+            part = gaussian_scores(
+                values[scored], centers[scored], scales[scored], self._z, self.config["threshold"], by=self.name
+            )
             out.value_lower_limit[scored] = part.value_lower_limit
             out.value_upper_limit[scored] = part.value_upper_limit
             out.anomaly_probability[scored] = part.anomaly_probability
             out.is_anomaly[scored] = part.is_anomaly
+            out.explanation[scored] = part.explanation
         return out
 
     def _learn(self, x: float) -> None:

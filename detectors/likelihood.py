@@ -101,6 +101,7 @@ import numpy as np
 
 from detectors._stats import EXACT_TAIL, SQRT2, graded_tail
 from detectors.base import AnomalyResult, BatchResult, Detector, StateError
+from detectors.explain import explanation
 from detectors.params import Param, ParamError, ParamSchema
 
 MIN_STD = 0.01
@@ -357,9 +358,14 @@ class LikelihoodDetector(Detector):
         if z is None:
             return AnomalyResult.warming_up()
         prob = log_likelihood_from_z(z) if self.config["log_scale"] else likelihood_from_z(z)
-        return AnomalyResult(
-            base.value_lower_limit, base.value_upper_limit, prob, prob >= self.config["threshold"]
-        )
+        anomalous = prob >= self.config["threshold"]
+        why = None
+        if anomalous:
+            band = None
+            if base.value_lower_limit is not None and base.value_upper_limit is not None:
+                band = (base.value_lower_limit, base.value_upper_limit)
+            why = explanation("sustained", self.name, sigma=z, expected=band)
+        return AnomalyResult(base.value_lower_limit, base.value_upper_limit, prob, anomalous, why)
 
     def _update(self, ts_ms: int, value: float) -> AnomalyResult:
         return self._judge(self._base.update(ts_ms, value))

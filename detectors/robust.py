@@ -24,13 +24,13 @@ False
 
 Details
 -------
-* Zero MAD (at least half the window equal to the median) falls back to the
-  mean absolute deviation around the median times ``sqrt(pi/2)`` (sigma for
-  normal data), and then to the floor ``max(REL_SCALE_FLOOR * |median|,
-  ABS_SCALE_FLOOR)`` (1e-9 relative, 1e-12 absolute). So a constant window
-  followed by the same constant is never anomalous, a constant window followed
-  by a clearly different value is, and a mostly constant window with a few
-  spikes still has a usable scale.
+* Quantised data: MAD is taken as at least half the smallest step between
+  distinct values of the window (MAD = 0 whenever half the window sits on the
+  median, as with counts or rounded readings; the previous fallback, the mean
+  absolute deviation, then flagged ~10 % of a rounded noise series). A window of
+  one value only has the floor ``max(REL_SCALE_FLOOR * |median|,
+  ABS_SCALE_FLOOR)`` (1e-9 relative, 1e-12 absolute): a constant window followed
+  by the same constant is never anomalous, by a clearly different value it is.
 * Warm-up: the first ``warmup`` points return :meth:`AnomalyResult.warming_up`;
   until ``window`` points are seen the statistics use all points so far.
 * Huge values: when the window holds magnitudes above ``1.8e308 / 4`` the
@@ -48,7 +48,6 @@ Details
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar
 
 import numpy as np
@@ -58,7 +57,6 @@ from detectors.base import AnomalyResult, BatchResult, Detector, NonFiniteValueE
 from detectors.params import Param, ParamSchema
 
 MAD_TO_SIGMA = 0.6745  # MAD of N(0, 1); z = 0.6745 * (x - median) / MAD
-MEAN_AD_TO_SIGMA = math.sqrt(math.pi / 2.0)  # sigma / E|X - mu| for normal data
 _SCALE_DOWN_ABOVE = FLOAT_MAX / 4.0  # beyond this, work on values / 4
 _BATCH_ROWS = 4096  # rows of the (rows x window) matrix built at once in update_batch
 
@@ -69,18 +67,20 @@ def _window_stats(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     Both are in the domain scaled by ``factor`` (1 or 1/4, per row). Used by the
     scalar and the batch paths alike, so both give the same bits.
     """
-    n = rows.shape[1]
     max_abs = np.max(np.abs(rows), axis=1)
     factor = np.where(max_abs > _SCALE_DOWN_ABOVE, 0.25, 1.0)
     scaled = rows * factor[:, None]
     median = _median(scaled)
     dev = np.abs(scaled - median[:, None])
-    sigma = _median(dev) / MAD_TO_SIGMA
-    for i in np.flatnonzero(sigma == 0.0):
-        # Zero MAD: at least half the window sits on the median. Use the mean
-        # absolute deviation instead; fsum of pre-divided terms cannot overflow
-        # and does not depend on the order of the ring buffer.
-        sigma[i] = math.fsum(dev[i] / n) * MEAN_AD_TO_SIGMA
+    # Quantised data (counts, rounded readings) often has MAD = 0 (half the window on
+    # the median): MAD is taken as at least half the smallest step between distinct
+    # values, so one step is never a many-sigma event. Order statistics only: the same
+    # bits whatever the order of the ring buffer.
+    gaps = np.diff(np.sort(scaled, axis=1), axis=1)
+    gaps[gaps <= 0.0] = np.inf
+    step = gaps.min(axis=1)
+    step[np.isinf(step)] = 0.0  # all values equal: the scale floor of the detector applies
+    sigma = np.maximum(_median(dev), 0.5 * step) / MAD_TO_SIGMA
     return median, sigma, factor
 
 
@@ -132,7 +132,7 @@ class RobustDetector(Detector):
     # -- scoring ----------------------------------------------------------------
     def _score(self, value: float, median: float, sigma: float, factor: float) -> AnomalyResult:
         scale = max(sigma, self.REL_SCALE_FLOOR * abs(median), self.ABS_SCALE_FLOOR * factor)
-        return gaussian_score(value, median, scale, self._z, self.config["threshold"], factor)
+        return gaussian_score(value, median, scale, self._z, self.config["threshold"], factor, by=self.name)
 
     def _push(self, value: float) -> None:
         self._buf[self._pos] = value

@@ -174,6 +174,7 @@ def run_detector(
         np.concatenate([p.value_upper_limit for p in parts]).astype(np.float64),
         np.concatenate([p.anomaly_probability for p in parts]).astype(np.float64),
         np.concatenate([p.is_anomaly for p in parts]).astype(bool),
+        np.concatenate([p.explanation for p in parts]),
     )
 
 

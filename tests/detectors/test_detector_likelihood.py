@@ -204,7 +204,10 @@ def test_wrapper_keeps_base_bounds_and_replaces_probability(base: str, log_scale
             continue
         assert lik == likelihood_from_z(z)
         prob = log_likelihood_from_z(z) if log_scale else lik
-        assert r == AnomalyResult(b.value_lower_limit, b.value_upper_limit, prob, prob >= det.config["threshold"])
+        assert (r.value_lower_limit, r.value_upper_limit, r.anomaly_probability, r.is_anomaly) == (
+            b.value_lower_limit, b.value_upper_limit, prob, prob >= det.config["threshold"]
+        )
+        assert (r.explanation is None) == (not r.is_anomaly)  # anomalies are explained (sustained)
     assert not any(r.is_anomaly for r in results[:400])
     # A sustained shift is caught once it dominates the 10-point average; the
     # single first outlier is not (see the module docstring).

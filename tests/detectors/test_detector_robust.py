@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import statistics
 from statistics import NormalDist
 
@@ -103,13 +102,13 @@ def test_zero_mad_constant(level: float) -> None:
     assert det.update(31, level + max(abs(level) * 1e-3, 1.0)).is_anomaly
 
 
-def test_zero_mad_with_spikes_falls_back_to_mean_absolute_deviation() -> None:
-    window = [5.0] * 8 + [100.0, 100.0]  # MAD = 0: more than half on the median
+def test_zero_mad_uses_half_the_smallest_value_step() -> None:
+    window = [5.0] * 7 + [6.0] + [100.0, 100.0]  # MAD = 0: more than half on the median
     det = RobustDetector(window=10, warmup=10)
     for i, v in enumerate(window):
         det.update(i, v)
     r = det.update(10, 5.0)
-    sigma = (190.0 / 10.0) * math.sqrt(math.pi / 2)
+    sigma = 0.5 / 0.6745  # half the step 5 -> 6
     assert r.value_lower_limit == pytest.approx(5.0 - Z9999 * sigma, rel=1e-12)
     assert r.value_upper_limit == pytest.approx(5.0 + Z9999 * sigma, rel=1e-12)
     assert not r.is_anomaly
@@ -149,3 +148,16 @@ def test_batch_on_large_input_equals_loop() -> None:
     loop = [b.update(i, v) for i, v in enumerate(x)]
     assert [batch.result(i) for i in range(len(batch))] == loop
     assert a.to_state() == b.to_state()
+
+
+def test_quantised_series_does_not_collapse() -> None:
+    # Rounded readings: most windows have MAD = 0. One quantisation step must not be a
+    # many-sigma event (it was: ~10 % of pure-noise points flagged); a real jump still is.
+    rng = np.random.default_rng(0)
+    values = np.round(50 + rng.normal(0, 0.3, 3000))
+    values[2500] = 58.0
+    result = RobustDetector().update_batch(np.arange(3000), values)
+    flagged = set(np.flatnonzero(result.is_anomaly).tolist())
+    assert 2500 in flagged and len(flagged) <= 3
+    counts = np.random.default_rng(1).poisson(0.4, 3000).astype(float)
+    assert RobustDetector().update_batch(np.arange(3000), counts).is_anomaly.mean() < 0.01
