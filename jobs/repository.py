@@ -21,6 +21,7 @@ name is checked to be a plain identifier before it goes into SQL text.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import sqlite3
@@ -46,7 +47,7 @@ __all__ = [
 _TABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _FIELDS = (
     "application, ts, agg_function, agg_window_millis, agg_value, detector, "
-    "value_lower_limit, value_upper_limit, anomaly_probability, is_anomaly"
+    "value_lower_limit, value_upper_limit, anomaly_probability, is_anomaly, explanation"
 )
 # JDBC URL / connection properties understood for PostgreSQL -> libpq keywords
 _PG_PARAMS = {
@@ -91,6 +92,8 @@ class Prediction:
                 "value_upper_limit": r.value_upper_limit,
                 "anomaly_probability": r.anomaly_probability,
                 "is_anomaly": r.is_anomaly,
+                # an object on the topic (not a string holding JSON): the same here
+                "explanation": None if r.explanation is None else json.loads(r.explanation),
             },
         }
 
@@ -479,7 +482,7 @@ class ResultsRepository:
 
     # -- plumbing -----------------------------------------------------------------
     def _prediction(self, row: tuple[Any, ...]) -> Prediction:
-        app, ts, function, window, value, detector, lower, upper, prob, flag = row
+        app, ts, function, window, value, detector, lower, upper, prob, flag, explanation = row
         ts = _sqlite_ts(ts) if isinstance(ts, str) else ts.astimezone(timezone.utc)
         return Prediction(
             application=app,
@@ -488,7 +491,7 @@ class ResultsRepository:
             agg_window_millis=int(window),
             agg_value=_opt_float(value),
             detector=detector,
-            anomaly_results=AnomalyResult(_opt_float(lower), _opt_float(upper), float(prob), bool(flag)),
+            anomaly_results=AnomalyResult(_opt_float(lower), _opt_float(upper), float(prob), bool(flag), explanation),
         )
 
     def _query(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:

@@ -67,6 +67,7 @@ def check_repository(repo: ResultsRepository) -> None:
             "value_upper_limit": 12.5,
             "anomaly_probability": 0.999,
             "is_anomaly": True,
+            "explanation": None,
         },
     }
     # inclusive from, exclusive to; ISO strings with Z or an offset; naive = UTC
