@@ -47,7 +47,7 @@ __all__ = [
 _TABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _FIELDS = (
     "application, ts, agg_function, agg_window_millis, agg_value, detector, "
-    "value_lower_limit, value_upper_limit, anomaly_probability, is_anomaly, explanation"
+    "value_lower_limit, value_upper_limit, anomaly_probability, is_anomaly, {explanation}"
 )
 # JDBC URL / connection properties understood for PostgreSQL -> libpq keywords
 _PG_PARAMS = {
@@ -229,6 +229,7 @@ class ResultsRepository:
         self.user = user
         self._password = password
         self.properties = dict(properties or {})
+        self._explanation_column: str | None = None
 
     @classmethod
     def from_config(cls, config: JdbcConfig) -> ResultsRepository:
@@ -243,7 +244,7 @@ class ResultsRepository:
         """Rows of ``application`` with ``from_ts <= ts < to_ts``, ordered by ts."""
         start, end = _ceil_ms(to_utc(from_ts, "from_ts")), _ceil_ms(to_utc(to_ts, "to_ts"))
         sql = (
-            f"SELECT {_FIELDS} FROM {self.table} WHERE application = {{p}} AND ts >= {{p}} AND ts < {{p}} "
+            f"SELECT {self._fields} FROM {self.table} WHERE application = {{p}} AND ts >= {{p}} AND ts < {{p}} "
             "ORDER BY ts, detector, agg_function, agg_window_millis"
         )
         if self.dialect == "sqlite":
@@ -473,7 +474,7 @@ class ResultsRepository:
     def rows_after(self, application: str, after_ms: int, limit: int = 5000) -> list[Prediction]:
         """Rows of ``application`` with ``ts`` later than ``after_ms`` (the live channel's poll), oldest first."""
         sql = (
-            f"SELECT {_FIELDS} FROM {self.table} WHERE application = {{p}} AND ts > {{p}} "
+            f"SELECT {self._fields} FROM {self.table} WHERE application = {{p}} AND ts > {{p}} "
             "ORDER BY ts, detector, agg_function, agg_window_millis LIMIT {p}"
         )
         after = datetime.fromtimestamp(after_ms / 1000, tz=timezone.utc)
@@ -493,6 +494,22 @@ class ResultsRepository:
             detector=detector,
             anomaly_results=AnomalyResult(_opt_float(lower), _opt_float(upper), float(prob), bool(flag), explanation),
         )
+
+    @property
+    def _fields(self) -> str:
+        """The result columns; a table written before explanations existed reads them as null."""
+        if self._explanation_column is None:
+            if self.dialect == "sqlite":
+                names = {row[1] for row in self._query(f"PRAGMA table_info({self.table})", ())}
+            else:
+                names = {
+                    row[0]
+                    for row in self._query(
+                        "SELECT column_name FROM information_schema.columns WHERE table_name = {p}", (self.table,)
+                    )
+                }
+            self._explanation_column = "explanation" if "explanation" in names else "NULL AS explanation"
+        return _FIELDS.format(explanation=self._explanation_column)
 
     def _query(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         marker = "?" if self.dialect == "sqlite" else "%s"

@@ -204,3 +204,23 @@ def test_timestamp_parsing():
         to_utc("yesterday", "from_ts")
     with pytest.raises(ValueError, match="plain SQL identifier"):
         ResultsRepository("jdbc:sqlite:x.db", "preds; DROP TABLE x")
+
+
+def test_a_table_written_before_explanations_reads_them_as_null(tmp_path):
+    import sqlite3
+
+    db = tmp_path / "v1.db"
+    with sqlite3.connect(db) as con:
+        con.execute(
+            "CREATE TABLE predictions (application TEXT, ts TEXT, agg_function TEXT, agg_window_millis INTEGER, "
+            "agg_value REAL, detector TEXT, value_lower_limit REAL, value_upper_limit REAL, "
+            "anomaly_probability REAL, is_anomaly INTEGER)"
+        )
+        con.execute(
+            "INSERT INTO predictions VALUES ('web', '2024-01-01T00:00:00.000Z', 'avg', 60000, 1.0, 'ema', "
+            "NULL, NULL, 0.5, 1)"
+        )
+    repo = ResultsRepository(f"jdbc:sqlite:{db}", "predictions")
+    (row,) = repo.fetch("web", "2024-01-01T00:00:00Z", "2024-01-01T00:01:00Z")
+    assert row.anomaly_results.explanation is None and row.anomaly_results.is_anomaly is True
+    assert row.to_message()["anomaly_results"]["explanation"] is None
