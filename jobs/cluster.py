@@ -97,7 +97,8 @@ def spark_home() -> str:
     return str(Path(pyspark.__file__).parent)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """True if ``pid`` is a live process (a zombie is not); also used by the tests."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
@@ -202,7 +203,7 @@ def start(
     """Start a master and ``workers`` workers; wait until every worker is registered and alive."""
     cluster_dir = Path(cluster_dir).resolve()
     existing = read_state(cluster_dir)
-    if existing is not None and _alive(existing.master_pid):
+    if existing is not None and process_alive(existing.master_pid):
         raise ClusterError(f"a cluster is already running from {cluster_dir} ({existing.master_url}); stop it first")
     cluster_dir.mkdir(parents=True, exist_ok=True)
     picked = free_ports(2 + workers)
@@ -247,7 +248,7 @@ def _save(cluster_dir: Path, state: ClusterState) -> None:
 def wait_for_master(state: ClusterState, timeout: float = START_TIMEOUT_S) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        if not _alive(state.master_pid):
+        if not process_alive(state.master_pid):
             raise ClusterError("the Spark master exited during startup: see master.log in the cluster dir")
         with contextlib.suppress(OSError, ValueError):
             if master_json(state).get("status") == "ALIVE":
@@ -301,7 +302,7 @@ def stop(cluster_dir: Path = DEFAULT_DIR) -> bool:
 
 def status(cluster_dir: Path = DEFAULT_DIR) -> str:
     state = read_state(Path(cluster_dir).resolve())
-    if state is None or not _alive(state.master_pid):
+    if state is None or not process_alive(state.master_pid):
         return f"no cluster running from {cluster_dir}"
     try:
         info = master_json(state)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from jobs import local_kafka
+from jobs.cluster import process_alive
 from jobs.local_kafka import KafkaBrokerError, KafkaJarsMissing, LocalKafkaBroker
 from jobs.synthetic import consume_all, generate, produce_messages
 
@@ -36,18 +37,9 @@ def _topic(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def _alive(pid: int) -> bool:
-    """True if ``pid`` is a live (non-zombie) process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 def _wait_gone(pid: int, timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
-    while _alive(pid):
+    while process_alive(pid):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.1)
@@ -93,7 +85,7 @@ def test_port_in_use_gives_clear_error(monkeypatch):
 def test_broker_is_up(kafka_broker):
     host, port = kafka_broker.bootstrap_servers.split(":")
     assert host == "127.0.0.1" and int(port) == kafka_broker.port != kafka_broker.controller_port
-    assert kafka_broker.is_running and _alive(kafka_broker.pid)
+    assert kafka_broker.is_running and process_alive(kafka_broker.pid)
     assert kafka_broker.last_startup_seconds < 60
     props = kafka_broker.config_file.read_text()
     assert "process.roles=broker,controller" in props and "num.partitions=2" in props
@@ -214,7 +206,7 @@ def test_broker_dies_with_its_python_process(tmp_path, sig):
         line = child.stdout.readline()
         assert line.strip().isdigit(), f"child did not start a broker: {line!r}"
         java_pid = int(line)
-        assert _alive(java_pid)
+        assert process_alive(java_pid)
         child.send_signal(sig)
         child.wait(timeout=30)
         assert _wait_gone(java_pid, timeout=30), f"broker pid {java_pid} survived {sig.name} of its parent"
@@ -222,5 +214,5 @@ def test_broker_dies_with_its_python_process(tmp_path, sig):
         if child.poll() is None:
             child.kill()
             child.wait()
-        if java_pid is not None and _alive(java_pid):
+        if java_pid is not None and process_alive(java_pid):
             os.killpg(java_pid, signal.SIGKILL)

@@ -49,6 +49,7 @@ import numpy as np
 import pytest
 import yaml
 
+from jobs.cluster import process_alive
 from jobs.synthetic import consume_all, produce_messages
 from jobs.workdir import usage
 from tests.stream_harness import msg
@@ -194,14 +195,6 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 class Job:
     """One run of ``python -m jobs.main`` in its own process group (the group dies with one killpg)."""
 
@@ -235,9 +228,9 @@ class Job:
         self.proc.wait(30)
         self._out.close()
         deadline = time.monotonic() + 30
-        while any(_alive(p) for p in family) and time.monotonic() < deadline:
+        while any(process_alive(p) for p in family) and time.monotonic() < deadline:
             time.sleep(0.05)
-        left = [p for p in family if _alive(p)]
+        left = [p for p in family if process_alive(p)]
         assert not left, f"processes survived SIGKILL: {left}"
 
     def wait(self, timeout: float) -> int:
