@@ -112,4 +112,17 @@ export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$VENV/bin/python}"
 export PYSPARK_DRIVER_PYTHON="${PYSPARK_DRIVER_PYTHON:-$VENV/bin/python}"
 export ANOMALY_UNDER_SUBMIT=1
 export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}"
-exec "$VENV/bin/spark-submit" "${extra[@]}" "${submit_args[@]}" "$ROOT/jobs/main.py" "${job_args[@]}"
+# Spark 4.2 prints two lines on every start that are neither errors nor ours: the JVM's
+# "WARNING: Using incubator modules: jdk.incubator.vector" (Spark's launcher always adds that
+# module; no JVM flag silences the notice) and PySpark's "Starting Streaming
+# TransformWithStateInPandas Python worker." (print()ed, with a blank line, before any of the
+# job's code is imported). Exactly those lines are dropped from stderr; everything else passes
+# through unchanged, line by line. The filter ignores Ctrl-C and TERM so that the job's own
+# lines on a clean stop still get through; it ends when spark-submit closes stderr. exec keeps
+# this script's PID the JVM's, so signals reach spark-submit as before.
+exec "$VENV/bin/spark-submit" "${extra[@]}" "${submit_args[@]}" "$ROOT/jobs/main.py" "${job_args[@]}" \
+  2> >(trap '' INT TERM; exec awk '
+        /^WARNING: Using incubator modules: jdk\.incubator\.vector$/ { next }
+        /^Starting Streaming TransformWithStateInPandas Python worker\.$/ { blank = 1; next }
+        blank && /^$/ { blank = 0; next }
+        { blank = 0; print; fflush() }' >&2)

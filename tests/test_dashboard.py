@@ -84,6 +84,12 @@ def test_demo_job_log_is_quiet(demo_run):
         "Disabling AQE",
     ):
         assert noise not in log, f"{noise!r} in the job's log:\n{log[-4000:]}"
+    # Every line is the project's own: its logging format, nothing else (Spark 4.2's incubator-module
+    # notice and PySpark's worker start line are dropped by spark-submit.sh; a WARN or ERROR from
+    # Spark would show up here too, and fail the test).
+    ours = re.compile(r"^\d{4}-\d\d-\d\d [\d:,]+ INFO anomaly\.")
+    foreign = [line for line in log.splitlines() if line.strip() and not ours.match(line)]
+    assert foreign == [], "lines that are not the project's:\n" + "\n".join(foreign[:20])
     batches = [int(b) for b in re.findall(r"\[demo\] batch (\d+):", log)]
     assert batches and batches == list(range(len(batches))), batches
     # the last batch is the one that emits results (the watermark closes the windows)
