@@ -1,7 +1,7 @@
 """The stateful operator's work for one bucket of applications, as pure functions (no Spark).
 
 The job hashes every application into one of ``buckets`` buckets and groups by
-bucket (jobs/detection.py), so Spark's per-key costs -- a state-server round
+bucket (jobs/stateful_operator.py), so Spark's per-key costs -- a state-server round
 trip for ``get`` and ``update``, a timer, an Arrow frame out -- are paid once
 per bucket per micro-batch instead of once per application. Everything that
 happens inside a bucket is here, over numpy arrays, and unit-tested without
@@ -44,17 +44,21 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 
 from detectors import get_detector_class
 from detectors.base import BatchResult, StateError, pack_state, unpack_state
-from jobs import aggregation
+from jobs import windows
+from jobs.result_format import (
+    DEAD_LETTER_COLUMNS,
+    KIND_DEAD_LETTER,
+    KIND_RESULT,
+    OPERATOR_COLUMNS,
+    iso_ms,
+)
 
-KIND_RESULT = "result"
-KIND_DEAD_LETTER = "dead_letter"
 BUCKET_STATE_VERSION = 1
 # An application's state inside its bucket's value: magic and version, closed_until,
 # last_event_ms, the lengths of the window arrays, the number of detectors; then
@@ -74,24 +78,6 @@ _KEY_HEADER = struct.Struct(f"<4sqq{len(_WINDOW_ARRAYS)}qI")
 _LABEL_HEADER = struct.Struct("<HI")
 NO_TIMER = -1
 DUPLICATE_DETAIL = "an event with the same application, ts and value is already counted"
-# The operator's output columns, in order (jobs/detection.py gives their Spark types).
-RESULT_COLUMNS = (
-    "kind",
-    "application",
-    "ts_ms",
-    "agg_function",
-    "agg_window_millis",
-    "agg_value",
-    "detector",
-    "value_lower_limit",
-    "value_upper_limit",
-    "anomaly_probability",
-    "is_anomaly",
-    "explanation",
-)
-# the columns only dead letters fill; null in results
-DEAD_LETTER_COLUMNS = ("reason", "detail", "raw", "kafka_key", "src_topic", "src_partition", "src_offset")
-OUTPUT_COLUMNS = RESULT_COLUMNS + DEAD_LETTER_COLUMNS
 EVENT_COLUMNS = ("application", "ts_ms", "value", "src_topic", "src_partition", "src_offset")
 _INT64_MIN = int(np.iinfo(np.int64).min)
 
@@ -126,13 +112,13 @@ class KeyState:
     """Everything one application carries between micro-batches."""
 
     def __init__(self, agg_function: str) -> None:
-        self.windows = aggregation.WindowState.empty(agg_function)
+        self.windows = windows.WindowState.empty(agg_function)
         self.last_event_ms = _INT64_MIN
         self.detector_blobs: dict[str, bytes] = {}
 
     def due_ms(self, settings: StepSettings) -> int:
         """Event time at which this application next needs the operator: a window closes, or eviction."""
-        close = aggregation.next_close_time(self.windows, settings.agg_function, settings.window_ms)
+        close = windows.next_close_time(self.windows, settings.agg_function, settings.window_ms)
         return close if close is not None else self.last_event_ms + settings.idle_timeout_ms
 
     def encode(self) -> bytes:
@@ -161,7 +147,7 @@ class KeyState:
             arrays[name] = np.frombuffer(blob, dtype, n, pos).copy()
             pos += 8 * n
         state = KeyState.__new__(KeyState)
-        state.windows = aggregation.WindowState(closed_until=closed_until, **arrays)
+        state.windows = windows.WindowState(closed_until=closed_until, **arrays)
         state.last_event_ms = last_event_ms
         state.detector_blobs = {}
         for _ in range(n_detectors):
@@ -262,16 +248,16 @@ class Outputs:
         return bool(self._results or self._dead)
 
     def columns(self, agg_function: str, window_ms: int) -> dict[str, np.ndarray]:
-        """Every output row of the bucket as :data:`OUTPUT_COLUMNS` (results first)."""
+        """Every output row of the bucket as :data:`OPERATOR_COLUMNS` (results first)."""
         parts = []
         if self._results:
             parts.append(self._result_columns(agg_function, window_ms))
         parts.extend(_dead_letter_frame(d) for d in self._dead)
         if not parts:
-            return {c: np.zeros(0, dtype=object) for c in OUTPUT_COLUMNS}
+            return {c: np.zeros(0, dtype=object) for c in OPERATOR_COLUMNS}
         if len(parts) == 1:
             return parts[0]
-        return {c: _concat([p[c] for p in parts]) for c in OUTPUT_COLUMNS}
+        return {c: _concat([p[c] for p in parts]) for c in OPERATOR_COLUMNS}
 
     def _result_columns(self, agg_function: str, window_ms: int) -> dict[str, np.ndarray]:
         scored = self._results
@@ -310,7 +296,7 @@ def _concat(arrays: list[np.ndarray]) -> np.ndarray:
 
 def _dead_letter_frame(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     n = len(columns["reason"])
-    out = {c: columns[c] if c in columns else np.full(n, None, dtype=object) for c in OUTPUT_COLUMNS}
+    out = {c: columns[c] if c in columns else np.full(n, None, dtype=object) for c in OPERATOR_COLUMNS}
     out["kind"] = np.full(n, KIND_DEAD_LETTER, dtype=object)
     return out
 
@@ -386,16 +372,14 @@ def step_application(
     # Close what the watermark has passed *before* adding: an event whose
     # window ends at or before the watermark is late whether or not an earlier
     # step happened to close that window already.
-    key.windows, starts, agg_values = aggregation.close_windows(key.windows, watermark_ms, agg_function, window_ms)
+    key.windows, starts, agg_values = windows.close_windows(key.windows, watermark_ms, agg_function, window_ms)
     if len(starts):
         _score(application, key, starts, agg_values, settings, out)
     if len(events["ts_ms"]):
         events = _drop_repeats(application, key, events, settings, out)
-        key.windows, late = aggregation.add_events(
-            key.windows, events["ts_ms"], events["value"], agg_function, window_ms
-        )
+        key.windows, late = windows.add_events(key.windows, events["ts_ms"], events["value"], agg_function, window_ms)
         if late.any():
-            closed = _iso(key.windows.closed_until)
+            closed = iso_ms(key.windows.closed_until)
             detail = f"event time is behind the watermark: its window was closed at {closed}"
             out.add_dead_letters(_refused(application, _select(events, late), "late", detail))
         accepted = events["ts_ms"][~late]
@@ -414,7 +398,7 @@ def _drop_repeats(
     ts, values = events["ts_ms"], events["value"]
     if settings.agg_function == "none":
         # a point is keyed by its ts: one event per instant, whatever `deduplicate` says
-        duplicate, conflict, kept = aggregation.find_same_instant(key.windows, ts, values)
+        duplicate, conflict, kept = windows.find_same_instant(key.windows, ts, values)
         if conflict.any():
             for kept_value in np.unique(kept[conflict]):
                 which = conflict & (kept == kept_value)
@@ -425,7 +409,7 @@ def _drop_repeats(
                 out.add_dead_letters(_refused(application, _select(events, which), "conflicting_value", detail))
         dropped = duplicate | conflict
     elif settings.deduplicate:
-        key.windows, duplicate = aggregation.find_duplicates(
+        key.windows, duplicate = windows.find_duplicates(
             key.windows, ts, values, settings.agg_function, settings.window_ms
         )
         dropped = duplicate
@@ -484,7 +468,9 @@ def _refused(application: str, events: dict[str, np.ndarray], reason: str, detai
     """
     ts_ms, values = events["ts_ms"], events["value"]
     raw = [
-        json.dumps({"application": application, "value": float(v), "ts": _iso(int(t))}, separators=(",", ":")).encode()
+        json.dumps(
+            {"application": application, "value": float(v), "ts": iso_ms(int(t))}, separators=(",", ":")
+        ).encode()
         for t, v in zip(ts_ms, values, strict=True)
     ]
     n = len(ts_ms)
@@ -514,7 +500,3 @@ def _detector_error(
         "reason": np.full(n, "detector_error", dtype=object),
         "detail": np.full(n, f"{label}: {type(err).__name__}: {err}"[:2000], dtype=object),
     }
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
