@@ -107,7 +107,7 @@ def run(job: JobConfig, spark: Any = None, stop_event: threading.Event | None = 
     queries = []
     try:
         for stream in job.streams:
-            queries.append(start_stream(spark, job, stream))
+            queries.append(start_stream(spark, job, stream, checkpoint_of(job, stream)))
         stop_event = stop_event or threading.Event()
         while not stop_event.is_set():
             active = [q for q in queries if q.isActive]

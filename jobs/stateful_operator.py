@@ -13,10 +13,13 @@ event-time timer, and yields one frame; the windowing, repeats, late events,
 detectors and eviction of every application in the bucket are
 :func:`jobs.stateful_step.step_bucket`, pure and unit-tested without Spark.
 
-The timer serves buckets that get no events: it fires when the earliest
-"due" application of the bucket needs closing or eviction (rounded up to
-:data:`TIMER_GRANULARITY_MS`). A bucket that does get events steps its due
-applications at once, so its timer only needs to be roughly right.
+The timer fires when the earliest "due" application of the bucket needs
+closing or eviction (rounded up to :data:`TIMER_GRANULARITY_MS`). It is what
+makes results leave early: after every batch that moves the watermark Spark
+runs a batch without data in which only expired timers are called, so the
+windows (or ``none`` points) the new watermark passed are scored there, one
+batch after their events arrived, instead of waiting for the bucket's next
+events. A bucket that does get events steps its due applications at once.
 
 Rows of :data:`jobs.packing.REJECT_BUCKET` are messages that failed validation
 in the source stage; they pass through as dead letters, so that one query, one
@@ -56,7 +59,7 @@ from jobs.stateful_step import (
 
 __all__ = ["OUTPUT_SCHEMA", "BucketProcessor"]
 
-TIMER_GRANULARITY_MS = 60_000
+TIMER_GRANULARITY_MS = 1_000
 STATE_NAME = "bucket_state"
 
 _SPARK_TYPES: dict[str, DataType] = {
@@ -114,12 +117,14 @@ class BucketProcessor(StatefulProcessor):
             yield pd.DataFrame(columns, columns=OPERATOR_COLUMNS)
 
     def _schedule(self, state: BucketState) -> None:
-        """One timer per bucket, at its earliest due application, moved as rarely as possible.
+        """One timer per bucket, at its earliest due application.
 
-        Rounding up to :data:`TIMER_GRANULARITY_MS` makes it move about once a
-        minute of event time (each move costs two calls to the JVM); the price
-        is that an idle bucket's last windows are emitted up to a minute of
-        event time late.
+        Each move costs two calls to the JVM state server (delete, register),
+        about once per bucket per batch on a steady stream: a few ms per batch
+        at the default 32 buckets. Rounding up to :data:`TIMER_GRANULARITY_MS`
+        skips the moves that would not change which batch fires it. (It was a
+        minute once; then an idle bucket's windows waited up to a minute of event
+        time, and a busy one's for its next data batch, a whole trigger later.)
         """
         target = NO_TIMER
         if len(state):
