@@ -103,7 +103,7 @@ def test_state_size_is_bounded_by_max_contexts() -> None:
     x = rng.uniform(0, 1, 3000)  # pure noise: the worst case for context growth
     capped = CADDetector(min_value=0.0, max_value=1.0, max_contexts=2000)
     s = scores(capped, x)
-    assert len(capped._ctx) <= 2000
+    assert capped.context_count <= 2000
     assert np.all((s >= 0) & (s <= 1))
     blob = capped.to_state()
     assert len(blob) < 2000 * 64

@@ -64,7 +64,7 @@ def test_state_is_bounded_on_noise() -> None:
     det = DefaultDetector()
     rng = np.random.default_rng(7)
     _run(det, rng.standard_normal(2_500))
-    assert len(det._cad._ctx) <= MAX_CONTEXTS
+    assert det._cad.context_count <= MAX_CONTEXTS
     assert len(det.to_state()) < 20 * MAX_CONTEXTS
 
 
