@@ -104,6 +104,10 @@ class BatchResult:
         return BatchResult(lo, hi, prob, flag, why)
 
 
+DEFAULT_MAX_STATE_BYTES = 1 << 20
+"""The state bound of a detector that declares none (1 MiB: generous for one key's state)."""
+
+
 class StateError(ValueError):
     """A stored detector state cannot be loaded (wrong detector, version or parameters)."""
 
@@ -118,6 +122,10 @@ class Detector(ABC):
     name: ClassVar[str]
     params: ClassVar[ParamSchema]
     state_version: ClassVar[int] = 1
+    # True when anomaly_probability can be exactly 1.0; the contract is [0, 1), which keeps
+    # the strongest alarms rankable, and only a detector bound to a reference's scores (CAD)
+    # declares this (detectors.checks then checks [0, 1]).
+    probability_reaches_one: ClassVar[bool] = False
 
     def __init__(self, **params: Any) -> None:
         self.config: dict[str, Any] = self.params.validate(params)
@@ -154,6 +162,12 @@ class Detector(ABC):
     @abstractmethod
     def _set_state(self, state: dict[str, Any], version: int) -> None:
         """Restore what ``_get_state`` returned (possibly written by an older ``version``)."""
+
+    def max_state_bytes(self) -> int | None:
+        """The most bytes ``to_state()`` takes with these parameters, however long the stream;
+        None: no bound declared, and then the state must stay within DEFAULT_MAX_STATE_BYTES
+        and level off (both checked by :func:`detectors.checks.check_bounded_state`)."""
+        return None
 
     def to_state(self) -> bytes:
         """Serialise the learned state, tagged with detector name, version and parameters."""

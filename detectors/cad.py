@@ -201,6 +201,7 @@ class CADDetector(Detector):
     """CAD OSE anomaly score per point; see the module docstring. No value bounds."""
 
     name = "cad"
+    probability_reaches_one = True  # the contextOSE score, 1 when nothing expected came and all is new
     state_version = 2  # 2: neuron facts stored as context id + 2 * bits (1: as NEURON_BASE + id; still read)
     params = ParamSchema(
         (
@@ -677,6 +678,18 @@ class CADDetector(Detector):
         return out
 
     # -- the Detector contract -------------------------------------------------------------
+    def max_state_bytes(self) -> int:
+        """A bound of ``len(to_state())``: at most ``max_contexts`` contexts after every step, at
+        worst each with a left and a right semi-context of its own, every number in 8 bytes;
+        plus the last scores, the warm-up buffer, the fact group and the field names."""
+        c = self.config
+        bits = c["num_norm_value_bits"]
+        group = bits + c["max_active_neurons_num"]  # sensor facts + neurons
+        left = max(group, c["max_left_semi_contexts_length"])  # a zero-level left is a whole group
+        per_context = 8 * (6 + (2 + left) + (2 + bits))  # columns; left id, length, facts; right's
+        buffers = 8 * (c["rest_period"] + (c["range_warmup"] or c["rest_period"]) + group)
+        return 4096 + c["max_contexts"] * per_context + buffers
+
     def _update(self, ts_ms: int, value: float) -> AnomalyResult:
         if not self._fixed:
             if self._warm is not None:

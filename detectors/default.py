@@ -480,6 +480,10 @@ class DefaultDetector(Detector):
         self._count += 1
 
     # -- state --------------------------------------------------------------------------
+    def max_state_bytes(self) -> int:
+        """The value and score rings, CAD's bound and a few numbers (for detectors.checks)."""
+        return 8 * (HISTORY + LIK_LONG + CAD_REST) + 4096 + CADDetector(**CAD_PARAMS).max_state_bytes()
+
     def _get_state(self) -> dict[str, Any]:
         return {
             "recent": self._recent().copy(),

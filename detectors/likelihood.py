@@ -100,7 +100,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from detectors._stats import EXACT_TAIL, SQRT2, graded_tail
-from detectors.base import AnomalyResult, BatchResult, Detector, StateError
+from detectors.base import DEFAULT_MAX_STATE_BYTES, AnomalyResult, BatchResult, Detector, StateError
 from detectors.explain import explanation
 from detectors.params import Param, ParamError, ParamSchema
 
@@ -379,6 +379,11 @@ class LikelihoodDetector(Detector):
         # while keeping e.g. the robust detector's vectorised window statistics.
         base = self._base.update_batch(ts_ms, values)
         return BatchResult.from_results([self._judge(base.result(i)) for i in range(len(base))])
+
+    def max_state_bytes(self) -> int:
+        """The score ring and a few numbers, plus the base's bound (the default one if it declares none)."""
+        base = self._base.max_state_bytes()
+        return 8 * self._lparams.historic_window_size + 1024 + (DEFAULT_MAX_STATE_BYTES if base is None else base)
 
     def _get_state(self) -> dict[str, Any]:
         return {"base": self._base.to_state(), **state_to_fields(self._state)}
