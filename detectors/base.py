@@ -26,7 +26,7 @@ import struct
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -55,7 +55,7 @@ class AnomalyResult:
         return AnomalyResult(None, None, 0.0, False)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class BatchResult:
     """Column form of many AnomalyResults; NaN stands for a missing bound.
 
@@ -67,18 +67,23 @@ class BatchResult:
     value_upper_limit: np.ndarray
     anomaly_probability: np.ndarray
     is_anomaly: np.ndarray
-    explanation: np.ndarray | None = None
+    explanation: np.ndarray
 
-    def __post_init__(self) -> None:
-        if self.explanation is None:
-            object.__setattr__(self, "explanation", np.full(len(self.anomaly_probability), None, dtype=object))
+    def __init__(self, value_lower_limit: np.ndarray, value_upper_limit: np.ndarray,
+                 anomaly_probability: np.ndarray, is_anomaly: np.ndarray,
+                 explanation: np.ndarray | None = None) -> None:
+        if explanation is None:
+            explanation = np.full(len(anomaly_probability), None, dtype=object)
+        for name, column in (("value_lower_limit", value_lower_limit), ("value_upper_limit", value_upper_limit),
+                             ("anomaly_probability", anomaly_probability), ("is_anomaly", is_anomaly),
+                             ("explanation", explanation)):
+            object.__setattr__(self, name, column)  # frozen
 
     def __len__(self) -> int:
         return len(self.anomaly_probability)
 
     def result(self, i: int) -> AnomalyResult:
         lo, hi = float(self.value_lower_limit[i]), float(self.value_upper_limit[i])
-        assert self.explanation is not None
         return AnomalyResult(
             None if math.isnan(lo) else lo,
             None if math.isnan(hi) else hi,
@@ -114,6 +119,9 @@ class StateError(ValueError):
 
 class NonFiniteValueError(ValueError):
     """Detectors take finite floats only; NaN and infinities are rejected up front."""
+
+
+_D = TypeVar("_D", bound="Detector")
 
 
 class Detector(ABC):
@@ -174,7 +182,7 @@ class Detector(ABC):
         return pack_state(self.name, self.state_version, self.config, self._get_state())
 
     @classmethod
-    def from_state(cls, blob: bytes, **params: Any) -> Detector:
+    def from_state(cls: type[_D], blob: bytes, **params: Any) -> _D:
         """Rebuild a detector from ``params`` and a blob written by ``to_state``.
 
         Raises :class:`StateError` when the blob belongs to another detector, to an

@@ -132,9 +132,10 @@ def py27_dict_order(keys: list[int]) -> list[int]:
     >>> py27_dict_order([9, 1])
     [9, 1]
     """
-    size, table = 8, [None] * 8
+    size = 8
+    table: list[int | None] = [None] * size
 
-    def place(tab: list, mask: int, key: int) -> None:
+    def place(tab: list[int | None], mask: int, key: int) -> None:
         i = key & mask
         if tab[i] is not None:
             perturb = key
@@ -257,7 +258,7 @@ class CADDetector(Detector):
     # -- model state ---------------------------------------------------------------------
     def _reset(self) -> None:
         self._lo = self._hi = self._step_size = float("nan")
-        self._warm: list[float] = []
+        self._warm: list[float] | None = []  # None once the range is set
         self._widenings = 0
         self._t = 0  # points fed to the model
         self._hist: deque[float] = deque([1.0], maxlen=self._rest)  # last raw scores

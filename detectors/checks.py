@@ -334,10 +334,11 @@ def check_param_schema(run: _Run) -> None:
     for p in schema.params:
         for bad in _bad_values(p):
             what = f"parameter {p.name!r} = {bad!r}"
-            _refuses(lambda p=p, bad=bad: schema.validate({**run.params, p.name: bad}), p.name, what)
-            _refuses(lambda p=p, bad=bad: cls(**{**run.params, p.name: bad}), p.name, what + " (constructor)")
+            values = {**run.params, p.name: bad}
+            _refuses(functools.partial(schema.validate, values), p.name, what)
+            _refuses(functools.partial(cls, **values), p.name, what + " (constructor)")
     unknown = "no_such_parameter_"
-    _refuses(lambda: cls(**{**run.params, unknown: 1}), unknown, "an unknown parameter")
+    _refuses(functools.partial(cls, **{**run.params, unknown: 1}), unknown, "an unknown parameter")
 
 
 def _other_params(run: _Run, det: Detector) -> dict[str, Any] | None:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# README command 2: bootstrap, lint, then the whole test suite (one SparkSession, one broker).
+# README command 2: bootstrap, lint, type check, then the whole test suite (one SparkSession, one broker).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$ROOT/scripts/bootstrap.sh"
@@ -7,4 +7,5 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$ROOT/scripts/chromium.sh" >/dev/null || [[ -z "${CI:-}" ]]  # headless Chromium for the browser tests; required under CI
 cd "$ROOT"
 .venv/bin/ruff check jobs detectors tests bench
+.venv/bin/mypy  # detectors/ ([tool.mypy] in pyproject.toml)
 exec .venv/bin/python -m pytest -q "$@"
