@@ -290,7 +290,6 @@ class CADDetector(Detector):
         self._r_by_facts: dict[tuple, int] = {}
         self._r_by_hash: dict[int, int] = {}
         self._neuron_index: dict[int, list[int]] = {}  # neuron fact -> left ids (ascending)
-        self._pure: list[int] = []  # left ids without neuron facts
         self._zero_lefts: set[int] = set()
         self._neuron_arrays: dict[int, np.ndarray] = {}  # numpy copies of _neuron_index lists
         self._rcross_cache: dict[int, tuple] = {}  # sensor mask -> right crossing (rights unchanged)
@@ -323,8 +322,6 @@ class CADDetector(Detector):
                 if f >= NEURON_BASE:
                     self._neuron_index.setdefault(f, []).append(lid)
                     self._neuron_arrays.pop(f, None)
-        else:
-            self._pure.append(lid)
         if left.zeros:
             self._zero_lefts.add(lid)
             self._zero_sorted = None

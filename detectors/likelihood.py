@@ -349,14 +349,6 @@ class LikelihoodDetector(Detector):
         self._lparams = LikelihoodParams(**{name: cfg[name] for name in ESTIMATOR_PARAMS.names})
         self._state = new_likelihood_state(self._lparams)
 
-    @property
-    def base_detector(self) -> Detector:
-        return self._base
-
-    @property
-    def likelihood_state(self) -> LikelihoodState:
-        return self._state
-
     def _judge(self, base: AnomalyResult) -> AnomalyResult:
         _, z = likelihood_z_update(self._state, base.anomaly_probability, inplace=True)
         if z is None:
