@@ -93,6 +93,20 @@ from detectors.base import (
 )
 from detectors.params import Param, ParamError
 
+__all__ = [
+    "CHECKS",
+    "DEFAULT_MAX_STATE_BYTES",
+    "check_batch_equals_update",
+    "check_bounded_state",
+    "check_bounds",
+    "check_detector",
+    "check_param_schema",
+    "check_probabilities",
+    "check_state_round_trip",
+    "check_state_versioning",
+    "default_series",
+]
+
 STEP_MS = 60_000  # timestamps of the default series: one point a minute
 
 Check = Callable[..., None]
@@ -140,7 +154,6 @@ class _Run:
 def _check(fn: Callable[[_Run], None]) -> Check:
     """Give a check its public signature and its failure message (check and detector named)."""
 
-    @functools.wraps(fn)
     def check(cls: type[Detector], params: Mapping[str, Any] | None = None,
               series: Sequence[float] | None = None) -> None:
         label = f"{fn.__name__} failed for detector {getattr(cls, 'name', cls.__name__)!r}"
@@ -151,6 +164,8 @@ def _check(fn: Callable[[_Run], None]) -> Check:
         except Exception as err:  # a detector raising where it should not is a failure of this check
             raise AssertionError(f"{label}: raised {type(err).__name__}: {err}") from err
 
+    # the check's own name and docstring, with the public signature (functools.wraps would show _Run's)
+    check.__name__, check.__qualname__, check.__doc__ = fn.__name__, fn.__qualname__, fn.__doc__
     return check
 
 
@@ -186,6 +201,7 @@ ROUND_TRIP_SPAN = 300
 
 @_check
 def check_state_round_trip(run: _Run) -> None:
+    """to_state -> from_state at several cuts continues bit for bit (results and state bytes)."""
     n = len(run.values)
     reference = run.new()
     expected = run.feed(reference)
@@ -214,6 +230,7 @@ def check_state_round_trip(run: _Run) -> None:
 
 @_check
 def check_batch_equals_update(run: _Run) -> None:
+    """update_batch in uneven chunks equals update point by point, bit for bit, state included."""
     n = len(run.values)
     pointwise = run.new()
     expected = BatchResult.from_results(run.feed(pointwise))
@@ -240,6 +257,7 @@ def check_batch_equals_update(run: _Run) -> None:
 
 @_check
 def check_bounded_state(run: _Run) -> None:
+    """The state stays within max_state_bytes() (or the default bound, and levels off)."""
     det = run.new()
     declared = det.max_state_bytes()
     bound = DEFAULT_MAX_STATE_BYTES if declared is None else declared
@@ -266,6 +284,7 @@ def _scored(run: _Run) -> list[AnomalyResult]:
 
 @_check
 def check_probabilities(run: _Run) -> None:
+    """anomaly_probability is a float in [0, 1) ([0, 1] if probability_reaches_one); is_anomaly a bool."""
     closed = run.cls.probability_reaches_one
     for i, r in enumerate(_scored(run)):
         p = r.anomaly_probability
@@ -277,6 +296,7 @@ def check_probabilities(run: _Run) -> None:
 
 @_check
 def check_bounds(run: _Run) -> None:
+    """value_lower_limit <= value_upper_limit wherever both are finite."""
     for i, r in enumerate(_scored(run)):
         lo, hi = r.value_lower_limit, r.value_upper_limit
         if lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi):
@@ -313,6 +333,7 @@ def _refuses(fn: Callable[[], Any], field: str, what: str) -> None:
 
 @_check
 def check_param_schema(run: _Run) -> None:
+    """The ParamSchema is complete and documented; bad values raise ParamError naming the field."""
     cls, schema = run.cls, run.cls.params
     assert isinstance(getattr(cls, "name", None), str) and cls.name, "the class has no name"
     assert isinstance(cls.state_version, int) and cls.state_version >= 1, "state_version must be an int >= 1"
@@ -375,6 +396,7 @@ def _refused(make: Callable[[], Any], what: str) -> None:
 
 @_check
 def check_state_versioning(run: _Run) -> None:
+    """Foreign, newer, other-parameter, garbage, truncated and empty states raise StateError."""
     det = run.new()
     run.feed(det, 0, min(len(run.values), 300))
     blob = det.to_state()
