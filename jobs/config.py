@@ -517,7 +517,7 @@ def _jdbc(raw: Any, name: str, base_dir: Path | None) -> JdbcConfig | None:
         if path and path != ":memory:" and not Path(path).is_absolute():
             url = "jdbc:sqlite:" + str((base_dir / path).resolve())
     table = _str(section.get("table") or JdbcConfig.table, f"{name}.table")
-    if not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$", table):
+    if not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$", table or ""):
         raise ConfigError(f"{name}.table", f"must be a plain SQL identifier, got {table!r}")
     properties = _string_map(section.get("properties"), f"{name}.properties")
     for key in properties:
