@@ -65,6 +65,8 @@ setup(
             "chispa>=0.10",
             "hypothesis>=6.100",
             "ruff>=0.6",
+            # scripts/test.sh type-checks detectors/ and jobs/ ([tool.mypy] in pyproject.toml)
+            "mypy>=1.10",
             # the plugin example test builds a wheel of tests/plugin_example offline
             "setuptools>=70.1",
             "wheel",

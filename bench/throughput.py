@@ -75,6 +75,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 
@@ -443,12 +444,8 @@ def run_job_case(
             row.results = (row.results or 0) + getattr(stats, "results", 0)
         original_put(stream_name, batch_id, stats)
 
-    BOARD.put = counting_put  # type: ignore[method-assign]
-    try:
-        with MemorySampler() as memory:
-            code = run(config, spark=spark)
-    finally:
-        BOARD.put = original_put  # type: ignore[method-assign]
+    with mock.patch.object(BOARD, "put", counting_put), MemorySampler() as memory:
+        code = run(config, spark=spark)
     if code != 0:
         raise SystemExit(f"the job failed on case {case} with {apps} applications (exit code {code})")
     row.memory = memory.describe()

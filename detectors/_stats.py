@@ -247,7 +247,7 @@ def gaussian_scores(
         upper = np.clip(center + half_width, -FLOAT_MAX, FLOAT_MAX)
     erfc_arg = np.minimum(z, FLOAT_MAX) / SQRT2
     tail = np.array([math.erfc(v) for v in erfc_arg.tolist()], dtype=np.float64)
-    for i in np.flatnonzero(tail < EXACT_TAIL):  # beyond 6.1 sigma: the graded scale
+    for i in np.flatnonzero(tail < EXACT_TAIL).tolist():  # beyond 6.1 sigma: the graded scale
         tail[i] = graded_tail(float(erfc_arg[i]))
     prob = 1.0 - tail
     anomalous = (x < lower) | (x > upper)

@@ -26,7 +26,7 @@ import struct
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -55,7 +55,7 @@ class AnomalyResult:
         return AnomalyResult(None, None, 0.0, False)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class BatchResult:
     """Column form of many AnomalyResults; NaN stands for a missing bound.
 
@@ -67,18 +67,23 @@ class BatchResult:
     value_upper_limit: np.ndarray
     anomaly_probability: np.ndarray
     is_anomaly: np.ndarray
-    explanation: np.ndarray | None = None
+    explanation: np.ndarray
 
-    def __post_init__(self) -> None:
-        if self.explanation is None:
-            object.__setattr__(self, "explanation", np.full(len(self.anomaly_probability), None, dtype=object))
+    def __init__(self, value_lower_limit: np.ndarray, value_upper_limit: np.ndarray,
+                 anomaly_probability: np.ndarray, is_anomaly: np.ndarray,
+                 explanation: np.ndarray | None = None) -> None:
+        if explanation is None:
+            explanation = np.full(len(anomaly_probability), None, dtype=object)
+        for name, column in (("value_lower_limit", value_lower_limit), ("value_upper_limit", value_upper_limit),
+                             ("anomaly_probability", anomaly_probability), ("is_anomaly", is_anomaly),
+                             ("explanation", explanation)):
+            object.__setattr__(self, name, column)  # frozen
 
     def __len__(self) -> int:
         return len(self.anomaly_probability)
 
     def result(self, i: int) -> AnomalyResult:
         lo, hi = float(self.value_lower_limit[i]), float(self.value_upper_limit[i])
-        assert self.explanation is not None
         return AnomalyResult(
             None if math.isnan(lo) else lo,
             None if math.isnan(hi) else hi,
@@ -104,6 +109,10 @@ class BatchResult:
         return BatchResult(lo, hi, prob, flag, why)
 
 
+DEFAULT_MAX_STATE_BYTES = 1 << 20
+"""The state bound of a detector that declares none (1 MiB: generous for one key's state)."""
+
+
 class StateError(ValueError):
     """A stored detector state cannot be loaded (wrong detector, version or parameters)."""
 
@@ -112,12 +121,19 @@ class NonFiniteValueError(ValueError):
     """Detectors take finite floats only; NaN and infinities are rejected up front."""
 
 
+_D = TypeVar("_D", bound="Detector")
+
+
 class Detector(ABC):
     """Base class of all detectors; see the module docstring for the contract."""
 
     name: ClassVar[str]
     params: ClassVar[ParamSchema]
     state_version: ClassVar[int] = 1
+    # True when anomaly_probability can be exactly 1.0; the contract is [0, 1), which keeps
+    # the strongest alarms rankable, and only a detector bound to a reference's scores (CAD)
+    # declares this (detectors.checks then checks [0, 1]).
+    probability_reaches_one: ClassVar[bool] = False
 
     def __init__(self, **params: Any) -> None:
         self.config: dict[str, Any] = self.params.validate(params)
@@ -155,12 +171,18 @@ class Detector(ABC):
     def _set_state(self, state: dict[str, Any], version: int) -> None:
         """Restore what ``_get_state`` returned (possibly written by an older ``version``)."""
 
+    def max_state_bytes(self) -> int | None:
+        """The most bytes ``to_state()`` takes with these parameters, however long the stream;
+        None: no bound declared, and then the state must stay within DEFAULT_MAX_STATE_BYTES
+        and level off (both checked by :func:`detectors.checks.check_bounded_state`)."""
+        return None
+
     def to_state(self) -> bytes:
         """Serialise the learned state, tagged with detector name, version and parameters."""
         return pack_state(self.name, self.state_version, self.config, self._get_state())
 
     @classmethod
-    def from_state(cls, blob: bytes, **params: Any) -> Detector:
+    def from_state(cls: type[_D], blob: bytes, **params: Any) -> _D:
         """Rebuild a detector from ``params`` and a blob written by ``to_state``.
 
         Raises :class:`StateError` when the blob belongs to another detector, to an

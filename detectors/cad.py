@@ -132,9 +132,10 @@ def py27_dict_order(keys: list[int]) -> list[int]:
     >>> py27_dict_order([9, 1])
     [9, 1]
     """
-    size, table = 8, [None] * 8
+    size = 8
+    table: list[int | None] = [None] * size
 
-    def place(tab: list, mask: int, key: int) -> None:
+    def place(tab: list[int | None], mask: int, key: int) -> None:
         i = key & mask
         if tab[i] is not None:
             perturb = key
@@ -189,11 +190,11 @@ class _Left:
 
     def reorder(self) -> None:
         order = py27_dict_order(list(self.rmap))
-        self.items = [(rid, self.rmap[rid][5], self.rmap[rid]) for rid in order]
+        self.items = [(rid, self.rmap[rid][2], self.rmap[rid]) for rid in order]
         self.zitems = [item for item in self.items if item[2][1]]
 
 
-# A context record is a list: [column slot, zero_level, left_hash, right_hash, unused, id, left id, right id];
+# A context record is a list: [column slot, zero_level, id, left id, right id];
 # its count and last use live in the detector's context columns (CADDetector._c_count, _c_used).
 
 
@@ -201,6 +202,7 @@ class CADDetector(Detector):
     """CAD OSE anomaly score per point; see the module docstring. No value bounds."""
 
     name = "cad"
+    probability_reaches_one = True  # the contextOSE score, 1 when nothing expected came and all is new
     state_version = 2  # 2: neuron facts stored as context id + 2 * bits (1: as NEURON_BASE + id; still read)
     params = ParamSchema(
         (
@@ -256,7 +258,7 @@ class CADDetector(Detector):
     # -- model state ---------------------------------------------------------------------
     def _reset(self) -> None:
         self._lo = self._hi = self._step_size = float("nan")
-        self._warm: list[float] = []
+        self._warm: list[float] | None = []  # None once the range is set
         self._widenings = 0
         self._t = 0  # points fed to the model
         self._hist: deque[float] = deque([1.0], maxlen=self._rest)  # last raw scores
@@ -288,7 +290,6 @@ class CADDetector(Detector):
         self._r_by_facts: dict[tuple, int] = {}
         self._r_by_hash: dict[int, int] = {}
         self._neuron_index: dict[int, list[int]] = {}  # neuron fact -> left ids (ascending)
-        self._pure: list[int] = []  # left ids without neuron facts
         self._zero_lefts: set[int] = set()
         self._neuron_arrays: dict[int, np.ndarray] = {}  # numpy copies of _neuron_index lists
         self._rcross_cache: dict[int, tuple] = {}  # sensor mask -> right crossing (rights unchanged)
@@ -321,8 +322,6 @@ class CADDetector(Detector):
                 if f >= NEURON_BASE:
                     self._neuron_index.setdefault(f, []).append(lid)
                     self._neuron_arrays.pop(f, None)
-        else:
-            self._pure.append(lid)
         if left.zeros:
             self._zero_lefts.add(lid)
             self._zero_sorted = None
@@ -334,10 +333,45 @@ class CADDetector(Detector):
             span = float(self._max_bin)  # as the original: a flat range maps everything to code 0
         self._step_size = span / self._max_bin
 
-    def _encode(self, value: float) -> int:
+    # -- the engine API: what a detector built on CAD (detectors.default) calls --------------
+    # A caller that manages the range itself builds a CAD without min/max (so its state
+    # stores the range), calls set_range before the first point and then step_value per
+    # point; CAD's own warm-up, widening, rest period and threshold are then not used.
+    @property
+    def value_range(self) -> tuple[float, float]:
+        """The value range ``(lo, hi)`` codes are cut from; NaNs while it is still being learnt."""
+        return self._lo, self._hi
+
+    def set_range(self, lo: float, hi: float) -> None:
+        """Set the value range now; from here on the caller manages it (no online warm-up).
+
+        Only without ``min_value``/``max_value`` and before a point is buffered for the
+        online range. Learnt contexts are not re-encoded: a changed range changes what
+        their codes mean (``detectors.default`` builds a new CAD and replays instead).
+        """
+        if self._fixed:
+            raise ValueError("cad: the range is fixed by min_value/max_value")
+        if self._warm:
+            raise ValueError("cad: points are buffered to learn the range; set it before the first point")
+        if not lo <= hi:
+            raise ValueError(f"cad: need lo <= hi, got {lo!r}, {hi!r}")
+        self._warm = None
+        self._set_range(lo, hi)
+
+    def encode(self, value: float) -> int:
+        """The value code of ``value``, clamped into the range (``0 .. 2**num_norm_value_bits - 1``)."""
         value = min(max(value, self._lo), self._hi)
         code = int((value - self._lo) / self._step_size)
         return min(max(code, 0), self._max_bin)
+
+    def step_value(self, value: float) -> float:
+        """Raw CAD score of ``value`` (:meth:`step` of its :meth:`encode`); the model learns it."""
+        return self.step(self.encode(value))
+
+    @property
+    def context_count(self) -> int:
+        """Contexts stored now (at most ``max_contexts`` after every step)."""
+        return len(self._ctx)
 
     # -- learning ------------------------------------------------------------------------
     def _left_id(self, facts: tuple[int, ...]) -> int:
@@ -392,8 +426,7 @@ class CADDetector(Detector):
         cid = self._next_c
         self._next_c += 1
         rhash = self._rights[rid][1]
-        rec = [self._append_context(0, self._t, lid, rid, cid, left.hash, rhash), zero, left.hash, rhash,
-               None, cid, lid, rid]
+        rec = [self._append_context(0, self._t, lid, rid, cid, left.hash, rhash), zero, cid, lid, rid]
         self._ctx[cid] = rec
         left.rmap[rid] = rec
         left.reorder()
@@ -450,103 +483,102 @@ class CADDetector(Detector):
             arr = self._neuron_arrays[fact] = np.asarray(self._neuron_index.get(fact, ()), dtype=np.int64)
         return arr
 
-    def _step(self, code: int) -> float:
-        """One CAD step on value code ``code``; returns the raw score.
+    # -- one step: the engine API ------------------------------------------------------------
+    def step(self, code: int) -> float:
+        """One CAD step on value code ``code`` (see :meth:`encode`); returns the raw score.
 
-        The selection and activation of stored contexts (every step, hundreds of
-        contexts) run on the context columns with numpy; only the learning of
-        crossed contexts (after a new zero-level context, a few % of the steps)
-        walks the contexts in the reference's order, which decides new ids.
+        Engine API: no rest period, no threshold, no range handling; the model learns
+        the code. The selection and activation of stored contexts (every step, hundreds
+        of contexts) run on the context columns with numpy; only the learning of
+        crossed contexts (after a new zero-level context, a few % of the steps) walks
+        the contexts in the reference's order, which decides new ids.
         """
         cur, curmask = self._codes[code]
-        group = self._group
+        group = self._group  # the previous step's facts
         crossed_until = self._crossed_until  # the left crossing covers ids below this
-        zero_ctx = None
-        new_flag = False
-        skip = 0  # the original skips the new zero-level context, else context id 0
-        if group:
-            zero_ctx = (group, cur)
-            rec, new_flag = self._context(group, cur, 1)
-            if new_flag:
-                skip = rec[5]
+        new_zero, skip = self._learn_zero_level(group, cur)
         rcross, rfull, rfull_col = self._right_crossing(curmask)
 
         # Between learning steps the stored contexts do not change, so the selection of
         # a (fact group, value code) pair seen since the last change is reused.
         key = (group, code)
-        hit = None if new_flag else self._selection_cache.get(key)
-        if hit is not None:
+        cached = None if new_zero else self._selection_cache.get(key)
+        if cached is not None:
             self._hits += 1
-            nsel, act = hit
-            n_active = len(act)
-            t = self._t
-            count = self._c_count
-            count[act] += 1
-            self._c_used[act] = t
-            if n_active > self._max_act:
-                act = self._top_active(act)
-            neurons = sorted(NEURON_BASE + c for c in self._c_id[act].tolist())
-            self._group = cur + tuple(neurons)
-            self._gmask = curmask
-            self._crossed_until = self._next_l
-            self._t = t + 1
-            pct_active = n_active / nsel if nsel else 0.0
-            return (1.0 - pct_active) / 2.0
-        self._misses += 1
+            nsel, act = cached
+        else:
+            self._misses += 1
+            full_col, ncnt = self._contained_lefts(group, crossed_until)
+            nsel, act = self._select(full_col, skip, rfull_col)
+            if not new_zero:
+                if len(self._selection_cache) >= _SELECTION_CACHE:
+                    self._selection_cache.clear()
+                self._selection_cache[key] = (nsel, act)
+        pct_active = len(act) / nsel if nsel else 0.0
+        neurons = self._activate(act)
+        pct_new = 0.0
+        if new_zero:  # crossed contexts are found against the previous group, learnt after the move
+            pots = self._potential_contexts(full_col, ncnt, crossed_until, skip, rcross, rfull)
+        self._group = cur + neurons
+        self._gmask = curmask
+        if new_zero:
+            pct_new = self._learn_crossed(pots, (group, cur))
+        self._crossed_until = self._next_l
+        self._t += 1
+        if len(self._ctx) > self.config["max_contexts"]:
+            self._evict()
+        return (1.0 - pct_active + pct_new) / 2.0
 
-        # Left crossing of the previous fact group: a left is wholly contained when
-        # its sensor facts are in the group's and all its neurons are group neurons.
+    def _learn_zero_level(self, group: tuple[int, ...], cur: tuple[int, ...]) -> tuple[bool, int]:
+        """Store the zero-level context (previous fact group, current sensor facts).
+
+        Returns (whether it is new, the context id the selection skips): the original
+        skips the new zero-level context, else context id 0.
+        """
+        if not group:
+            return False, 0
+        rec, created = self._context(group, cur, 1)
+        return created, rec[2] if created else 0
+
+    def _contained_lefts(self, group: tuple[int, ...], crossed_until: int) -> tuple[np.ndarray, np.ndarray]:
+        """Left crossing of the previous fact group: (wholly contained, by left id; group neurons per left).
+
+        A left is wholly contained when its sensor facts are in the group's and all its
+        neurons are group neurons; only lefts below ``crossed_until`` take part.
+        """
         nl = self._next_l
         self._left_capacity(nl)
-        gmask = self._gmask
         arrays = [self._neuron_array(f) for f in group if f >= NEURON_BASE]
         ncnt = np.bincount(np.concatenate(arrays), minlength=nl) if arrays else np.zeros(nl, dtype=np.int64)
-        full_col = self._l_alive[:nl] & (ncnt == self._l_nneur[:nl]) & ((self._l_smask[:nl] & ~gmask) == 0)
+        full_col = self._l_alive[:nl] & (ncnt == self._l_nneur[:nl]) & ((self._l_smask[:nl] & ~self._gmask) == 0)
         full_col[crossed_until:] = False
+        return full_col, ncnt
 
-        # Selected contexts (left wholly contained) and the active ones among them
-        # (right wholly present now): counted and stamped in one go.
+    def _select(self, full_col: np.ndarray, skip: int, rfull_col: np.ndarray) -> tuple[int, np.ndarray]:
+        """(selected count, slots of the active contexts): selected contexts have their left
+        wholly contained; the active ones among them have their right wholly present now."""
         n = self._n
         sel = full_col[self._c_left[:n]]
         skip_rec = self._ctx.get(skip)
         if skip_rec is not None:
             sel[skip_rec[0]] = False
-        nsel = int(np.count_nonzero(sel))
-        act = np.flatnonzero(sel & rfull_col[self._c_right[:n]])
-        n_active = len(act)
-        if not new_flag:
-            if len(self._selection_cache) >= _SELECTION_CACHE:
-                self._selection_cache.clear()
-            self._selection_cache[key] = (nsel, act)
-        t = self._t
-        count = self._c_count
-        count[act] += 1
-        self._c_used[act] = t
-        if n_active > self._max_act:
+        return int(np.count_nonzero(sel)), np.flatnonzero(sel & rfull_col[self._c_right[:n]])
+
+    def _activate(self, act: np.ndarray) -> tuple[int, ...]:
+        """Count and stamp the active contexts; the most used become the next step's neuron facts."""
+        self._c_count[act] += 1
+        self._c_used[act] = self._t
+        if len(act) > self._max_act:
             act = self._top_active(act)
-        neurons = sorted(NEURON_BASE + c for c in self._c_id[act].tolist())
+        return tuple(sorted(NEURON_BASE + c for c in self._c_id[act].tolist()))
 
-        pots: list[tuple] = []
-        if new_flag:
-            pots = self._potential_contexts(full_col, ncnt, crossed_until, skip, rcross, rfull)
+    def _learn_crossed(self, pots: list[tuple], zero_ctx: tuple) -> float:
+        """Learn the potential crossed contexts; returns the share of them (with the new
+        zero-level context) that really were new."""
         unique = dict.fromkeys(pots)
-        n_uniq = len(unique) + (1 if zero_ctx is not None and zero_ctx not in unique else 0)
-        pct_active = n_active / nsel if nsel else 0.0
-        self._group = cur + tuple(neurons)
-        self._gmask = curmask
-
-        n_new = 0
-        for lf, rf in unique:
-            if self._context(lf, rf, 0)[1]:
-                n_new += 1
-        if new_flag:
-            n_new += 1
-        pct_new = n_new / n_uniq if new_flag and n_uniq else 0.0
-        self._crossed_until = self._next_l
-        self._t = t + 1
-        if len(self._ctx) > self.config["max_contexts"]:
-            self._evict()
-        return (1.0 - pct_active + pct_new) / 2.0
+        n_uniq = len(unique) + (zero_ctx not in unique)
+        n_new = 1 + sum(1 for lf, rf in unique if self._context(lf, rf, 0)[1])  # 1: the zero-level one
+        return n_new / n_uniq
 
     def _potential_contexts(self, full_col: np.ndarray, ncnt: np.ndarray, crossed_until: int, skip: int,
                             rcross: dict[int, tuple], rfull: set[int]) -> list[tuple]:
@@ -612,11 +644,11 @@ class CADDetector(Detector):
         touched = set()
         for cid in self._c_id[drop].tolist():
             rec = self._ctx.pop(cid)
-            left = self._lefts[rec[6]]
-            del left.rmap[rec[7]]
+            left = self._lefts[rec[3]]
+            del left.rmap[rec[4]]
             if rec[1]:
                 left.zeros -= 1
-            touched.add(rec[6])
+            touched.add(rec[3])
         for lid in touched:
             left = self._lefts[lid]
             if left.rmap:
@@ -633,17 +665,29 @@ class CADDetector(Detector):
         self._n = int(np.count_nonzero(kept))
         for slot, cid in enumerate(self._c_id[: self._n].tolist()):
             self._ctx[cid][0] = slot
-        used_r = {rec[7] for rec in self._ctx.values()}
+        used_r = {rec[4] for rec in self._ctx.values()}
         self._rights = {rid: v for rid, v in self._rights.items() if rid in used_r}
         self._rebuild_indexes()
 
     def _score(self, code: int) -> float:
-        raw = self._step(code)
+        raw = self.step(code)
         out = raw if max(self._hist) < self._base else 0.0
         self._hist.append(raw)
         return out
 
     # -- the Detector contract -------------------------------------------------------------
+    def max_state_bytes(self) -> int:
+        """A bound of ``len(to_state())``: at most ``max_contexts`` contexts after every step, at
+        worst each with a left and a right semi-context of its own, every number in 8 bytes;
+        plus the last scores, the warm-up buffer, the fact group and the field names."""
+        c = self.config
+        bits = c["num_norm_value_bits"]
+        group = bits + c["max_active_neurons_num"]  # sensor facts + neurons
+        left = max(group, c["max_left_semi_contexts_length"])  # a zero-level left is a whole group
+        per_context = 8 * (6 + (2 + left) + (2 + bits))  # columns; left id, length, facts; right's
+        buffers = 8 * (c["rest_period"] + (c["range_warmup"] or c["rest_period"]) + group)
+        return 4096 + c["max_contexts"] * per_context + buffers
+
     def _update(self, ts_ms: int, value: float) -> AnomalyResult:
         if not self._fixed:
             if self._warm is not None:
@@ -655,14 +699,14 @@ class CADDetector(Detector):
                 self._set_range(lo - RANGE_MARGIN * span, hi + RANGE_MARGIN * span)
                 buffered, self._warm = self._warm, None
                 for v in buffered[:-1]:
-                    self._score(self._encode(v))
+                    self._score(self.encode(v))
             elif value > self._hi or value < self._lo:
                 span = self._hi - self._lo
                 lo = min(self._lo, value - RANGE_MARGIN * span)
                 hi = max(self._hi, value + RANGE_MARGIN * span)
                 self._set_range(lo, hi)
                 self._widenings += 1
-        score = self._score(self._encode(value))
+        score = self._score(self.encode(value))
         anomalous = score >= self.config["threshold"]
         # CAD has no band: its alarms are broken sequences of value bands
         return AnomalyResult(None, None, score, anomalous, _CAD_EXPLANATION if anomalous else None)
@@ -771,7 +815,7 @@ class CADDetector(Detector):
             for slot, (cid, zero, lid, rid) in enumerate(columns):  # ascending ids = insertion order
                 left = lefts[lid]
                 rhash = rights[rid][1]
-                rec = [slot, zero, left.hash, rhash, None, cid, lid, rid]
+                rec = [slot, zero, cid, lid, rid]
                 ctx[cid] = rec
                 left.rmap[rid] = rec
                 left.zeros += zero

@@ -236,8 +236,7 @@ def _ratio(a: float, b: float) -> float:
 def _new_cad(lo: float, hi: float) -> CADDetector:
     """A CAD in online-range mode (so its state stores the range) with the range set now."""
     cad = CADDetector(**CAD_PARAMS)
-    cad._warm = None  # the range is managed here, not by CAD's own warm-up
-    cad._set_range(max(lo, -_CAD_LIMIT), min(hi, _CAD_LIMIT))
+    cad.set_range(max(lo, -_CAD_LIMIT), min(hi, _CAD_LIMIT))  # managed here, not by CAD's own warm-up
     return cad
 
 
@@ -348,15 +347,16 @@ class DefaultDetector(Detector):
         """Raw CAD score of the (quartered) value, after rebuilding CAD if it left the range."""
         cad = self._cad
         assert cad is not None
-        if quarter > cad._hi or quarter < cad._lo:
-            span = cad._hi - cad._lo
-            lo = min(cad._lo, quarter - RANGE_MARGIN * span)
-            hi = max(cad._hi, quarter + RANGE_MARGIN * span)
+        cad_lo, cad_hi = cad.value_range
+        if quarter > cad_hi or quarter < cad_lo:
+            span = cad_hi - cad_lo
+            lo = min(cad_lo, quarter - RANGE_MARGIN * span)
+            hi = max(cad_hi, quarter + RANGE_MARGIN * span)
             cad = self._cad = _new_cad(lo, hi)
             self._rebuilds += 1
             for v in self._recent()[-REPLAY:]:
-                cad._step(cad._encode(v * 0.5))
-        return cad._step(cad._encode(quarter))
+                cad.step_value(v * 0.5)
+        return cad.step_value(quarter)
 
     def _start_cad(self) -> None:
         """End of warm-up: CAD's range from the points so far, which it then learns."""
@@ -365,7 +365,7 @@ class DefaultDetector(Detector):
         span = hi - lo or float(quarters.max() - quarters.min()) or max(abs(lo), 1.0)
         self._cad = cad = _new_cad(lo - RANGE_MARGIN * span, hi + RANGE_MARGIN * span)
         for v in quarters:
-            cad._step(cad._encode(v))
+            cad.step_value(v)
         self._cad_hist.append(1.0)  # as CAD: no score right after the start
 
     # -- the Detector contract ---------------------------------------------------------------
@@ -480,6 +480,10 @@ class DefaultDetector(Detector):
         self._count += 1
 
     # -- state --------------------------------------------------------------------------
+    def max_state_bytes(self) -> int:
+        """The value and score rings, CAD's bound and a few numbers (for detectors.checks)."""
+        return 8 * (HISTORY + LIK_LONG + CAD_REST) + 4096 + CADDetector(**CAD_PARAMS).max_state_bytes()
+
     def _get_state(self) -> dict[str, Any]:
         return {
             "recent": self._recent().copy(),

@@ -94,13 +94,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 
 from detectors._stats import EXACT_TAIL, SQRT2, graded_tail
-from detectors.base import AnomalyResult, BatchResult, Detector, StateError
+from detectors.base import DEFAULT_MAX_STATE_BYTES, AnomalyResult, BatchResult, Detector, StateError
 from detectors.explain import explanation
 from detectors.params import Param, ParamError, ParamSchema
 
@@ -113,29 +113,40 @@ LOG_SCALE_EXACT_TAIL = 1e-18
 
 
 # -- pure core ---------------------------------------------------------------------
-@dataclass(frozen=True)
+ESTIMATOR_PARAMS = ParamSchema(
+    (
+        Param("learning_period", int, 288, "scores that only fill the history", minimum=0),
+        Param("estimation_samples", int, 100, "scores after the learning period before the first fit", minimum=2),
+        Param("historic_window_size", int, 8640, "raw scores kept for fitting (ring buffer)", minimum=2),
+        Param("reestimation_period", int, 100, "re-fit the distribution every this many scores", minimum=1),
+        Param("averaging_window", int, 10, "points in the short-term moving average of scores", minimum=1),
+    )
+)
+"""The estimator's parameters (defaults follow the paper's setup: a day of 5-minute points
+to learn, a month of history); also part of :class:`LikelihoodDetector`'s schema."""
+
+
+@dataclass(frozen=True, init=False)
 class LikelihoodParams:
-    """Parameters of the likelihood estimator (defaults follow the paper's setup:
-    a day of 5-minute points to learn, a month of history)."""
+    """Validated parameters of the likelihood estimator: the fields of :data:`ESTIMATOR_PARAMS`
+    as attributes, checked by that schema and against each other.
 
-    learning_period: int = 288
-    estimation_samples: int = 100
-    historic_window_size: int = 8640
-    reestimation_period: int = 100
-    averaging_window: int = 10
+    >>> p = LikelihoodParams(averaging_window=5)
+    >>> p.averaging_window, p.learning_period
+    (5, 288)
+    >>> LikelihoodParams(averaging_window=0)
+    Traceback (most recent call last):
+    ...
+    detectors.params.ParamError: averaging_window: must be >= 1, got 0
+    """
 
-    def __post_init__(self) -> None:
-        minimums = {
-            "learning_period": 0,
-            "estimation_samples": 2,
-            "historic_window_size": 2,
-            "reestimation_period": 1,
-            "averaging_window": 1,
-        }
-        for name, low in minimums.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ParamError(name, f"must be an integer >= {low}, got {value!r}")
+    items: tuple[tuple[str, int], ...]
+    _by_name: dict[str, int] = field(compare=False, repr=False)
+
+    def __init__(self, **values: Any) -> None:
+        config = ESTIMATOR_PARAMS.validate(values)
+        object.__setattr__(self, "items", tuple(config.items()))
+        object.__setattr__(self, "_by_name", config)
         # A fit needs at least two full moving averages, all inside the history.
         if self.estimation_samples <= self.averaging_window:
             raise ParamError(
@@ -147,6 +158,15 @@ class LikelihoodParams:
                 "historic_window_size",
                 f"must be >= estimation_samples ({self.estimation_samples}), got {self.historic_window_size}",
             )
+
+    def __getattr__(self, name: str) -> int:
+        # only reached for names that are not real attributes: the schema's fields
+        if not name.startswith("_"):
+            try:
+                return self._by_name[name]
+            except KeyError:
+                pass
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
 
 @dataclass
@@ -310,21 +330,7 @@ class LikelihoodDetector(Detector):
                 exclusive_minimum=True,
             ),
             Param("log_scale", bool, True, "report the log-scaled likelihood instead of the plain one"),
-            Param("learning_period", int, 288, "scores that only fill the history", minimum=0),
-            Param(
-                "estimation_samples",
-                int,
-                100,
-                "scores after the learning period before the first fit",
-                minimum=2,
-            ),
-            Param("historic_window_size", int, 8640, "raw scores kept for fitting (ring buffer)", minimum=2),
-            Param(
-                "reestimation_period", int, 100, "re-fit the distribution every this many scores", minimum=1
-            ),
-            Param(
-                "averaging_window", int, 10, "points in the short-term moving average of scores", minimum=1
-            ),
+            *ESTIMATOR_PARAMS.params,
         )
     )
 
@@ -340,18 +346,8 @@ class LikelihoodDetector(Detector):
         # fingerprint does not depend on how a default was spelled.
         cfg["base_params"] = self._base_cls.params.validate(dict(cfg["base_params"]), prefix="base_params.")
         self._base = self._base_cls(**cfg["base_params"])
-        self._lparams = LikelihoodParams(
-            **{f.name: cfg[f.name] for f in dataclasses.fields(LikelihoodParams)}
-        )
+        self._lparams = LikelihoodParams(**{name: cfg[name] for name in ESTIMATOR_PARAMS.names})
         self._state = new_likelihood_state(self._lparams)
-
-    @property
-    def base_detector(self) -> Detector:
-        return self._base
-
-    @property
-    def likelihood_state(self) -> LikelihoodState:
-        return self._state
 
     def _judge(self, base: AnomalyResult) -> AnomalyResult:
         _, z = likelihood_z_update(self._state, base.anomaly_probability, inplace=True)
@@ -375,6 +371,11 @@ class LikelihoodDetector(Detector):
         # while keeping e.g. the robust detector's vectorised window statistics.
         base = self._base.update_batch(ts_ms, values)
         return BatchResult.from_results([self._judge(base.result(i)) for i in range(len(base))])
+
+    def max_state_bytes(self) -> int:
+        """The score ring and a few numbers, plus the base's bound (the default one if it declares none)."""
+        base = self._base.max_state_bytes()
+        return 8 * self._lparams.historic_window_size + 1024 + (DEFAULT_MAX_STATE_BYTES if base is None else base)
 
     def _get_state(self) -> dict[str, Any]:
         return {"base": self._base.to_state(), **state_to_fields(self._state)}

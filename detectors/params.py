@@ -31,11 +31,20 @@ from typing import Any
 
 
 class ParamError(ValueError):
-    """A parameter value was rejected. The message starts with the parameter name."""
+    """A parameter value was rejected: ``field`` names the parameter, ``message`` says why.
 
-    def __init__(self, name: str, message: str) -> None:
-        super().__init__(f"{name}: {message}")
-        self.name = name
+    ``str(err)`` is ``"<field>: <message>"``; callers that report the two apart
+    (a form, a config error) use the attributes, never split the string.
+
+    >>> err = ParamError("window", "must be >= 2, got 1")
+    >>> err.field, err.message, str(err)
+    ('window', 'must be >= 2, got 1', 'window: must be >= 2, got 1')
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
 
 
 @dataclass(frozen=True)
@@ -160,7 +169,7 @@ class ParamSchema:
             try:
                 out[p.name] = p.coerce(values[p.name]) if p.name in values else p.default
             except ParamError as err:
-                raise ParamError(prefix + p.name, str(err).split(": ", 1)[1]) from None
+                raise ParamError(prefix + p.name, err.message) from None
         return out
 
     def help(self, indent: str = "  ") -> str:

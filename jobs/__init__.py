@@ -13,4 +13,4 @@ import sys as _sys
 # so from then on that module's print is silenced; the job logs its own lines.
 _main = _sys.modules.get("__main__")
 if getattr(getattr(_main, "__spec__", None), "name", "") == "pyspark.sql.streaming.transform_with_state_driver_worker":
-    _main.print = lambda *args, **kwargs: None  # type: ignore[union-attr]
+    vars(_main)["print"] = lambda *args, **kwargs: None

@@ -37,7 +37,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 from detectors import ParamError, get_detector_class
 from jobs.result_format import ENV_NAME, is_sql_identifier
@@ -306,6 +306,10 @@ def _check_keys(section: Mapping[str, Any], allowed: tuple[str, ...], name: str)
             raise ConfigError(f"{name}.{key}", f"unknown field; allowed: {', '.join(allowed)}")
 
 
+@overload
+def _str(value: Any, name: str, required: Literal[True] = ...) -> str: ...
+@overload
+def _str(value: Any, name: str, required: bool) -> str | None: ...
 def _str(value: Any, name: str, required: bool = True) -> str | None:
     if value is None:
         if required:
@@ -375,7 +379,7 @@ def _source(raw: Any, name: str, base_dir: Path | None = None) -> SourceConfig:
     if topics_raw is not None:
         if not isinstance(topics_raw, list) or not topics_raw:
             raise ConfigError(f"{name}.topics", "must be a topic name or a non-empty list of names")
-        topics = tuple(_str(t, f"{name}.topics[{i}]") for i, t in enumerate(topics_raw))  # type: ignore[misc]
+        topics = tuple(_str(t, f"{name}.topics[{i}]") for i, t in enumerate(topics_raw))
     if bool(topics) == bool(pattern):
         raise ConfigError(f"{name}.topics", "give exactly one of topics (list) or topic_pattern (regex)")
     if pattern is not None:
@@ -389,16 +393,18 @@ def _source(raw: Any, name: str, base_dir: Path | None = None) -> SourceConfig:
         if key in ("subscribe", "subscribePattern", "assign", "startingOffsets", "kafka.bootstrap.servers"):
             raise ConfigError(f"{name}.kafka_options.{key}", "set this through the source fields, not kafka_options")
     return SourceConfig(
-        bootstrap_servers=_str(section.get("bootstrap_servers"), f"{name}.bootstrap_servers"),  # type: ignore[arg-type]
+        bootstrap_servers=_str(section.get("bootstrap_servers"), f"{name}.bootstrap_servers"),
         topics=topics,
         topic_pattern=pattern,
         starting_offsets=_choice(
-            section.get("starting_offsets"), f"{name}.starting_offsets", STARTING_OFFSETS, "earliest"
+            section.get("starting_offsets"), f"{name}.starting_offsets", STARTING_OFFSETS, SourceConfig.starting_offsets
         ),
         max_offsets_per_trigger=None if mopt is None else _int(mopt, f"{name}.max_offsets_per_trigger", 1),
-        require_timezone=_bool(section.get("require_timezone"), f"{name}.require_timezone", True),
+        require_timezone=_bool(
+            section.get("require_timezone"), f"{name}.require_timezone", SourceConfig.require_timezone
+        ),
         max_future_millis=_int(
-            section.get("max_future_millis"), f"{name}.max_future_millis", 0, default=24 * 3600 * 1000
+            section.get("max_future_millis"), f"{name}.max_future_millis", 0, default=SourceConfig.max_future_millis
         ),
         kafka_options=kafka_options,
         security=_security(section.get("security"), f"{name}.security", base_dir),
@@ -453,14 +459,18 @@ def _security(raw: Any, name: str, base_dir: Path | None) -> KafkaSecurity | Non
 def _aggregation(raw: Any, name: str) -> AggregationConfig:
     section = _mapping(raw, name)
     _check_keys(section, ("agg_function", "agg_window_millis", "allowed_lateness_millis", "deduplicate"), name)
-    function = _choice(section.get("agg_function"), f"{name}.agg_function", AGG_FUNCTIONS, "none")
-    window = _int(section.get("agg_window_millis"), f"{name}.agg_window_millis", 0, default=0)
+    defaults = AggregationConfig
+    function = _choice(section.get("agg_function"), f"{name}.agg_function", AGG_FUNCTIONS, defaults.agg_function)
+    window = _int(section.get("agg_window_millis"), f"{name}.agg_window_millis", 0, default=defaults.agg_window_millis)
     if function != "none" and window <= 0:
         raise ConfigError(f"{name}.agg_window_millis", f"must be > 0 when agg_function is {function!r}")
     if function == "none" and window != 0:
         raise ConfigError(f"{name}.agg_window_millis", "must be 0 (or absent) when agg_function is 'none'")
-    lateness = _int(section.get("allowed_lateness_millis"), f"{name}.allowed_lateness_millis", 0, default=0)
-    deduplicate = _bool(section.get("deduplicate"), f"{name}.deduplicate", True)
+    lateness = _int(
+        section.get("allowed_lateness_millis"), f"{name}.allowed_lateness_millis", 0,
+        default=defaults.allowed_lateness_millis,
+    )
+    deduplicate = _bool(section.get("deduplicate"), f"{name}.deduplicate", defaults.deduplicate)
     return AggregationConfig(function, window, lateness, deduplicate)
 
 
@@ -479,16 +489,16 @@ def _detectors(raw: Any, name: str) -> tuple[DetectorConfig, ...]:
         det_name = _str(section.get("name"), f"{fname}.name")
         params = _mapping(section.get("params"), f"{fname}.params")
         try:
-            cls = get_detector_class(det_name, f"{fname}.name")  # type: ignore[arg-type]
+            cls = get_detector_class(det_name, f"{fname}.name")
             validated = cls.params.validate(params, prefix=f"{fname}.params.")
         except ParamError as err:
-            raise ConfigError(err.name, str(err).split(": ", 1)[1]) from None
+            raise ConfigError(err.field, err.message) from None
         label = _str(section.get("label") or det_name, f"{fname}.label")
-        if not _NAME_RE.match(label):  # type: ignore[arg-type]
+        if not _NAME_RE.match(label):
             raise ConfigError(f"{fname}.label", f"must match {_NAME_RE.pattern}, got {label!r}")
         if any(d.label == label for d in out):
             raise ConfigError(f"{fname}.label", f"duplicate detector label {label!r}; set a distinct label")
-        out.append(DetectorConfig(det_name, validated, label))  # type: ignore[arg-type]
+        out.append(DetectorConfig(det_name, validated, label))
     return tuple(out)
 
 
@@ -498,7 +508,6 @@ def _jdbc(raw: Any, name: str, base_dir: Path | None) -> JdbcConfig | None:
     section = _mapping(raw, name)
     _check_keys(section, ("url", "table", "user", "password_env", "password_file", "properties", "write_retries"), name)
     url = _str(section.get("url"), f"{name}.url")
-    assert url is not None
     # checked before anything echoes the url: an error message must not carry a secret
     if re.search(r"[?&;]password=", url, re.IGNORECASE):
         raise ConfigError(f"{name}.url", "must not contain the password; use password_env or password_file")
@@ -508,7 +517,7 @@ def _jdbc(raw: Any, name: str, base_dir: Path | None) -> JdbcConfig | None:
         path = url[len("jdbc:sqlite:") :]
         if path and path != ":memory:" and not Path(path).is_absolute():
             url = "jdbc:sqlite:" + str((base_dir / path).resolve())
-    table = _str(section.get("table") or "predictions", f"{name}.table")
+    table = _str(section.get("table") or JdbcConfig.table, f"{name}.table")
     if not is_sql_identifier(table):
         raise ConfigError(f"{name}.table", f"must be a plain SQL identifier, got {table!r}")
     properties = _string_map(section.get("properties"), f"{name}.properties")
@@ -527,12 +536,12 @@ def _jdbc(raw: Any, name: str, base_dir: Path | None) -> JdbcConfig | None:
         password_file = str((base_dir / password_file).resolve())
     return JdbcConfig(
         url=url,
-        table=table,  # type: ignore[arg-type]
+        table=table,
         user=_str(section.get("user"), f"{name}.user", required=False),
         password_env=password_env,
         properties=properties,
         password_file=password_file,
-        write_retries=_int(section.get("write_retries"), f"{name}.write_retries", 0, default=5),
+        write_retries=_int(section.get("write_retries"), f"{name}.write_retries", 0, default=JdbcConfig.write_retries),
     )
 
 
@@ -566,14 +575,14 @@ def _stream(raw: Any, name: str, base_dir: Path | None) -> StreamConfig:
         section, ("name", "source", "aggregation", "detectors", "sinks", "idle_timeout_millis", "buckets"), name
     )
     stream_name = _str(section.get("name"), f"{name}.name")
-    if not _NAME_RE.match(stream_name or ""):
+    if not _NAME_RE.match(stream_name):
         raise ConfigError(f"{name}.name", f"must match {_NAME_RE.pattern}, got {stream_name!r}")
     if "source" not in section:
         raise ConfigError(f"{name}.source", "is required")
     if "sinks" not in section:
         raise ConfigError(f"{name}.sinks", "is required")
     return StreamConfig(
-        name=stream_name,  # type: ignore[arg-type]
+        name=stream_name,
         source=_source(section["source"], f"{name}.source", base_dir),
         aggregation=_aggregation(section.get("aggregation"), f"{name}.aggregation"),
         detectors=_detectors(section.get("detectors"), f"{name}.detectors"),
@@ -610,21 +619,20 @@ def parse_config(raw: Any, base_dir: Path | None = None, source_path: str | None
         if names.index(stream_name) != i:
             raise ConfigError(f"streams[{i}].name", f"duplicate stream name {stream_name!r}")
     checkpoint = _str(section.get("checkpoint_dir"), "checkpoint_dir")
-    assert checkpoint is not None
     if base_dir is not None and "://" not in checkpoint and not Path(checkpoint).is_absolute():
         checkpoint = str((base_dir / checkpoint).resolve())
     temp_dir = _str(section.get("temp_dir"), "temp_dir", required=False)
     if temp_dir is None:  # beside a local checkpoint dir (work/checkpoints -> work/tmp), else ./work/tmp
         local = checkpoint.removeprefix("file:") if "://" not in checkpoint or checkpoint.startswith("file:") else None
-        temp_dir = str(Path(local).parent / "tmp") if local else "work/tmp"
+        temp_dir = str(Path(local).parent / "tmp") if local else JobConfig.temp_dir
     if base_dir is not None and not Path(temp_dir).is_absolute():
         temp_dir = str((base_dir / temp_dir).resolve())
     return JobConfig(
         temp_dir=temp_dir,
         streams=streams,
         checkpoint_dir=checkpoint,
-        trigger=_choice(section.get("trigger"), "trigger", ("processing_time", "available_now"), "processing_time"),
-        trigger_interval=_str(section.get("trigger_interval") or "5 seconds", "trigger_interval"),  # type: ignore[arg-type]
+        trigger=_choice(section.get("trigger"), "trigger", ("processing_time", "available_now"), JobConfig.trigger),
+        trigger_interval=_str(section.get("trigger_interval") or JobConfig.trigger_interval, "trigger_interval"),
         spark_conf=_string_map(section.get("spark_conf"), "spark_conf"),
         source_path=source_path,
     )

@@ -136,10 +136,10 @@ _AUTH_ERRORS = ("SaslAuthenticationException", "Authentication failed", "Authent
 def failure_message(stream: StreamConfig | None, error: str) -> str:
     """One line for a failed query; a refused login names the listener, protocol, mechanism and user."""
     first = error.splitlines()[0] if error else "unknown error"
-    security = stream.source.security if stream is not None else None
-    if security is None:
+    if stream is None or stream.source.security is None:
         return first
-    where = f"{stream.source.bootstrap_servers} ({security.describe()})"  # type: ignore[union-attr]
+    security = stream.source.security
+    where = f"{stream.source.bootstrap_servers} ({security.describe()})"
     if any(marker in error for marker in _AUTH_ERRORS):
         who = f"user {security.username()!r}, password from ${security.password_env}" if security.username_env else ""
         return f"Kafka authentication failed at listener {where}, {who or 'client certificate'}: {first}"

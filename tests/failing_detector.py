@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from detectors import AnomalyResult, Detector, Param, ParamSchema, register
 
 
@@ -22,8 +24,8 @@ class FailOnValueDetector(Detector):
         self.seen += 1
         return AnomalyResult(value - 1, value + 1, 0.0, False)
 
-    def _get_state(self) -> dict[str, object]:
+    def _get_state(self) -> dict[str, Any]:
         return {"seen": self.seen}
 
-    def _set_state(self, state: dict[str, object], version: int) -> None:
-        self.seen = int(state["seen"])  # type: ignore[call-overload]
+    def _set_state(self, state: dict[str, Any], version: int) -> None:
+        self.seen = int(state["seen"])

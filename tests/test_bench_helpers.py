@@ -14,9 +14,10 @@ import pytest
 _spec = importlib.util.spec_from_file_location(
     "bench_throughput", Path(__file__).resolve().parent.parent / "bench" / "throughput.py"
 )
+assert _spec is not None and _spec.loader is not None
 bench = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = bench  # dataclasses look their module up while the class is built
-_spec.loader.exec_module(bench)  # type: ignore[union-attr]
+_spec.loader.exec_module(bench)
 
 
 def test_fit_recovers_per_key_per_event_and_fixed_costs():

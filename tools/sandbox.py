@@ -76,7 +76,7 @@ def validate_params(detector: str, raw: dict[str, Any]) -> tuple[dict[str, Any],
     try:
         cls = get_detector_class(detector)
     except ParamError as err:
-        return {}, {"detector": str(err).split(": ", 1)[-1]}
+        return {}, {"detector": err.message}
     by_name = {p.name: p for p in cls.params.params}
     errors: dict[str, str] = {}
     values: dict[str, Any] = {}
@@ -92,7 +92,7 @@ def validate_params(detector: str, raw: dict[str, Any]) -> tuple[dict[str, Any],
         try:
             values[key] = param.coerce(value)
         except ParamError as err:
-            errors[key] = str(err).split(": ", 1)[1]
+            errors[key] = err.message
     if errors:
         return {}, errors
     return cls.params.validate(values), {}

@@ -9,6 +9,9 @@ and ``_set_state``, and declare an entry point in the group
 >>> [det.update(t, v).is_anomaly for t, v in enumerate([1.0, 2.0, 1.0, 2.0, 1.5, 50.0])]
 [False, False, False, False, False, True]
 
+Its test (``tests/plugin_example/test_zscore_example.py``) runs the host project's
+contract suite on it: ``detectors.checks.check_detector(ZScoreDetector)``.
+
 State: three numbers (Welford's count / mean / sum of squared deviations), so it
 is tiny and constant in size.
 """
@@ -20,6 +23,8 @@ from typing import Any, ClassVar
 
 from detectors.base import AnomalyResult, Detector, StateError
 from detectors.params import Param, ParamSchema
+
+_BELOW_ONE = math.nextafter(1.0, 0.0)
 
 
 class ZScoreDetector(Detector):
@@ -54,7 +59,8 @@ class ZScoreDetector(Detector):
             std = max(math.sqrt(self._m2 / (self._n - 1)), 1e-12)
             z = abs(value - self._mean) / std
             half = self.config["z"] * std
-            prob = math.erf(z / math.sqrt(2.0))
+            # erf rounds to 1.0 beyond ~8.3 sigma; the contract is [0, 1) (detectors.checks)
+            prob = min(math.erf(z / math.sqrt(2.0)), _BELOW_ONE)
             result = AnomalyResult(self._mean - half, self._mean + half, prob, z > self.config["z"])
         # Welford's update: numerically stable running mean / variance.
         self._n += 1
