@@ -37,7 +37,9 @@ Details
 * Spread floor: the std a point is scored with is at least ``PEAK_SHARE = 0.3``
   of the largest recent one-step deviation (that maximum decays by ``1 - beta``
   per point). On a spiky series a spike like the recent ones is then ~3.3 sigma,
-  not a new alarm each time; a spike much larger than them still is.
+  not a new alarm each time; a spike much larger than them still is. On normal
+  noise the largest deviation over thousands of points is ~4 sigma, so the floor
+  (~1.2 sigma) widens the band by ~20 % there.
 * Defaults chosen by leave-one-folder-out cross-validation on the 31 shared NAB
   series (``bench/simple_cv.py``; a grid of window 30/100/300, spread_window
   window/1000/3000/10000, PEAK_SHARE 0/0.1/0.2/0.3): ``window = 300``,

@@ -6,8 +6,8 @@ Each point is scored against the median and the median absolute deviation
 normal data) is turned into a two-sided normal probability exactly as in
 :mod:`detectors.ema` (``2*Phi(z) - 1`` up to ``1 - 1e-9``, graded and always
 below 1.0 beyond, see :mod:`detectors._stats`), and the band is
-``median ± z * MAD / 0.6745``, the sigma estimate floored at a quarter of the
-window's range (``RANGE_SHARE``, below). Median and MAD ignore outliers, so a
+``median ± z * MAD / 0.6745``, the sigma estimate floored at half the largest
+recent deviation (``PEAK_SHARE``, below). Median and MAD ignore outliers, so a
 burst of spikes does not move the centre the way it moves a mean.
 
 >>> from detectors.robust import RobustDetector
@@ -31,21 +31,22 @@ Details
   one value only has the floor ``max(REL_SCALE_FLOOR * |median|,
   ABS_SCALE_FLOOR)`` (1e-9 relative, 1e-12 absolute): a constant window followed
   by the same constant is never anomalous, by a clearly different value it is.
-* Range floor: sigma is at least ``RANGE_SHARE = 0.25`` of the window's range
-  (max - min). Without it the median/MAD band of a series that sits still most
-  of the time is so narrow that every ordinary move is a 50-sigma event; NAB's
-  threshold then ranks those above the real anomalies (4.9 on NAB's standard
-  profile). With it a value within the window's range is at most ~4 sigma from
-  the median (it alarms only just, at 3.89), a spike like one the window holds
-  is no new alarm, a value beyond the range is. On roughly normal noise the
-  floor (range of 300 normal points ~ 6 sigma, a quarter ~ 1.5 sigma) is wider
-  than MAD/0.6745: the band is then median ± z · range/4. Chosen with
-  ``window = 300`` by leave-one-folder-out CV on the 31 shared NAB series
-  (``bench/simple_cv.py``; grid window 100/300/500/1000, RANGE_SHARE
-  0/0.05/0.1/0.25): 35.7 / 31.1 / 38.9 in-sample, 32.3 / 27.6 / 35.3 with the
-  threshold cross-validated (window 500 scores 36.0 in-sample but its threshold
-  does not carry across folders: -70 CV). The previous default (window 100, no
-  floor) 4.9 / 3.4 / 5.8.
+* Peak floor: sigma is at least ``PEAK_SHARE = 0.5`` of the largest recent
+  deviation ``|x - median|`` (that maximum decays by ``1 - 2 / (PEAK_SPAN + 1)``
+  per point, ``PEAK_SPAN = 30,000``). Without it the median/MAD band of a series
+  that sits still most of the time is so narrow that every ordinary move is a
+  50-sigma event, and NAB's threshold ranks those above the real anomalies (4.9
+  on NAB's standard profile). With it an excursion like the largest recent one
+  is 2 sigma, one 1.95 times larger reaches the default 3.89-sigma band: a spike
+  like the last ones is no new alarm, a record one is. The price: on normal noise
+  the largest deviation over thousands of points is ~4 sigma, so the floor (~2
+  sigma) rules there too and the band is about twice as wide as MAD alone would
+  make it; the MAD term rules early on and on quiet stretches after the peak has
+  decayed.
+  Chosen by leave-one-folder-out CV on the 31 shared NAB series
+  (``bench/simple_cv.py``): the selection picks window 100 / 0.5 / 30,000 in 4
+  of 5 folds and scores 42.6 (standard) on the held-out folders; in-sample
+  49.5 / 47.6 / 51.9. The README has the table.
 * Warm-up: the first ``warmup`` points return :meth:`AnomalyResult.warming_up`;
   until ``window`` points are seen the statistics use all points so far.
 * Huge values: when the window holds magnitudes above ``1.8e308 / 4`` the
@@ -53,9 +54,9 @@ Details
   differences never overflow; bounds beyond the float range are clipped.
 * State: the ring buffer (``window`` float64 values, allocated in full from
   the first point), the write position and the count: ``8 * window`` bytes
-  plus ~100 bytes, constant over the stream's life (about 2.5 KB for the
-  default ``window = 300``). The layout is unchanged from version 1, whose
-  states continue (with the floor from then on).
+  plus ~100 bytes, constant over the stream's life (about 0.9 KB for the
+  default ``window = 100``). Version 2 adds the decaying peak; version 1 states
+  are migrated with peak 0 (the floor builds up again from the next points).
 * ``update_batch`` computes the window medians/MADs of a whole batch with numpy
   and gives bit-identical results to the point-by-point loop: order statistics
   do not depend on element order, and the only sum (the zero-MAD fallback)
@@ -77,7 +78,7 @@ _SCALE_DOWN_ABOVE = FLOAT_MAX / 4.0  # beyond this, work on values / 4
 _BATCH_ROWS = 4096  # rows of the (rows x window) matrix built at once in update_batch
 
 
-def _window_stats(rows: np.ndarray, range_share: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _window_stats(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per row of a 2-D array of finite values: (median, sigma estimate, factor).
 
     Both are in the domain scaled by ``factor`` (1 or 1/4, per row). Used by the
@@ -92,13 +93,11 @@ def _window_stats(rows: np.ndarray, range_share: float = 0.0) -> tuple[np.ndarra
     # the median): MAD is taken as at least half the smallest step between distinct
     # values, so one step is never a many-sigma event. Order statistics only: the same
     # bits whatever the order of the ring buffer.
-    ordered = np.sort(scaled, axis=1)
-    gaps = np.diff(ordered, axis=1)
+    gaps = np.diff(np.sort(scaled, axis=1), axis=1)
     gaps[gaps <= 0.0] = np.inf
     step = gaps.min(axis=1)
     step[np.isinf(step)] = 0.0  # all values equal: the scale floor of the detector applies
-    sigma = np.maximum(np.maximum(_median(dev), 0.5 * step) / MAD_TO_SIGMA,
-                       range_share * (ordered[:, -1] - ordered[:, 0]))
+    sigma = np.maximum(_median(dev), 0.5 * step) / MAD_TO_SIGMA
     return median, sigma, factor
 
 
@@ -117,16 +116,19 @@ class RobustDetector(Detector):
     """Rolling median ± z·MAD/0.6745 band; see the module docstring."""
 
     name: ClassVar[str] = "robust"
-    state_version: ClassVar[int] = 1
+    state_version: ClassVar[int] = 2
     params: ClassVar[ParamSchema] = ParamSchema(
         (
-            Param("window", int, 300, "points in the rolling median/MAD window", minimum=3),
+            Param("window", int, 100, "points in the rolling median/MAD window", minimum=3),
             TAIL_THRESHOLD_PARAM,
             Param("warmup", int, 10, "points learned before the first scored point", minimum=3),
         )
     )
 
-    RANGE_SHARE: ClassVar[float] = 0.25
+    # sigma is at least PEAK_SHARE of the largest recent |x - median|, which decays with
+    # the span PEAK_SPAN (see the module docstring); cross-validated (bench/simple_cv.py)
+    PEAK_SHARE: ClassVar[float] = 0.5
+    PEAK_SPAN: ClassVar[int] = 30_000
     REL_SCALE_FLOOR: ClassVar[float] = 1e-9
     ABS_SCALE_FLOOR: ClassVar[float] = 1e-12
 
@@ -136,6 +138,8 @@ class RobustDetector(Detector):
         self._buf = np.zeros(self.config["window"], dtype=np.float64)
         self._pos = 0  # next slot to write
         self._count = 0  # points seen (not capped)
+        self._peak = 0.0  # largest recent |x - median| (original scale), decaying by _peak_decay a point
+        self._peak_decay = 1.0 - 2.0 / (self.PEAK_SPAN + 1.0)
 
     @property
     def count(self) -> int:
@@ -150,8 +154,15 @@ class RobustDetector(Detector):
 
     # -- scoring ----------------------------------------------------------------
     def _score(self, value: float, median: float, sigma: float, factor: float) -> AnomalyResult:
-        scale = max(sigma, self.REL_SCALE_FLOOR * abs(median), self.ABS_SCALE_FLOOR * factor)
-        return gaussian_score(value, median, scale, self._z, self.config["threshold"], factor, by=self.name)
+        """Score one point (median and sigma in the domain scaled by ``factor``), then fold its
+        deviation into the decaying peak. Both paths call this in time order: the same bits."""
+        peak = self._peak * factor
+        scale = max(sigma, self.PEAK_SHARE * peak, self.REL_SCALE_FLOOR * abs(median), self.ABS_SCALE_FLOOR * factor)
+        result = gaussian_score(value, median, scale, self._z, self.config["threshold"], factor, by=self.name)
+        # |x - median| can overflow only for |x| near the float limit: keep the largest float
+        dev = min(abs(value * factor - median) / factor, FLOAT_MAX)
+        self._peak = max(dev, self._peak * self._peak_decay)
+        return result
 
     def _push(self, value: float) -> None:
         self._buf[self._pos] = value
@@ -164,7 +175,7 @@ class RobustDetector(Detector):
             result = AnomalyResult.warming_up()
         else:
             n = min(self._count, self.config["window"])
-            median, sigma, factor = _window_stats(self._buf[None, :n], self.RANGE_SHARE)
+            median, sigma, factor = _window_stats(self._buf[None, :n])
             result = self._score(value, float(median[0]), float(sigma[0]), float(factor[0]))
         self._push(value)
         return result
@@ -192,7 +203,7 @@ class RobustDetector(Detector):
             windows = np.lib.stride_tricks.sliding_window_view(series, w)
             for start in range(0, total - i, _BATCH_ROWS):
                 stop = min(start + _BATCH_ROWS, total - i)
-                median, sigma, factor = _window_stats(windows[start:stop], self.RANGE_SHARE)
+                median, sigma, factor = _window_stats(windows[start:stop])
                 for j in range(stop - start):
                     results.append(
                         self._score(float(values[i + start + j]), float(median[j]), float(sigma[j]), float(factor[j]))
@@ -208,11 +219,13 @@ class RobustDetector(Detector):
 
     # -- state ------------------------------------------------------------------
     def _get_state(self) -> dict[str, Any]:
-        return {"buffer": self._buf, "pos": self._pos, "count": self._count}
+        return {"buffer": self._buf, "pos": self._pos, "count": self._count, "peak": self._peak}
 
     def _set_state(self, state: dict[str, Any], version: int) -> None:
         try:
             buf, pos, count = state["buffer"], state["pos"], state["count"]
+            # version 1 had no peak: migrated as "no excursion seen yet" (the floor builds up again)
+            peak = float(state["peak"]) if version >= 2 else 0.0
         except KeyError as err:
             raise StateError(f"{self.name}: stored state lacks field {err}") from None
         w = self.config["window"]
@@ -223,6 +236,8 @@ class RobustDetector(Detector):
             and 0 <= pos < w
             and count >= 0
             and np.all(np.isfinite(buf))
+            and np.isfinite(peak)
+            and peak >= 0.0
         ):
             raise StateError(f"{self.name}: stored state does not match window={w}")
-        self._buf, self._pos, self._count = buf.copy(), int(pos), int(count)
+        self._buf, self._pos, self._count, self._peak = buf.copy(), int(pos), int(count), peak

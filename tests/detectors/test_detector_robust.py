@@ -17,8 +17,8 @@ Z9999 = NormalDist().inv_cdf((1 + 0.9999) / 2)
 
 @pytest.fixture
 def mad_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The median/MAD arithmetic alone: no floor from the window's range."""
-    monkeypatch.setattr(RobustDetector, "RANGE_SHARE", 0.0)
+    """The median/MAD arithmetic alone: no floor from the recent peak deviation."""
+    monkeypatch.setattr(RobustDetector, "PEAK_SHARE", 0.0)
 
 
 def expected(window: list[float], x: float) -> tuple[float, float, float]:
@@ -77,6 +77,7 @@ def test_probability_is_graded_far_out() -> None:
     assert probs == sorted(probs) and len(set(probs)) == len(probs)
 
 
+@pytest.mark.usefixtures("mad_only")
 def test_window_slides() -> None:
     det = RobustDetector(window=4, warmup=3)
     data = [100.0, 100.0, 100.0, 100.0, 1.0, 2.0, 3.0, 4.0]
@@ -182,14 +183,31 @@ def test_quantised_noise_does_not_collapse() -> None:
     assert RobustDetector().update_batch(np.arange(len(x)), x).is_anomaly[2500]
 
 
-def test_range_floor_repeated_spikes() -> None:
-    # A spike like one the window holds is within a quarter-range spread; the first
-    # one and a much larger one are alarms.
+def test_peak_floor_repeated_spikes() -> None:
+    # A spike like the recent ones is within PEAK_SHARE of the peak deviation; the
+    # first one and a much larger one are alarms.
     x = np.random.default_rng(5).normal(100.0, 1.0, 1000)
     x[400::100] += 30.0
     x[950] += 90.0
     flagged = np.flatnonzero(RobustDetector().update_batch(np.arange(len(x)), x).is_anomaly).tolist()
     assert flagged == [400, 950]
     lo = RobustDetector(window=300, warmup=10)
-    lo.RANGE_SHARE = 0.0  # MAD alone: every spike alarms
+    lo.PEAK_SHARE = 0.0  # MAD alone: every spike alarms
     assert lo.update_batch(np.arange(len(x)), x).is_anomaly.sum() >= 6
+
+
+def test_state_of_version_1_is_migrated() -> None:
+    # version 1 had no peak: it continues as a detector that has seen no excursion yet
+    from detectors.base import pack_state
+
+    det = RobustDetector(window=5, warmup=3)
+    for i, v in enumerate([1.0, 2.0, 3.0, 2.0, 1.0, 2.0]):
+        det.update(i, v)
+    fields = {"buffer": det.history(), "pos": 0, "count": det.count}
+    old = RobustDetector.from_state(pack_state("robust", 1, det.config, fields), window=5, warmup=3)
+    fresh = RobustDetector(window=5, warmup=3)
+    for i, v in enumerate(det.history()):
+        fresh.update(i, float(v))
+    fresh._count = det.count  # the same window and count, no peak
+    fresh._peak = 0.0
+    assert old.update(9, 2.5) == fresh.update(9, 2.5)
