@@ -55,6 +55,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # standard threshold), then CAD (17), shape (9) and range (8) novelties
     "likelihood tail 1e-7": {"LIK_TAIL": 1e-7},
     "likelihood tail 1e-9": {"LIK_TAIL": 1e-9},
+    "likelihood tail 1e-12": {"LIK_TAIL": 1e-12},
+    "likelihood tail 1e-16": {"LIK_TAIL": 1e-16},
     "alarm rest 50": {"ALARM_REST": 50},
     "alarm rest 100": {"ALARM_REST": 100},
     "likelihood history 300": {"LIK_LONG": 300},
