@@ -51,6 +51,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "CAD and likelihood from the start": {"CAD_MATURE": 0},
     "v3 (warm-up 150, CAD from the start, v3 range)": {"WARMUP": 150, "CAD_MATURE": 0, "EARLY_MARGIN": 0.0,
                                                         "RANGE_DELAY": 0},
+    # false alarms (issue 9 goal 2): the likelihood raises the most (25 of 68 at the
+    # standard threshold), then CAD (17), shape (9) and range (8) novelties
+    "likelihood tail 1e-7": {"LIK_TAIL": 1e-7},
+    "likelihood tail 1e-9": {"LIK_TAIL": 1e-9},
+    "likelihood tail 1e-12": {"LIK_TAIL": 1e-12},
+    "likelihood tail 1e-16": {"LIK_TAIL": 1e-16},
+    "alarm rest 50": {"ALARM_REST": 50},
+    "alarm rest 100": {"ALARM_REST": 100},
+    "likelihood history 300": {"LIK_LONG": 300},
+    "likelihood tail 1e-7 + alarm rest 50": {"LIK_TAIL": 1e-7, "ALARM_REST": 50},
 }
 
 

@@ -250,7 +250,7 @@ class DefaultDetector(Detector):
             Param(
                 "threshold",
                 float,
-                0.8768,
+                0.8729,
                 "anomaly_probability at or above which a point is an anomaly (default: the NAB "
                 "standard-profile optimum; >= 0.875 only CAD surprises, values or shapes never seen "
                 "before and very unlikely runs of scores)",

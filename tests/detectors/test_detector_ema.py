@@ -18,7 +18,7 @@ Z9999 = NormalDist().inv_cdf((1 + 0.9999) / 2)  # independent of detectors._stat
 def test_hand_computed_three_points() -> None:
     # window=3 -> alpha=0.5. After 1, 3: mean 2, weights (.5, .5), biased var 1,
     # 1 - sum w^2 = .5 -> var 2 (= sample variance of [1, 3]).
-    det = EMADetector(window=3, warmup=2)
+    det = EMADetector(window=3, spread_window=3, warmup=2)
     assert det.update(0, 1.0) == AnomalyResult.warming_up()
     assert det.update(1, 3.0) == AnomalyResult.warming_up()
     assert det.mean == 2.0 and det.std == pytest.approx(math.sqrt(2.0), rel=1e-15)
@@ -34,7 +34,7 @@ def test_hand_computed_three_points() -> None:
 def test_matches_explicit_exponential_weights() -> None:
     rng = np.random.default_rng(3)
     x = rng.normal(50.0, 4.0, 40)
-    det = EMADetector(window=9, warmup=2)
+    det = EMADetector(window=9, spread_window=9, warmup=2)  # equal spans: the exact EW variance
     a = 2.0 / 10.0
     for n in range(1, len(x) + 1):
         det.update(n, x[n - 1])
@@ -153,11 +153,13 @@ def test_params_validated() -> None:
         EMADetector(warmup=1)
     with pytest.raises(ParamError, match=r"detector\.params\.windw"):
         build_detector("ema", {"windw": 3})
-    assert EMADetector().config == {"window": 100, "threshold": 0.9999, "warmup": 10}
+    with pytest.raises(ParamError, match="spread_window"):
+        EMADetector(spread_window=1)
+    assert EMADetector().config == {"window": 300, "threshold": 0.9999, "spread_window": 10_000, "warmup": 10}
 
 
 def test_extreme_values_do_not_poison_the_state() -> None:
-    det = EMADetector(window=5, warmup=3)
+    det = EMADetector(window=5, spread_window=5, warmup=3)
     for i, v in enumerate([1e308, -1e308, 1.7976931348623157e308, -1.7976931348623157e308]):
         det.update(i, v)
     # Back to normal: the std decays by sqrt(1 - alpha) per point, from 1e308 to
@@ -167,3 +169,49 @@ def test_extreme_values_do_not_poison_the_state() -> None:
     r = det.update(9000, 1.5)
     assert not r.is_anomaly and r.value_upper_limit < 10
     assert det.update(9001, 100.0).is_anomaly
+
+
+def _spiky(n: int = 2000, seed: int = 5) -> np.ndarray:
+    """N(100, 1) with a +30 spike every 200 points (as NAB's load-balancer series)."""
+    x = np.random.default_rng(seed).normal(100.0, 1.0, n)
+    x[200::200] += 30.0
+    return x
+
+
+def test_a_spike_like_the_last_ones_is_no_alarm_a_larger_one_is() -> None:
+    # The spread floor (PEAK_SHARE of the largest recent deviation): the first spike
+    # alarms, the ones like it do not, a spike four times larger does.
+    x = _spiky()
+    x[1900] += 90.0
+    flagged = set(np.flatnonzero(EMADetector().update_batch(np.arange(len(x)), x).is_anomaly).tolist())
+    assert {200, 1900} <= flagged and not flagged & set(range(400, 1900, 200))
+    # without the floor every spike is an alarm: what the floor is for
+    plain = EMADetector(window=100, spread_window=100)
+    plain.PEAK_SHARE = 0.0
+    assert plain.update_batch(np.arange(len(x)), x).is_anomaly.sum() >= 9
+
+
+def test_the_spread_remembers_longer_than_the_mean() -> None:
+    det = EMADetector(window=10, spread_window=1000, warmup=2)
+    for i, v in enumerate(_spiky(400)):
+        det.update(i, float(v))
+    # the mean is back at the level within a few dozen points of the last spike...
+    assert abs(det.mean - 100.0) < 1.0
+    # ... the spread still counts it (a window-10 EMA forgets it in ~50 points)
+    short = EMADetector(window=10, spread_window=10, warmup=2)
+    for i, v in enumerate(_spiky(400)):
+        short.update(i, float(v))
+    assert det.std > 1.5 * short.std
+
+
+def test_state_of_version_1_is_refused() -> None:
+    from detectors.base import StateError, pack_state
+
+    det = EMADetector()
+    blob = pack_state("ema", 1, det.config, {"mean": 1.0, "std": 0.5, "w2": 0.1, "count": 50})
+    with pytest.raises(StateError, match="version 1"):
+        EMADetector.from_state(blob)
+    det.update(0, 1.0)
+    det.update(1, 2.0)
+    again = EMADetector.from_state(det.to_state())
+    assert again.update(2, 3.0) == det.update(2, 3.0)

@@ -221,7 +221,7 @@ def test_wrapper_keeps_base_bounds_and_replaces_probability(base: str, log_scale
 def test_wrapper_config_and_errors() -> None:
     det = LikelihoodDetector()
     assert det.config["base"] == "ema"
-    assert det.config["base_params"] == {"window": 100, "threshold": 0.9999, "warmup": 10}
+    assert det.config["base_params"] == {"window": 300, "threshold": 0.9999, "spread_window": 10_000, "warmup": 10}
     assert det.config["threshold"] == 0.5 and det.config["log_scale"] is True
     with pytest.raises(ParamError, match=r"^base_params\.window"):
         build_detector("likelihood", {"base_params": {"window": 1}})

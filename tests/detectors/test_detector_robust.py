@@ -15,6 +15,12 @@ from tests.detectors import _graded_reference as ref
 Z9999 = NormalDist().inv_cdf((1 + 0.9999) / 2)
 
 
+@pytest.fixture
+def mad_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The median/MAD arithmetic alone: no floor from the recent peak deviation."""
+    monkeypatch.setattr(RobustDetector, "PEAK_SHARE", 0.0)
+
+
 def expected(window: list[float], x: float) -> tuple[float, float, float]:
     """Independent median/MAD computation: (lower, upper, probability)."""
     med = statistics.median(window)
@@ -34,6 +40,7 @@ def expected(window: list[float], x: float) -> tuple[float, float, float]:
         ([1.0, 2.0, 3.0, 4.0, 100.0], -1e200),
     ],
 )
+@pytest.mark.usefixtures("mad_only")
 def test_hand_computed(history: list[float], x: float) -> None:
     det = RobustDetector(window=len(history), warmup=len(history))
     for i, v in enumerate(history):
@@ -46,6 +53,7 @@ def test_hand_computed(history: list[float], x: float) -> None:
     assert r.is_anomaly == (prob >= 0.9999)
 
 
+@pytest.mark.usefixtures("mad_only")
 def test_first_case_is_an_anomaly() -> None:
     det = RobustDetector(window=5, warmup=5)
     for i, v in enumerate([1.0, 2.0, 3.0, 4.0, 100.0]):
@@ -69,6 +77,7 @@ def test_probability_is_graded_far_out() -> None:
     assert probs == sorted(probs) and len(set(probs)) == len(probs)
 
 
+@pytest.mark.usefixtures("mad_only")
 def test_window_slides() -> None:
     det = RobustDetector(window=4, warmup=3)
     data = [100.0, 100.0, 100.0, 100.0, 1.0, 2.0, 3.0, 4.0]
@@ -102,6 +111,7 @@ def test_zero_mad_constant(level: float) -> None:
     assert det.update(31, level + max(abs(level) * 1e-3, 1.0)).is_anomaly
 
 
+@pytest.mark.usefixtures("mad_only")
 def test_zero_mad_uses_half_the_smallest_value_step() -> None:
     window = [5.0] * 7 + [6.0] + [100.0, 100.0]  # MAD = 0: more than half on the median
     det = RobustDetector(window=10, warmup=10)
@@ -122,7 +132,7 @@ def test_state_is_bounded() -> None:
     size_10k = len(det.to_state())
     det.update_batch(np.arange(10_000, 20_000), x[10_000:])
     assert len(det.to_state()) == size_10k
-    assert size_10k < 8 * 100 + 200  # the window of float64 plus a small header
+    assert size_10k < 8 * det.config["window"] + 200  # the window of float64 plus a small header
     fresh = RobustDetector()
     fresh.update(0, 1.0)
     assert len(fresh.to_state()) == size_10k  # allocated in full from the first point
@@ -161,3 +171,33 @@ def test_quantised_series_does_not_collapse() -> None:
     assert 2500 in flagged and len(flagged) <= 3
     counts = np.random.default_rng(1).poisson(0.4, 3000).astype(float)
     assert RobustDetector().update_batch(np.arange(3000), counts).is_anomaly.mean() < 0.01
+
+
+def test_peak_floor_repeated_spikes() -> None:
+    # A spike like the recent ones is within PEAK_SHARE of the peak deviation; the
+    # first one and a much larger one are alarms.
+    x = np.random.default_rng(5).normal(100.0, 1.0, 1000)
+    x[400::100] += 30.0
+    x[950] += 90.0
+    flagged = np.flatnonzero(RobustDetector().update_batch(np.arange(len(x)), x).is_anomaly).tolist()
+    assert flagged == [400, 950]
+    lo = RobustDetector(window=300, warmup=10)
+    lo.PEAK_SHARE = 0.0  # MAD alone: every spike alarms
+    assert lo.update_batch(np.arange(len(x)), x).is_anomaly.sum() >= 6
+
+
+def test_state_of_version_1_is_migrated() -> None:
+    # version 1 had no peak: it continues as a detector that has seen no excursion yet
+    from detectors.base import pack_state
+
+    det = RobustDetector(window=5, warmup=3)
+    for i, v in enumerate([1.0, 2.0, 3.0, 2.0, 1.0, 2.0]):
+        det.update(i, v)
+    fields = {"buffer": det.history(), "pos": 0, "count": det.count}
+    old = RobustDetector.from_state(pack_state("robust", 1, det.config, fields), window=5, warmup=3)
+    fresh = RobustDetector(window=5, warmup=3)
+    for i, v in enumerate(det.history()):
+        fresh.update(i, float(v))
+    fresh._count = det.count  # the same window and count, no peak
+    fresh._peak = 0.0
+    assert old.update(9, 2.5) == fresh.update(9, 2.5)

@@ -75,7 +75,7 @@ def test_clean_series_has_no_explanations() -> None:
 def test_band_detectors_explain_spikes_and_dips(cls) -> None:
     v = _base(400)
     v[300] += 40
-    v[350] -= 60
+    v[350] -= 120  # well beyond the spike: the spike raised both detectors' spread floors
     alarms = _alarms(cls(), v)
     assert alarms[300]["kind"] == "spike" and alarms[350]["kind"] == "dip"
     for i, why in alarms.items():
