@@ -10,6 +10,14 @@ series (one application) in time order:
 * ``to_state() -> bytes`` / ``Detector.from_state(blob, params)`` round-trip
   everything the detector has learned. This is what the Spark stateful operator
   keeps per key, so it is compact, versioned and bounded in size.
+* optional, for speed: ``Detector.update_many(states, ts_ms, values, offsets,
+  **params) -> (new states, BatchResult)`` scores many series at once (the
+  streaming job calls it with every application of a bucket that has closed
+  windows). It must give, bit for bit, what restoring each series from its
+  state, ``update_batch`` and ``to_state`` give, and raise (changing nothing)
+  if any series fails; the job then goes back to one series at a time to
+  isolate the failing points. The default here is that loop; a detector may
+  override it with a vectorised path across series.
 
 Subclasses set ``name``, ``params`` (a :class:`~detectors.params.ParamSchema`)
 and ``state_version``, and implement ``_update``, ``_get_state`` and
@@ -104,6 +112,46 @@ class BatchResult:
         return BatchResult(lo, hi, prob, flag, why)
 
 
+def concat_results(results: list[BatchResult]) -> BatchResult:
+    """One BatchResult of many, in order."""
+    if len(results) == 1:
+        return results[0]
+    if not results:
+        return BatchResult(np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0, dtype=bool))
+    return BatchResult(
+        np.concatenate([r.value_lower_limit for r in results]),
+        np.concatenate([r.value_upper_limit for r in results]),
+        np.concatenate([r.anomaly_probability for r in results]),
+        np.concatenate([np.asarray(r.is_anomaly, dtype=bool) for r in results]),
+        np.concatenate([np.asarray(r.explanation, dtype=object) for r in results]),
+    )
+
+
+def update_many(
+    cls: type, states: list[bytes | None], ts_ms: np.ndarray, values: np.ndarray, offsets: np.ndarray,
+    params: Mapping[str, Any],
+) -> tuple[list[bytes], BatchResult]:
+    """``cls.update_many`` if the class has one (every :class:`Detector` does), else the loop."""
+    method = getattr(cls, "update_many", None)
+    if method is None:
+        return _update_many_loop(cls, states, ts_ms, values, offsets, params)
+    return method(states, ts_ms, values, offsets, **params)
+
+
+def _update_many_loop(
+    cls: type, states: list[bytes | None], ts_ms: np.ndarray, values: np.ndarray, offsets: np.ndarray,
+    params: Mapping[str, Any],
+) -> tuple[list[bytes], BatchResult]:
+    new_states, results = [], []
+    bounds = np.asarray(offsets).tolist()
+    for k, blob in enumerate(states):
+        a, b = bounds[k], bounds[k + 1]
+        detector = cls(**params) if blob is None else cls.from_state(blob, **params)
+        results.append(detector.update_batch(ts_ms[a:b], values[a:b]))
+        new_states.append(detector.to_state())
+    return new_states, concat_results(results)
+
+
 class StateError(ValueError):
     """A stored detector state cannot be loaded (wrong detector, version or parameters)."""
 
@@ -142,6 +190,20 @@ class Detector(ABC):
         return BatchResult.from_results(
             [self._update(int(t), float(v)) for t, v in zip(ts, values, strict=True)]
         )
+
+    @classmethod
+    def update_many(
+        cls, states: list[bytes | None], ts_ms: np.ndarray, values: np.ndarray, offsets: np.ndarray, **params: Any
+    ) -> tuple[list[bytes], BatchResult]:
+        """Many series at once: series ``k`` has state ``states[k]`` (None: a fresh detector) and the
+        points ``offsets[k]:offsets[k + 1]`` of ``ts_ms``/``values``.
+
+        Returns each series' new state and the results of all points (in the
+        order of ``values``): exactly what ``from_state`` + ``update_batch`` +
+        ``to_state`` give per series. Raises if any series fails. The default
+        loops; subclasses may override it with a path vectorised across series.
+        """
+        return _update_many_loop(cls, states, ts_ms, values, offsets, params)
 
     @abstractmethod
     def _update(self, ts_ms: int, value: float) -> AnomalyResult: ...
