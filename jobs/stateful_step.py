@@ -707,13 +707,10 @@ def _add_events(step: _Step, codes: np.ndarray, events: dict[str, np.ndarray]) -
             _conflicts(step, codes, events, conflict, kept)
         dropped = duplicate | conflict
     elif settings.deduplicate:
-        # (ts, value) pairs, -0.0 and 0.0 alike (+ 0.0 makes -0.0 a 0.0)
+        # (application, ts, value) triples; -0.0 and 0.0 compare equal, in sorting as in grouping
         seen = state.windows if raw else state.seen
         seen = _take(seen, with_events[seen["app"]])
-        seen_values = seen["value"]
-        first, _ = _first_in_group(
-            (seen["app"], seen["ts"], seen_values + 0.0), (codes, ts, values + 0.0), seen_values, values
-        )
+        first, _ = _first_in_group((seen["app"], seen["ts"], seen["value"]), (codes, ts, values), seen["value"], values)
         duplicate = ~first & on_time
         if not raw:
             counted = on_time & ~duplicate
