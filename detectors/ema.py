@@ -59,7 +59,14 @@ from typing import Any, ClassVar
 import numpy as np
 
 from detectors._stats import FLOAT_MAX, TAIL_THRESHOLD_PARAM, gaussian_score, gaussian_scores, two_sided_quantile
-from detectors.base import AnomalyResult, BatchResult, Detector, NonFiniteValueError, StateError
+from detectors.base import (
+    AnomalyResult,
+    BatchResult,
+    Detector,
+    FixedStateLayout,
+    NonFiniteValueError,
+    StateError,
+)
 from detectors.params import Param, ParamSchema
 
 
@@ -128,13 +135,62 @@ class EMADetector(Detector):
         n = len(values)
         centers, scales = np.zeros(n), np.ones(n)
         scored = np.zeros(n, dtype=bool)
+        self._learn_batch(values.tolist(), 0, centers, scales, scored)
+        return self._score_batch(values, centers, scales, scored)
+
+    @classmethod
+    def update_many(
+        cls, states: list[bytes | None], ts_ms: np.ndarray, values: np.ndarray, offsets: np.ndarray, **params: Any
+    ) -> tuple[list[bytes], BatchResult]:
+        """Many series (the contract in :mod:`detectors.base`): states decoded and encoded in bulk, the
+        recursion series by series (inherently sequential, the same code as ``update_batch``), all points
+        scored in one vectorised call (element-wise: the same bits)."""
+        proto = cls(**params)
+        layout = FixedStateLayout.of(proto.to_state())
+        present = [blob for blob in states if blob is not None]
+        decoded = layout.decode(present) if layout is not None and present else {}
+        if layout is None or decoded is None:
+            return super().update_many(states, ts_ms, values, offsets, **params)
+        have = np.array([blob is not None for blob in states], dtype=bool)
+        fields = {}
+        for key in ("mean", "std", "w2", "count"):
+            fields[key] = np.zeros(len(states), dtype=np.int64 if key == "count" else np.float64)
+            fields[key][have] = decoded[key]
+        mean, std, w2, count = (fields[k] for k in ("mean", "std", "w2", "count"))
+        valid = np.isfinite(mean) & np.isfinite(std) & (std >= 0) & (w2 >= 0) & (w2 <= 1) & (count >= 0)
+        if not valid.all():  # the per-series path raises the StateError of from_state
+            return super().update_many(states, ts_ms, values, offsets, **params)
+        values = np.asarray(values, dtype=np.float64)
+        if not np.all(np.isfinite(values)):
+            raise NonFiniteValueError(f"{cls.name}: values must be finite")
+        n = len(values)
+        centers, scales = np.zeros(n), np.ones(n)
+        scored = np.zeros(n, dtype=bool)
+        xs, bounds = values.tolist(), np.asarray(offsets).tolist()
+        after = {k: v.tolist() for k, v in fields.items()}
+        for k, (m, sd, w, c) in enumerate(zip(after["mean"], after["std"], after["w2"], after["count"], strict=True)):
+            proto._mean, proto._std, proto._w2, proto._count = m, sd, w, c
+            proto._learn_batch(xs[bounds[k] : bounds[k + 1]], bounds[k], centers, scales, scored)
+            after["mean"][k], after["std"][k], after["w2"][k], after["count"][k] = (
+                proto._mean, proto._std, proto._w2, proto._count
+            )
+        return layout.encode(after, len(states)), proto._score_batch(values, centers, scales, scored)
+
+    def _learn_batch(
+        self, xs: list[float], first: int, centers: np.ndarray, scales: np.ndarray, scored: np.ndarray
+    ) -> None:
+        """Learn ``xs`` in order; point ``i`` is scored (at ``first + i``) against the state before it."""
         warmup = self.config["warmup"]
-        for i, x in enumerate(values.tolist()):
+        for i, x in enumerate(xs, first):
             if self._count >= warmup:  # the state before the point, as in _update
                 scored[i] = True
                 centers[i] = self._mean
                 scales[i] = max(self.std, self.REL_STD_FLOOR * abs(self._mean), self.ABS_STD_FLOOR)
             self._learn(x)
+
+    def _score_batch(self, values: np.ndarray, centers: np.ndarray, scales: np.ndarray, scored: np.ndarray
+                     ) -> BatchResult:
+        n = len(values)
         out = BatchResult(np.full(n, np.nan), np.full(n, np.nan), np.zeros(n), np.zeros(n, dtype=bool))
         if scored.any():
             part = gaussian_scores(

@@ -52,8 +52,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from detectors._stats import FLOAT_MAX, TAIL_THRESHOLD_PARAM, gaussian_score, two_sided_quantile
-from detectors.base import AnomalyResult, BatchResult, Detector, NonFiniteValueError, StateError
+from detectors._stats import FLOAT_MAX, TAIL_THRESHOLD_PARAM, gaussian_score, gaussian_scores, two_sided_quantile
+from detectors.base import (
+    AnomalyResult,
+    BatchResult,
+    Detector,
+    FixedStateLayout,
+    NonFiniteValueError,
+    StateError,
+)
 from detectors.params import Param, ParamSchema
 
 MAD_TO_SIGMA = 0.6745  # MAD of N(0, 1); z = 0.6745 * (x - median) / MAD
@@ -186,6 +193,80 @@ class RobustDetector(Detector):
             self._pos = (self._pos + k) % w
             self._count += k
         return BatchResult.from_results(results)
+
+    @classmethod
+    def update_many(
+        cls, states: list[bytes | None], ts_ms: np.ndarray, values: np.ndarray, offsets: np.ndarray, **params: Any
+    ) -> tuple[list[bytes], BatchResult]:
+        """Many series (the contract in :mod:`detectors.base`), vectorised across them: states decoded and
+        encoded in bulk; the window before every point (the last ``min(count, window)`` values of its series)
+        gathered into one matrix per window length and put through :func:`_window_stats` (row by row:
+        the same bits as one row at a time); scores element-wise."""
+        proto = cls(**params)
+        w, warmup = proto.config["window"], proto.config["warmup"]
+        layout = FixedStateLayout.of(proto.to_state())
+        present = [blob for blob in states if blob is not None]
+        decoded = layout.decode(present) if layout is not None and present else {}
+        if layout is None or decoded is None:
+            return super().update_many(states, ts_ms, values, offsets, **params)
+        n_series = len(states)
+        have = np.array([blob is not None for blob in states], dtype=bool)
+        buf = np.zeros((n_series, w))
+        pos = np.zeros(n_series, dtype=np.int64)
+        count = np.zeros(n_series, dtype=np.int64)
+        if present:
+            buf[have], pos[have], count[have] = decoded["buffer"], decoded["pos"], decoded["count"]
+        if not ((pos >= 0) & (pos < w) & (count >= 0)).all() or not np.isfinite(buf).all():
+            return super().update_many(states, ts_ms, values, offsets, **params)  # raises as from_state
+        values = np.asarray(values, dtype=np.float64)
+        if not np.all(np.isfinite(values)):
+            raise NonFiniteValueError(f"{cls.name}: values must be finite")
+        offsets = np.asarray(offsets, dtype=np.int64)
+        sizes = np.diff(offsets)
+        # each series oldest first: its history (the last min(count, w) values) then its new points
+        hist = np.minimum(count, w)
+        lengths = hist + sizes
+        base = np.cumsum(lengths) - lengths
+        series = np.empty(int(lengths.sum()))
+        row = np.repeat(np.arange(n_series), hist)
+        i = np.arange(len(row)) - np.repeat(np.cumsum(hist) - hist, hist)
+        oldest = np.where(count >= w, pos, 0)
+        series[base[row] + i] = buf[row, (oldest[row] + i) % w]
+        owner = np.repeat(np.arange(n_series), sizes)  # series of each point
+        j = np.arange(len(values)) - offsets[owner]  # rank of the point in its series' batch
+        at = base[owner] + hist[owner] + j  # where each point sits in `series`
+        series[at] = values
+        before = count[owner] + j  # points its series had seen before it
+        n = len(values)
+        lower, upper = np.full(n, np.nan), np.full(n, np.nan)
+        prob, flag = np.zeros(n), np.zeros(n, dtype=bool)
+        why = np.full(n, None, dtype=object)
+        span = np.minimum(before, w)
+        scored = before >= warmup
+        for length in np.unique(span[scored]).tolist():
+            which = np.flatnonzero(scored & (span == length))
+            median, sigma, factor = _window_stats(series[at[which][:, None] - length + np.arange(length)])
+            scale = np.maximum(np.maximum(sigma, cls.REL_SCALE_FLOOR * np.abs(median)), cls.ABS_SCALE_FLOOR * factor)
+            plain = factor == 1.0
+            part = gaussian_scores(
+                values[which[plain]], median[plain], scale[plain], proto._z, proto.config["threshold"], by=cls.name
+            )
+            k = which[plain]
+            lower[k], upper[k], prob[k], flag[k] = (
+                part.value_lower_limit, part.value_upper_limit, part.anomaly_probability, part.is_anomaly,
+            )
+            why[k] = part.explanation
+            for m in np.flatnonzero(~plain).tolist():  # huge values: the scaled scalar path
+                r = proto._score(float(values[which[m]]), float(median[m]), float(sigma[m]), float(factor[m]))
+                lower[which[m]], upper[which[m]], prob[which[m]], flag[which[m]] = (
+                    r.value_lower_limit, r.value_upper_limit, r.anomaly_probability, r.is_anomaly,
+                )
+                why[which[m]] = r.explanation
+        # learn: the ring buffers as pushing point by point leaves them
+        last = j >= sizes[owner] - w
+        buf[owner[last], (pos[owner[last]] + j[last]) % w] = values[last]
+        after = {"buffer": buf, "pos": (pos + sizes) % w, "count": count + sizes}
+        return layout.encode(after, n_series), BatchResult(lower, upper, prob, flag, why)
 
     # -- state ------------------------------------------------------------------
     def _get_state(self) -> dict[str, Any]:

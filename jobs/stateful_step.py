@@ -56,6 +56,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from detectors import get_detector_class
 from detectors.base import BatchResult, StateError, concat_results, pack_state, unpack_state, update_many
@@ -478,11 +479,11 @@ def step_bucket(
     agg_function = settings.agg_function
     state._ensure_tables(agg_function)
     # names -> the bucket's application indices, hashing each distinct name once
-    local: dict[str, int] = {}
-    names = events["application"]
-    codes = np.fromiter((local.setdefault(a, len(local)) for a in names), np.int64, len(names))
-    if len(codes):
-        codes = state.add_all(list(local))[codes]
+    # (new applications are added in order of first appearance)
+    codes = np.zeros(0, dtype=np.int64)
+    if len(events["application"]):
+        local, distinct = pd.factorize(events["application"], sort=False)
+        codes = state.add_all(distinct.tolist())[local]
     # Events arrive in shuffle order, which may differ on replay: sorting by
     # application, event time, then source position makes results deterministic.
     topics = np.unique(events["src_topic"].astype(str), return_inverse=True)[1] if len(codes) else codes
