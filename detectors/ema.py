@@ -155,7 +155,8 @@ class EMADetector(Detector):
         fields = {}
         for key in ("mean", "std", "w2", "count"):
             fields[key] = np.zeros(len(states), dtype=np.int64 if key == "count" else np.float64)
-            fields[key][have] = decoded[key]
+            if present:
+                fields[key][have] = decoded[key]
         mean, std, w2, count = (fields[k] for k in ("mean", "std", "w2", "count"))
         valid = np.isfinite(mean) & np.isfinite(std) & (std >= 0) & (w2 >= 0) & (w2 <= 1) & (count >= 0)
         if not valid.all():  # the per-series path raises the StateError of from_state

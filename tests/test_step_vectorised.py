@@ -16,7 +16,7 @@ import pytest
 
 import tests.failing_detector  # noqa: F401 - registers "fail_on_value"
 from detectors import get_detector_class
-from detectors.base import StateError, update_many
+from detectors.base import StateError, _update_many_loop, update_many
 from jobs import main
 from jobs import stateful_step as new
 from tests import stateful_step_oracle as old
@@ -148,7 +148,7 @@ def test_the_vectorised_step_gives_what_the_per_application_step_gave(agg_functi
         ("fail_on_value", {}),  # a detector without its own update_many: the default loop
     ],
 )
-def test_update_many_equals_update_batch_per_series_bit_for_bit(name, params):
+def test_update_many_equals_update_batch_per_series_bit_for_bit(name, params, monkeypatch):
     cls = get_detector_class(name)
     rng = np.random.default_rng(3)
     # series at every stage: fresh, warming up, filling the window, full; some points far out
@@ -169,7 +169,11 @@ def test_update_many_equals_update_batch_per_series_bit_for_bit(name, params):
     offsets = np.cumsum([0] + [len(p) for _, p in series])
     values = np.concatenate([p for _, p in series])
     ts = np.arange(len(values), dtype=np.int64)
+    if name != "fail_on_value":  # the vectorised path: no per-series from_state
+        monkeypatch.setattr(cls, "from_state", classmethod(lambda *a, **k: pytest.fail("per-series path taken")))
     blobs, result = update_many(cls, [b for b, _ in series], ts, values, offsets, params)
+    fresh_blobs, fresh = update_many(cls, [None] * len(series), ts, values, offsets, params)
+    monkeypatch.undo()
     for k, (blob, points) in enumerate(series):
         detector = cls(**params) if blob is None else cls.from_state(blob, **params)
         want = detector.update_batch(ts[offsets[k] : offsets[k + 1]], points)
@@ -178,6 +182,10 @@ def test_update_many_equals_update_batch_per_series_bit_for_bit(name, params):
             got = getattr(result, field)[offsets[k] : offsets[k + 1]]
             assert np.asarray(got).tobytes() == np.asarray(getattr(want, field)).tobytes(), (k, field)
         assert list(result.explanation[offsets[k] : offsets[k + 1]]) == list(want.explanation)
+    # only fresh series (a bucket's first windows)
+    loop_blobs, loop = _update_many_loop(cls, [None] * len(series), ts, values, offsets, params)
+    assert fresh_blobs == loop_blobs
+    assert fresh.anomaly_probability.tobytes() == loop.anomaly_probability.tobytes()
     # a series that fails makes the whole call fail, so that the job isolates it point by point
     bad = values.copy()
     bad[offsets[3]] = np.inf
