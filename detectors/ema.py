@@ -180,14 +180,45 @@ class EMADetector(Detector):
     def _learn_batch(
         self, xs: list[float], first: int, centers: np.ndarray, scales: np.ndarray, scored: np.ndarray
     ) -> None:
-        """Learn ``xs`` in order; point ``i`` is scored (at ``first + i``) against the state before it."""
-        warmup = self.config["warmup"]
-        for i, x in enumerate(xs, first):
-            if self._count >= warmup:  # the state before the point, as in _update
-                scored[i] = True
-                centers[i] = self._mean
-                scales[i] = max(self.std, self.REL_STD_FLOOR * abs(self._mean), self.ABS_STD_FLOOR)
-            self._learn(x)
+        """Learn ``xs`` in order; point ``i`` is scored (at ``first + i``) against the state before it.
+
+        The steps of :meth:`_update` and :meth:`_learn` on local variables (the
+        hot loop of the streaming job's ``none`` case); the rare non-finite
+        update goes through :meth:`_learn` itself.
+        """
+        hypot, isfinite, sqrt = math.hypot, math.isfinite, math.sqrt
+        a, decay_sq, a_sq = self._alpha, self._decay * self._decay, self._alpha * self._alpha
+        sqrt_alpha, sqrt_decay = self._sqrt_alpha, self._sqrt_decay
+        rel, floor = self.REL_STD_FLOOR, self.ABS_STD_FLOOR
+        mean, std, w2, count = self._mean, self._std, self._w2, self._count
+        # count grows by one per point: the points before `warmup` is reached are not scored
+        skip = max(0, min(len(xs), self.config["warmup"] - count))
+        kept_centers: list[float] = []
+        kept_scales: list[float] = []
+        for i, x in enumerate(xs):
+            if i >= skip:  # the state before the point, as in _update (std: the `std` property)
+                spread = min(std / sqrt(1.0 - w2), FLOAT_MAX) if count >= 2 else math.nan
+                kept_centers.append(mean)
+                kept_scales.append(max(spread, rel * abs(mean), floor))
+            if count == 0:
+                mean, std, w2, count = x, 0.0, 1.0, 1
+                continue
+            diff = x - mean
+            new_mean = mean + a * diff
+            new_std = sqrt_decay * hypot(std, sqrt_alpha * diff)
+            if not (isfinite(new_mean) and isfinite(new_std)):
+                self._mean, self._std, self._w2, self._count = mean, std, w2, count
+                self._learn(x)
+                mean, std, w2, count = self._mean, self._std, self._w2, self._count
+                continue
+            mean, std = new_mean, new_std
+            w2 = decay_sq * w2 + a_sq
+            count += 1
+        self._mean, self._std, self._w2, self._count = mean, std, w2, count
+        lo, hi = first + skip, first + len(xs)
+        scored[lo:hi] = True
+        centers[lo:hi] = kept_centers
+        scales[lo:hi] = kept_scales
 
     def _score_batch(self, values: np.ndarray, centers: np.ndarray, scales: np.ndarray, scored: np.ndarray
                      ) -> BatchResult:
