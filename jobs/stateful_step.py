@@ -486,7 +486,7 @@ def step_bucket(
         codes = state.add_all(distinct.tolist())[local]
     # Events arrive in shuffle order, which may differ on replay: sorting by
     # application, event time, then source position makes results deterministic.
-    topics = np.unique(events["src_topic"].astype(str), return_inverse=True)[1] if len(codes) else codes
+    topics = pd.factorize(events["src_topic"], sort=True)[0] if len(codes) else codes  # codes in name order
     order = np.lexsort((events["src_offset"], events["src_partition"], topics, events["ts_ms"], codes))
     codes = codes[order]
     events = {name: events[name][order] for name in EVENT_COLUMNS}
