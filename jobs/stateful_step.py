@@ -150,7 +150,11 @@ class StepSettings:
 
 
 class KeyState:
-    """Everything one application carries between micro-batches."""
+    """Everything one application carries between micro-batches, on its own.
+
+    The job keeps it in columns of its bucket (:class:`BucketState`); this form
+    is :meth:`BucketState.application`'s view of one application (tests, debugging).
+    """
 
     def __init__(self, agg_function: str) -> None:
         self.windows = aggregation.WindowState.empty(agg_function)
@@ -163,7 +167,7 @@ class KeyState:
         return close if close is not None else self.last_event_ms + settings.idle_timeout_ms
 
     def encode(self) -> bytes:
-        """A compact fixed layout (not the detectors' generic field format): one per application per batch."""
+        """A compact fixed layout (not the detectors' generic field format)."""
         w = self.windows
         arrays = [np.ascontiguousarray(getattr(w, name), dtype) for name, dtype in _WINDOW_ARRAYS]
         parts = [
