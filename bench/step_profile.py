@@ -20,7 +20,8 @@ at their default parameters, a 2 s watermark delay):
   (tests/stateful_step_oracle.py, the anchor) and the new vectorised one
   (jobs/stateful_step.py), in this process, one after the other; the output
   rows are compared (count and a checksum), and the table prints CPU seconds,
-  events/s and µs per application per batch of each, and new/old speed-up.
+  events/s and µs per application per batch of each, new/old speed-up, and
+  the bytes of all buckets' encoded states per application after the last batch.
 
 Timings are process CPU time (``time.process_time``), so other load on a
 shared machine moves them less than wall time would. Not run in CI.
@@ -109,8 +110,9 @@ def make_batches(case: Case, seed: int = 7) -> list[tuple[list[dict[str, np.ndar
     return out
 
 
-def run(module: ModuleType, case: Case, batches: list) -> tuple[float, int, str]:
-    """CPU seconds of stepping every batch of every bucket, output rows, checksum of the outputs."""
+def run(module: ModuleType, case: Case, batches: list) -> tuple[float, int, str, float]:
+    """CPU seconds of stepping every batch of every bucket, output rows, checksum of the outputs,
+    state bytes per application at the end."""
     settings = module.StepSettings(case.agg_function, 10_000 if case.agg_function == "avg" else 0,
                                    detectors_for(case.agg_function), 3_600_000, True)
     stored: dict[int, bytes] = {}
@@ -138,7 +140,7 @@ def run(module: ModuleType, case: Case, batches: list) -> tuple[float, int, str]
                                   columns["anomaly_probability"].tolist(), columns["value_upper_limit"].tolist(),
                                   columns["reason"].tolist(), strict=True), key=repr)
                 digest.update(repr(keys).encode())
-    return cpu, rows, digest.hexdigest()[:12]
+    return cpu, rows, digest.hexdigest()[:12], sum(map(len, stored.values())) / case.apps
 
 
 def profile(fn: Callable[[], object], top: int) -> None:
@@ -167,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"buckets {BUCKETS}, batches {args.batches}, watermark delay {WATERMARK_DELAY_MS} ms; "
           "CPU seconds of decode + step + encode + output columns over all batches and buckets")
     print("| case | events | old s (anchor) | new s | old ev/s | new ev/s | old µs/app/batch | new µs/app/batch "
-          "| new/old speed | same output |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+          "| new/old speed | same output | state B/app old/new |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
     for i, case in enumerate(cases):
         batches = make_batches(case)
         events = case.apps * case.events_per_app * case.batches
@@ -176,16 +178,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.profile and i == 0:
             module = old_step if args.profile == "old" else new_step
             profile(lambda module=module, case=case, batches=batches: run(module, case, batches), args.top)
-        new_s, new_rows, new_sum = run(new_step, case, batches)
+        new_s, new_rows, new_sum, new_bytes = run(new_step, case, batches)
         if args.skip_old:
             print(f"| {case.name} | {events:,} | - | {new_s:.2f} | - | {events / new_s:,.0f} | - | "
-                  f"{1e6 * new_s / app_batches:.1f} | - | - |")
+                  f"{1e6 * new_s / app_batches:.1f} | - | - | - / {new_bytes:,.0f} |")
             continue
-        old_s, old_rows, old_sum = run(old_step, case, batches)
+        old_s, old_rows, old_sum, old_bytes = run(old_step, case, batches)
         same = "yes" if (old_rows, old_sum) == (new_rows, new_sum) else f"NO ({old_rows} vs {new_rows} rows)"
         print(f"| {case.name} | {events:,} | {old_s:.2f} | {new_s:.2f} | {events / old_s:,.0f} | "
               f"{events / new_s:,.0f} | {1e6 * old_s / app_batches:.1f} | {1e6 * new_s / app_batches:.1f} | "
-              f"{old_s / new_s:.2f}x | {same} |", flush=True)
+              f"{old_s / new_s:.2f}x | {same} | {old_bytes:,.0f} / {new_bytes:,.0f} |", flush=True)
     return 0
 
 

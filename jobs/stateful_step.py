@@ -340,7 +340,14 @@ class BucketState:
             "timer_ms": int(self.timer_ms),
         }
         for prefix, table in (("w.", self.windows), ("s.", self.seen)):
-            fields.update((prefix + name, column) for name, column in table.items())
+            if not table:
+                continue
+            # rows are sorted by application: stored as rows per application, not an index per row
+            app = table["app"]
+            if len(app) > 1 and (app[1:] < app[:-1]).any():
+                raise AssertionError("bucket state rows out of application order")  # a bug, not bad input
+            fields[prefix + "rows_per_app"] = np.bincount(app, minlength=len(self.names)).astype(np.int32)
+            fields.update((prefix + name, column) for name, column in table.items() if name != "app")
         for label, blobs in self.detectors.items():
             fields["d.sizes." + label] = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs))
             fields["d.blobs." + label] = b"".join(blobs)
@@ -356,8 +363,14 @@ class BucketState:
             )
         due = fields["due"]
         names = fields["names"].split("\x00") if len(due) else []
-        windows = {k[2:]: v for k, v in fields.items() if k.startswith("w.")}
-        seen = {k[2:]: v for k, v in fields.items() if k.startswith("s.")}
+        tables = []
+        for prefix in ("w.", "s."):
+            table = {k[2:]: v for k, v in fields.items() if k.startswith(prefix)}
+            if table:
+                per_app = table.pop("rows_per_app")
+                table = {"app": np.repeat(np.arange(len(per_app), dtype=np.int64), per_app), **table}
+            tables.append(table)
+        windows, seen = tables
         detectors = {}
         for key, sizes in fields.items():
             if key.startswith("d.sizes."):
