@@ -206,8 +206,9 @@ class RobustDetector(Detector):
         w, warmup = proto.config["window"], proto.config["warmup"]
         layout = FixedStateLayout.of(proto.to_state())
         present = [blob for blob in states if blob is not None]
+        # another layout (e.g. a subclass with fields of its own): the per-series path
         decoded = layout.decode(present) if layout is not None and present else {}
-        if layout is None or decoded is None:
+        if layout is None or decoded is None or set(layout.fields) != {"buffer", "pos", "count"}:
             return super().update_many(states, ts_ms, values, offsets, **params)
         n_series = len(states)
         have = np.array([blob is not None for blob in states], dtype=bool)
