@@ -25,7 +25,7 @@ SPARK_DEPS = [
     "pyyaml>=6",
 ]
 
-# The dashboard and the HTML report (jobs/dashboard.py, jobs/report.py): plotly ships
+# The dashboard and the HTML report (tools/dashboard.py, tools/report.py): plotly ships
 # plotly.js inside its wheel, so no page loads anything from the internet.
 DASHBOARD_DEPS = [
     "plotly>=5.20",
@@ -41,8 +41,11 @@ setup(
     long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["jobs", "jobs.*", "detectors", "detectors.*"]),
-    package_data={"jobs": ["py.typed", "web/*.js", "web/*.css"], "detectors": ["py.typed"]},
+    # jobs: the streaming query (shipped to executors); detectors: the pure detector library;
+    # tools: what runs around the query (demo, local broker, cluster, backtest, dashboard, report);
+    # evaluation: NAB scoring. See README "How it works".
+    packages=find_packages(include=["jobs", "jobs.*", "detectors", "detectors.*", "tools", "tools.*", "evaluation"]),
+    package_data={"tools": ["web/*.js", "web/*.css"]},
     install_requires=[
         "numpy>=1.26",
     ],
@@ -55,7 +58,7 @@ setup(
             *DASHBOARD_DEPS,
             # browser tests drive Debian's chromium (scripts/chromium.sh); no browser download
             "playwright>=1.44",
-            # tests/test_postgres_sink.py and jobs/repository.py's PostgreSQL reads
+            # tests/test_postgres_sink.py and tools/repository.py's PostgreSQL reads
             "psycopg[binary]>=3.1",
             "pytest>=8",
             "pytest-timeout>=2.3",
@@ -65,18 +68,18 @@ setup(
             # the plugin example test builds a wheel of tests/plugin_example offline
             "setuptools>=70.1",
             "wheel",
-            # the executors' Python environment for a cluster (--archives), see jobs/cluster.py
+            # the executors' Python environment for a cluster (--archives), see tools/cluster.py
             "venv-pack>=0.2",
-            # the local broker's TLS certificates (jobs/local_kafka.py)
+            # the local broker's TLS certificates (tools/local_kafka.py)
             "cryptography>=42",
         ],
     },
     entry_points={
         "console_scripts": [
             "anomaly-job=jobs.main:main",
-            "anomaly-backtest=jobs.backtest:main",
-            "anomaly-dashboard=jobs.dashboard:main",
-            "anomaly-report=jobs.report:main",
+            "anomaly-backtest=tools.backtest:main",
+            "anomaly-dashboard=tools.dashboard:main",
+            "anomaly-report=tools.report:main",
         ],
         # Built-in detectors register in code; third-party packages add theirs here:
         #   entry_points={"streaming_anomaly.detectors": ["mine = mypkg.mod:MyDetector"]}

@@ -8,7 +8,7 @@
 #   --master local[*]          unless you give --master (standalone, yarn, k8s://...)
 #   --jars  .jars/spark/*.jar  Kafka connector + SQLite/PostgreSQL JDBC drivers (from Maven Central,
 #                              resolved by scripts/bootstrap.sh); shipped to the cluster by Spark
-#   --py-files build/anomaly_job.zip   the jobs/ and detectors/ packages, rebuilt on every submit
+#   --py-files build/anomaly_job.zip   the jobs/ and detectors/ packages (the query), rebuilt on every submit
 #   log4j2 config (conf/log4j2.properties) for a quiet driver log in local mode
 #   on a cluster master (spark://, yarn, k8s://): the venv packed with venv-pack (build/anomaly-env.tar.gz,
 #                              rebuilt when its packages change) as --archives ...#env, with
@@ -43,17 +43,9 @@ if [[ ! -x "$VENV/bin/spark-submit" ]] || ! compgen -G "$ROOT/.jars/spark/*.jar"
   exit 1
 fi
 
-# Package the Python code the driver and executors import.
-mkdir -p "$ROOT/build"
-rm -f "$ROOT/build/anomaly_job.zip"
-(cd "$ROOT" && "$VENV/bin/python" - <<'PY'
-import pathlib, zipfile
-with zipfile.ZipFile("build/anomaly_job.zip", "w", zipfile.ZIP_DEFLATED) as z:
-    for package in ("jobs", "detectors"):
-        for path in sorted(pathlib.Path(package).rglob("*.py")):
-            z.write(path)
-PY
-)
+# Package the Python code the driver and executors import: jobs/ and detectors/ only (tools/ and
+# evaluation/ run around the query, never in it); rebuilt on every submit.
+(cd "$ROOT" && "$VENV/bin/python" -m tools.cluster code-zip >/dev/null)
 
 extra=()
 master="local[*]"
@@ -70,7 +62,7 @@ executor_tmp=""
 if [[ "$master" != local* ]]; then
   if [[ "${ANOMALY_SHIP_ENV:-1}" != 0 ]] && ! $own_python; then
     # the executors' Python: this venv, packed (cached while its packages are unchanged)
-    env_archive="$(cd "$ROOT" && "$VENV/bin/python" -m jobs.cluster pack-env)"
+    env_archive="$(cd "$ROOT" && "$VENV/bin/python" -m tools.cluster pack-env)"
     extra+=(--archives "$env_archive#env")
     # Spark runs the Python of the executors *and* of a few driver-side helpers (transformWithState's
     # schema check) with one command, spark.pyspark.python. "./env/bin/python" exists only in an
@@ -112,4 +104,17 @@ export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$VENV/bin/python}"
 export PYSPARK_DRIVER_PYTHON="${PYSPARK_DRIVER_PYTHON:-$VENV/bin/python}"
 export ANOMALY_UNDER_SUBMIT=1
 export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}"
-exec "$VENV/bin/spark-submit" "${extra[@]}" "${submit_args[@]}" "$ROOT/jobs/main.py" "${job_args[@]}"
+# Spark 4.2 prints two lines on every start that are neither errors nor ours: the JVM's
+# "WARNING: Using incubator modules: jdk.incubator.vector" (Spark's launcher always adds that
+# module; no JVM flag silences the notice) and PySpark's "Starting Streaming
+# TransformWithStateInPandas Python worker." (print()ed, with a blank line, before any of the
+# job's code is imported). Exactly those lines are dropped from stderr; everything else passes
+# through unchanged, line by line. The filter ignores Ctrl-C and TERM so that the job's own
+# lines on a clean stop still get through; it ends when spark-submit closes stderr. exec keeps
+# this script's PID the JVM's, so signals reach spark-submit as before.
+exec "$VENV/bin/spark-submit" "${extra[@]}" "${submit_args[@]}" "$ROOT/jobs/main.py" "${job_args[@]}" \
+  2> >(trap '' INT TERM; exec awk '
+        /^WARNING: Using incubator modules: jdk\.incubator\.vector$/ { next }
+        /^Starting Streaming TransformWithStateInPandas Python worker\.$/ { blank = 1; next }
+        blank && /^$/ { blank = 0; next }
+        { blank = 0; print; fflush() }' >&2)

@@ -5,7 +5,7 @@ with NAB's settings (range = the series' own min and max, ``rest_period =
 int(probation / 5)``, base threshold 0.75, left semi-contexts <= 7 facts, 15 active
 neurons, 3 value bits) and compares every point with
 ``reference_results/contextOSE/<folder>/contextOSE_<series>.csv``. Then, when
-``detectors.nab_scoring`` is available, prints NAB scores of: the reference scores,
+``evaluation.nab_scoring`` is available, prints NAB scores of: the reference scores,
 ours with NAB settings, and ours with the range learned online (no min/max given).
 
     .venv/bin/python bench/cad_faithfulness.py [--only SUBSTRING] [--no-online]
@@ -67,9 +67,9 @@ def run(values: np.ndarray, online: bool) -> np.ndarray:
 
 def nab_scores(label: str, scores: dict[str, tuple[list[str], np.ndarray]]) -> None:
     try:
-        from detectors import nab_scoring
+        from evaluation import nab_scoring
     except ImportError:
-        print(f"{label}: detectors.nab_scoring not available; NAB score skipped")
+        print(f"{label}: evaluation.nab_scoring not available; NAB score skipped")
         return
     windows = nab_scoring.load_windows(NAB / "labels" / "combined_windows.json")
     profiles = nab_scoring.load_profiles(NAB / "config" / "profiles.json")

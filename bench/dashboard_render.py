@@ -34,7 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from jobs.repository import ResultsRepository  # noqa: E402
+from tools.repository import ResultsRepository  # noqa: E402
 
 DDL = """CREATE TABLE predictions (application TEXT NOT NULL, ts TEXT NOT NULL, agg_function TEXT NOT NULL,
  agg_window_millis INTEGER NOT NULL, agg_value REAL, detector TEXT NOT NULL, value_lower_limit REAL,
@@ -113,7 +113,7 @@ def main() -> int:
 
     port = 8765
     server = subprocess.Popen(
-        [sys.executable, "-m", "jobs.dashboard", "--jdbc", f"jdbc:sqlite:{db}", "--port", str(port)],
+        [sys.executable, "-m", "tools.dashboard", "--jdbc", f"jdbc:sqlite:{db}", "--port", str(port)],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

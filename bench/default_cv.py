@@ -14,7 +14,7 @@ series; then, for each profile and each folder ``f``:
 The held-out raw scores (and null / perfect scores) of the 5 folds are summed and
 normalised: the **CV score**, what the selection procedure is worth on series it
 did not see. Printed beside it: the in-sample score of every variant (threshold
-optimised on all 31 series, as `jobs.backtest --labels` reports), each variant's
+optimised on all 31 series, as `tools.backtest --labels` reports), each variant's
 CV score with only its threshold held out, TP/FP/FN at the standard profile's
 threshold, and the same for the published contextOSE (CAD OSE) results.
 
@@ -37,8 +37,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from detectors import nab_scoring as ns  # noqa: E402
-from jobs import backtest as bt  # noqa: E402
+from evaluation import nab_scoring as ns  # noqa: E402
+from tools import backtest as bt  # noqa: E402
 
 PROFILES = ("standard", "reward_low_FP_rate", "reward_low_FN_rate")
 

@@ -2,9 +2,9 @@
 
     .venv/bin/python bench/demo_offline.py [--detector default] [--points 1440] [--seeds 42]
 
-Builds the demo stream (:func:`jobs.synthetic.generate`), averages it per application
+Builds the demo stream (:func:`tools.synthetic.generate`), averages it per application
 over 5-minute tumbling windows as ``conf/demo.yaml`` does, runs the detector over each
-application's windows and applies ``jobs.demo``'s rule: an injected anomaly is found
+application's windows and applies ``tools.demo``'s rule: an injected anomaly is found
 when a flagged window lies in its span (a level shift: its first hour); a flagged
 window outside every span is a false alarm. Prints one line per application and
 seed; exits 1 when an anomaly is missed or an application has more than
@@ -24,8 +24,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from detectors.registry import build_detector  # noqa: E402
-from jobs.demo import _span, found  # noqa: E402
-from jobs.synthetic import DEFAULT_START, generate, parse_iso_z  # noqa: E402
+from tools.demo import _span, found  # noqa: E402
+from tools.synthetic import DEFAULT_START, generate, parse_iso_z  # noqa: E402
 
 WINDOW_MS = 300_000
 

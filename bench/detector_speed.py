@@ -20,7 +20,7 @@ markdown table:
 
 Speeds are the best of ``--repeat`` runs on a fresh detector each. With ``--nab``
 it also runs each detector over the NAB corpus (``DIR/data``, 31 series) through
-:mod:`jobs.backtest` (``--jobs 2``, a state round trip every 1,000 points, as the
+:mod:`tools.backtest` (``--jobs 2``, a state round trip every 1,000 points, as the
 backtest CLI does) and prints the NAB score per profile next to NAB's published
 numenta and contextOSE results (scored from ``DIR/reference_results`` with the
 same scorer). The fixed-range CAD gets each series' own min/max there (NAB's
@@ -52,9 +52,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.cad_pure_python import PurePythonCAD  # noqa: E402
-from detectors import nab_scoring  # noqa: E402
 from detectors.registry import build_detector, detector_from_state  # noqa: E402
-from jobs import backtest as bt  # noqa: E402
+from evaluation import nab_scoring  # noqa: E402
+from tools import backtest as bt  # noqa: E402
 
 STEP_MS = 300_000  # 5-minute points, like most NAB series
 DAY = 288  # points per day

@@ -4,7 +4,7 @@
     .venv/bin/python bench/throughput.py --quick    # 300k events; 1,000 / 20,000 applications (< 10 min)
 
 Everything below runs in ONE process, on the same cores, against one local
-broker (jobs/local_kafka.py) and one local-mode SparkSession:
+broker (tools/local_kafka.py) and one local-mode SparkSession:
 
 1. **Input.** For each application count, ``--events`` synthetic JSON events
    into their own topic (``--partitions`` partitions), produced in event-time
@@ -713,8 +713,8 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("kafka", "py4j"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     from jobs.config import ConfigError, parse_config
-    from jobs.local_kafka import LocalKafkaBroker
     from jobs.session import build_session
+    from tools.local_kafka import LocalKafkaBroker
 
     for case in cases:  # before anything starts: e.g. --buckets on a job that has no such field
         try:
@@ -728,9 +728,15 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"the job refuses the benchmark's stream config: {err}")
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="anomaly-bench-"))
+    shipping: dict[str, str] = {}
+    if args.master and args.master.startswith("spark://"):
+        from tools.cluster import shipping_conf  # the project's code and venv for the executors
+
+        shipping = shipping_conf()
     spark = build_session(
         "anomaly-bench",
         conf={
+            **shipping,
             "spark.sql.shuffle.partitions": str(args.partitions),
             "spark.ui.enabled": "false",
             # FAIR only matters in the latency phase, where the input writer's 1 s slices run

@@ -1,4 +1,9 @@
-"""The Spark job's packages (see README.md)."""
+"""The streaming query, and only it: what spark-submit.sh ships to the executors.
+
+One module per stage, data flowing one way (assembled in jobs/query.py): source (read,
+validate, watermark) -> packing -> stateful_operator over stateful_step and windows ->
+sinks and jdbc. The tools around the query live in ``tools``, NAB scoring in ``evaluation``.
+"""
 
 import sys as _sys
 

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from detectors import ParamError, get_detector_class
+from jobs.result_format import ENV_NAME, is_sql_identifier
 
 AGG_FUNCTIONS = (
     "none",
@@ -406,7 +407,7 @@ def _source(raw: Any, name: str, base_dir: Path | None = None) -> SourceConfig:
 
 def _env_name(value: Any, name: str) -> str | None:
     env = _str(value, name, required=False)
-    if env is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", env):
+    if env is not None and not ENV_NAME.match(env):
         raise ConfigError(
             name, f"must be an environment variable name (the secret stays out of the config), got {env!r}"
         )
@@ -508,7 +509,7 @@ def _jdbc(raw: Any, name: str, base_dir: Path | None) -> JdbcConfig | None:
         if path and path != ":memory:" and not Path(path).is_absolute():
             url = "jdbc:sqlite:" + str((base_dir / path).resolve())
     table = _str(section.get("table") or "predictions", f"{name}.table")
-    if not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$", table or ""):
+    if not is_sql_identifier(table):
         raise ConfigError(f"{name}.table", f"must be a plain SQL identifier, got {table!r}")
     properties = _string_map(section.get("properties"), f"{name}.properties")
     for key in properties:
@@ -520,7 +521,7 @@ def _jdbc(raw: Any, name: str, base_dir: Path | None) -> JdbcConfig | None:
     password_file = _str(section.get("password_file"), f"{name}.password_file", required=False)
     if password_env and password_file:
         raise ConfigError(f"{name}.password_file", "give at most one of password_env or password_file")
-    if password_env and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", password_env):
+    if password_env and not ENV_NAME.match(password_env):
         raise ConfigError(f"{name}.password_env", f"must be an environment variable name, got {password_env!r}")
     if password_file and base_dir is not None and not Path(password_file).is_absolute():
         password_file = str((base_dir / password_file).resolve())

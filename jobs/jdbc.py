@@ -34,77 +34,24 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs.config import ConfigError, JdbcConfig
 from jobs.faults import fault_point
+from jobs.result_format import (
+    ADDED_COLUMNS,
+    SPARK_ISO_MS_PATTERN,
+    TABLE_COLUMNS,
+    TABLE_KEY,
+    mask_secret,
+    postgresql_accepted,
+    sql_type,
+)
 
 log = logging.getLogger("anomaly.jdbc")
-KEY_COLUMNS = ("application", "detector", "agg_function", "agg_window_millis", "ts")
-COLUMNS = (
-    "application",
-    "ts",
-    "agg_function",
-    "agg_window_millis",
-    "agg_value",
-    "detector",
-    "value_lower_limit",
-    "value_upper_limit",
-    "anomaly_probability",
-    "is_anomaly",
-    "explanation",
-)
-# columns added after the first release: an existing table without them gets them
-# (ALTER TABLE ... ADD COLUMN, nullable); a table missing any other column is refused
-ADDED_COLUMNS = ("explanation",)
-_TYPES = {
-    "sqlite": {
-        "application": "TEXT NOT NULL",
-        "ts": "TEXT NOT NULL",
-        "agg_function": "TEXT NOT NULL",
-        "agg_window_millis": "INTEGER NOT NULL",
-        "agg_value": "REAL",
-        "detector": "TEXT NOT NULL",
-        "value_lower_limit": "REAL",
-        "value_upper_limit": "REAL",
-        "anomaly_probability": "REAL NOT NULL",
-        "is_anomaly": "INTEGER NOT NULL",
-        "explanation": "TEXT",
-    },
-    "postgresql": {
-        "application": "TEXT NOT NULL",
-        "ts": "TIMESTAMPTZ NOT NULL",
-        "agg_function": "TEXT NOT NULL",
-        "agg_window_millis": "BIGINT NOT NULL",
-        "agg_value": "DOUBLE PRECISION",
-        "detector": "TEXT NOT NULL",
-        "value_lower_limit": "DOUBLE PRECISION",
-        "value_upper_limit": "DOUBLE PRECISION",
-        "anomaly_probability": "DOUBLE PRECISION NOT NULL",
-        "is_anomaly": "BOOLEAN NOT NULL",
-        "explanation": "TEXT",
-    },
-}
 _DRIVERS = {"sqlite": "org.sqlite.JDBC", "postgresql": "org.postgresql.Driver"}
-_TEXT = ("text", "character varying")
-_FLOAT = ("double precision", "numeric")
-# PostgreSQL types (as format_type() spells them) an existing table may use per column
-_PG_ACCEPTED = {
-    "application": _TEXT,
-    "ts": ("timestamp with time zone",),
-    "agg_function": _TEXT,
-    "agg_window_millis": ("bigint", "numeric"),
-    "agg_value": _FLOAT,
-    "detector": _TEXT,
-    "value_lower_limit": _FLOAT,
-    "value_upper_limit": _FLOAT,
-    "anomaly_probability": _FLOAT,
-    "is_anomaly": ("boolean",),
-    "explanation": _TEXT,
-}
 # the columns, then the key columns, of each unique index of a PostgreSQL table
 _PG_COLUMNS_SQL = (
     "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
@@ -178,10 +125,7 @@ class JdbcTable:
             password = self.config.resolve_password()
         except ConfigError:
             return text
-        if password:
-            for form in sorted({password, quote(password, safe=""), quote(password)}, key=len, reverse=True):
-                text = text.replace(form, "***")
-        return text
+        return mask_secret(text, password)
 
     def _error(self, action: str, err: BaseException) -> JdbcError:
         where = self.config.url.split("?", 1)[0]
@@ -222,9 +166,9 @@ class JdbcTable:
     # -- schema -----------------------------------------------------------------
     def ensure_schema(self) -> None:
         """Check an existing table, or create it with its key; then the index and the staging table."""
-        types = _TYPES[self.dialect]
-        columns = ", ".join(f"{c} {types[c]}" for c in COLUMNS)
-        staging_columns = ", ".join(f"{c} {types[c].replace(' NOT NULL', '')}" for c in COLUMNS)
+        types = {c: sql_type(self.dialect, c) for c in TABLE_COLUMNS}
+        columns = ", ".join(f"{c} {types[c]}" for c in TABLE_COLUMNS)
+        staging_columns = ", ".join(f"{c} {types[c].replace(' NOT NULL', '')}" for c in TABLE_COLUMNS)
         with self._guard("creating or checking the table"), self.connect() as conn:
             stmt = conn.createStatement()
             existing = self._column_types(conn, self.table)
@@ -233,11 +177,11 @@ class JdbcTable:
                 self._add_new_columns(conn, existing)
             else:
                 stmt.executeUpdate(
-                    f"CREATE TABLE IF NOT EXISTS {self.table} ({columns}, PRIMARY KEY ({', '.join(KEY_COLUMNS)}))"
+                    f"CREATE TABLE IF NOT EXISTS {self.table} ({columns}, PRIMARY KEY ({', '.join(TABLE_KEY)}))"
                 )
             self._ensure_read_index(conn, existing=bool(existing))
             staging = self._column_types(conn, self.staging)
-            if staging and set(staging) != set(COLUMNS):
+            if staging and set(staging) != set(TABLE_COLUMNS):
                 # ours, and emptied after every batch: an older shape is simply replaced
                 stmt.executeUpdate(f"DROP TABLE {self.staging}")
             stmt.executeUpdate(f"CREATE TABLE IF NOT EXISTS {self.staging} ({staging_columns})")
@@ -266,7 +210,7 @@ class JdbcTable:
         for column in ADDED_COLUMNS:
             if column in existing:
                 continue
-            ddl = f"ALTER TABLE {self.table} ADD COLUMN {column} {_TYPES[self.dialect][column]}"
+            ddl = f"ALTER TABLE {self.table} ADD COLUMN {column} {sql_type(self.dialect, column)}"
             savepoint = conn.setSavepoint() if self.dialect == "postgresql" else None
             try:
                 conn.createStatement().executeUpdate(ddl)
@@ -281,7 +225,7 @@ class JdbcTable:
             log.info("table %s: added column %s (new in this version)", self.table, column)
 
     def _check_existing(self, conn: Any, existing: dict[str, str]) -> None:
-        missing = [c for c in COLUMNS if c not in existing and c not in ADDED_COLUMNS]
+        missing = [c for c in TABLE_COLUMNS if c not in existing and c not in ADDED_COLUMNS]
         if missing:
             raise JdbcSchemaError(
                 f"table {self.table} exists but lacks columns {missing}; "
@@ -289,10 +233,10 @@ class JdbcTable:
             )
         if self.dialect == "postgresql":
             wrong = [
-                f"{c} is {existing[c]} (needs {' or '.join(_PG_ACCEPTED[c])})"
-                for c in COLUMNS
+                f"{c} is {existing[c]} (needs { ' or '.join(postgresql_accepted(c))})"
+                for c in TABLE_COLUMNS
                 if c in existing
-                and (not existing[c].startswith(_PG_ACCEPTED[c]) or existing[c].endswith("]"))  # no arrays
+                and (not existing[c].startswith(postgresql_accepted(c)) or existing[c].endswith("]"))  # no arrays
             ]
             if wrong:
                 raise JdbcSchemaError(
@@ -301,7 +245,7 @@ class JdbcTable:
                 )
         if not self._has_unique_key(conn):
             raise JdbcSchemaError(
-                f"table {self.table} exists without a unique key on {KEY_COLUMNS}; "
+                f"table {self.table} exists without a unique key on {TABLE_KEY}; "
                 "upserts need it: add it, or set sinks.jdbc.table to a new name"
             )
 
@@ -349,7 +293,7 @@ class JdbcTable:
                 rs.close()
             finally:
                 query.close()
-            return set(KEY_COLUMNS) in keys
+            return set(TABLE_KEY) in keys
         meta = conn.getMetaData()
         for name in (self.table, self.table.lower()):
             rs = meta.getIndexInfo(None, None, name, True, False)
@@ -359,14 +303,14 @@ class JdbcTable:
                 if column:
                     indexes.setdefault(rs.getString("INDEX_NAME") or "", set()).add(column.lower())
             rs.close()
-            if any(cols == set(KEY_COLUMNS) for cols in indexes.values()):
+            if any(cols == set(TABLE_KEY) for cols in indexes.values()):
                 return True
             pk = meta.getPrimaryKeys(None, None, name)
             pk_cols = set()
             while pk.next():
                 pk_cols.add(pk.getString("COLUMN_NAME").lower())
             pk.close()
-            if pk_cols == set(KEY_COLUMNS):
+            if pk_cols == set(TABLE_KEY):
                 return True
         return False
 
@@ -374,7 +318,7 @@ class JdbcTable:
     def staging_frame(self, results: DataFrame) -> DataFrame:
         """Result rows shaped for the table of this dialect."""
         if self.dialect == "sqlite":
-            ts = F.date_format(F.timestamp_millis("ts_ms"), "yyyy-MM-dd'T'HH:mm:ss.SSS'Z'")
+            ts = F.date_format(F.timestamp_millis("ts_ms"), SPARK_ISO_MS_PATTERN)
             flag = F.col("is_anomaly").cast("int")
         else:
             ts = F.timestamp_millis("ts_ms")
@@ -382,7 +326,7 @@ class JdbcTable:
         shaped = {"ts": ts.alias("ts"), "is_anomaly": flag.alias("is_anomaly")}
         if "explanation" not in results.columns:  # rows shaped before explanations existed
             shaped["explanation"] = F.lit(None).cast("string").alias("explanation")
-        return results.select(*[shaped.get(column, column) for column in COLUMNS])
+        return results.select(*[shaped.get(column, column) for column in TABLE_COLUMNS])
 
     def upsert(self, results: DataFrame, sleep: Callable[[float], None] = time.sleep) -> None:
         """Write one micro-batch of results idempotently (see the module docstring).
@@ -437,9 +381,9 @@ class JdbcTable:
             writer.mode("append").save()
 
     def merge_sql(self) -> str:
-        columns = ", ".join(COLUMNS)
-        updates = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c not in KEY_COLUMNS)
-        keys = ", ".join(KEY_COLUMNS)
+        columns = ", ".join(TABLE_COLUMNS)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in TABLE_COLUMNS if c not in TABLE_KEY)
+        keys = ", ".join(TABLE_KEY)
         if self.dialect == "postgresql":
             # a retried Spark task can leave a row twice in staging, and PostgreSQL refuses
             # to update one row twice in a statement; the copies are identical

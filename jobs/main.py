@@ -1,10 +1,6 @@
 """Entry point: ``python -m jobs.main --config conf/demo.yaml`` (or via spark-submit.sh).
 
-One streaming query per configured stream::
-
-    Kafka -> parse/validate (jobs/source.py) -> watermark -> pack per bucket of applications (jobs/packing.py)
-          -> groupBy(bucket).transformWithStateInPandas(windowing + detectors, jobs/stateful_step.py)
-          -> foreachBatch: results to Kafka + JDBC, rejects to the dead-letter topic
+One streaming query per configured stream, assembled in jobs/query.py.
 
 The config is validated before Spark starts. Each stream checkpoints under
 ``checkpoint_dir/<stream name>``; restarting with the same config resumes from
@@ -95,78 +91,14 @@ def check_checkpoint(stream: StreamConfig, checkpoint: str) -> None:
     os.replace(tmp, path)
 
 
-def score_events(records: Any, stream: StreamConfig) -> Any:
-    """Kafka-shaped records -> operator output (results and dead letters), unwritten.
-
-    ``records`` has the Kafka source's columns (key, value, topic, partition,
-    offset, timestamp); tests feed it from a file stream instead of Kafka.
-    """
-    from jobs.detection import OUTPUT_SCHEMA, BucketProcessor
-    from jobs.packing import pack
-    from jobs.source import parse_messages, with_watermark
-
-    events = with_watermark(parse_messages(records, stream.source), stream.aggregation.allowed_lateness_millis)
-    return (
-        pack(events, stream.buckets)
-        .groupBy("bucket")
-        .transformWithStateInPandas(
-            statefulProcessor=BucketProcessor(stream),
-            outputStructType=OUTPUT_SCHEMA,
-            outputMode="Append",
-            timeMode="EventTime",
-        )
-    )
-
-
 def checkpoint_of(job: JobConfig, stream: StreamConfig) -> str:
     return f"{job.checkpoint_dir.rstrip('/')}/{stream.name}"
-
-
-def start_stream(spark: Any, job: JobConfig, stream: StreamConfig) -> Any:
-    """Build and start one stream's query (its checkpoint already checked by :func:`run`)."""
-    from jobs.jdbc import JdbcTable
-    from jobs.sinks import make_batch_writer
-    from jobs.source import read_kafka
-
-    checkpoint = checkpoint_of(job, stream)
-    jdbc = JdbcTable(spark, stream.sinks.jdbc, stream.name) if stream.sinks.jdbc else None
-    if jdbc is not None:
-        jdbc.ensure_schema()
-    scored = score_events(read_kafka(spark, stream.source), stream)
-    writer = (
-        scored.writeStream.queryName(stream.name)
-        .option("checkpointLocation", checkpoint)
-        .foreachBatch(make_batch_writer(stream, jdbc))
-    )
-    if job.trigger == "available_now":
-        writer = writer.trigger(availableNow=True)
-    else:
-        writer = writer.trigger(processingTime=job.trigger_interval)
-    query = writer.start()
-    log.info(
-        "[%s] reading %s from %s, %s over %s ms, detectors %s -> %s",
-        stream.name,
-        stream.source.topic_pattern or ",".join(stream.source.topics),
-        stream.source.bootstrap_servers,
-        stream.aggregation.agg_function,
-        stream.aggregation.agg_window_millis,
-        ",".join(d.label for d in stream.detectors),
-        ", ".join(
-            x
-            for x in (
-                stream.sinks.output_topic and f"topic {stream.sinks.output_topic}",
-                stream.sinks.jdbc and f"table {stream.sinks.jdbc.table}",
-                f"dead letters {stream.sinks.dead_letter_topic}",
-            )
-            if x
-        ),
-    )
-    return query
 
 
 def run(job: JobConfig, spark: Any = None, stop_event: threading.Event | None = None) -> int:
     """Start every stream and wait; returns a process exit code."""
     from jobs.progress import ProgressListener
+    from jobs.query import start_stream
     from jobs.session import build_session
     from jobs.workdir import claim
 
@@ -180,7 +112,7 @@ def run(job: JobConfig, spark: Any = None, stop_event: threading.Event | None = 
     queries = []
     try:
         for stream in job.streams:
-            queries.append(start_stream(spark, job, stream))
+            queries.append(start_stream(spark, job, stream, checkpoint_of(job, stream)))
         stop_event = stop_event or threading.Event()
         while not stop_event.is_set():
             active = [q for q in queries if q.isActive]

@@ -9,7 +9,7 @@ in the JVM) that one task reads into a single row of arrays::
 
     bucket | src_topic | src_partition | application[] | src_offset[] | ts_ms[] | value[] | reason[] ...
 
-The operator (jobs/detection.py) groups by bucket and unpacks them with ``np.concatenate``. Nothing
+The operator (jobs/stateful_operator.py) groups by bucket and unpacks them with ``np.concatenate``. Nothing
 is aggregated or dropped here: every event, with its source position, still
 reaches the operator, which alone knows the watermark and decides what is late.
 That keeps late events exact and results bit-identical to processing the rows

@@ -70,12 +70,10 @@ def build_session(
     under_submit = "SPARK_SUBMIT_OPTS" in os.environ or os.environ.get("ANOMALY_UNDER_SUBMIT") == "1"
     if not under_submit:
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        # a cluster from plain Python (bench/throughput.py --master): the caller adds the code and
+        # venv shipping settings (tools/cluster.py shipping_conf), as spark-submit.sh does
         master = os.environ.get("ANOMALY_SPARK_MASTER", "local[*]")
         builder = builder.master(master)
-        if master.startswith("spark://"):  # a standalone cluster from plain Python (bench/throughput.py)
-            from jobs.cluster import shipping_conf
-
-            conf = {**shipping_conf(), **conf}
         builder = builder.config("spark.jars", ",".join(job_jars()))
         java_options = conf.pop(
             "spark.driver.extraJavaOptions",

@@ -33,9 +33,16 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from jobs.config import StreamConfig
-from jobs.detection import KIND_DEAD_LETTER, KIND_RESULT
 from jobs.faults import fault_point
 from jobs.jdbc import JdbcTable
+from jobs.result_format import (
+    ANOMALY_RESULT_FIELDS,
+    KIND_DEAD_LETTER,
+    KIND_RESULT,
+    MESSAGE_FIELDS,
+    SPARK_ISO_MS_PATTERN,
+    TABLE_KEY,
+)
 
 
 @dataclass
@@ -71,36 +78,19 @@ BOARD = StatsBoard()
 
 
 def _iso_ts(column: str) -> F.Column:
-    return F.date_format(F.timestamp_millis(column), "yyyy-MM-dd'T'HH:mm:ss.SSS'Z'")
+    return F.date_format(F.timestamp_millis(column), SPARK_ISO_MS_PATTERN)
 
 
 def result_messages(results: DataFrame) -> DataFrame:
     """Kafka key/value columns for result rows."""
-    key = F.to_json(
-        F.struct(
-            "application",
-            "detector",
-            "agg_function",
-            "agg_window_millis",
-            _iso_ts("ts_ms").alias("ts"),
-        )
-    )
+    # the text forms of the columns that are not plain values: the event time as ISO-8601 ms,
+    # the explanation as a JSON object in the message (not a string holding JSON)
+    shaped = {"ts": _iso_ts("ts_ms").alias("ts"), "explanation": F.parse_json("explanation").alias("explanation")}
+    key = F.to_json(F.struct(*[shaped.get(c, F.col(c)) for c in TABLE_KEY]))
     value = F.to_json(
         F.struct(
-            "application",
-            _iso_ts("ts_ms").alias("ts"),
-            "agg_function",
-            "agg_window_millis",
-            "agg_value",
-            "detector",
-            F.struct(
-                "value_lower_limit",
-                "value_upper_limit",
-                "anomaly_probability",
-                "is_anomaly",
-                # a JSON object in the message, not a string holding JSON
-                F.parse_json("explanation").alias("explanation"),
-            ).alias("anomaly_results"),
+            *[shaped.get(c, F.col(c)) for c in MESSAGE_FIELDS],
+            F.struct(*[shaped.get(c, F.col(c)) for c in ANOMALY_RESULT_FIELDS]).alias("anomaly_results"),
         ),
         {"ignoreNullFields": "false"},
     )

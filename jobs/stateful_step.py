@@ -1,7 +1,7 @@
 """The stateful operator's work for one bucket of applications, as pure functions (no Spark).
 
 The job hashes every application into one of ``buckets`` buckets and groups by
-bucket (jobs/detection.py), so Spark's per-key costs -- a state-server round
+bucket (jobs/stateful_operator.py), so Spark's per-key costs -- a state-server round
 trip for ``get`` and ``update``, a timer, an Arrow frame out -- are paid once
 per bucket per micro-batch instead of once per application. Everything that
 happens inside a bucket is here, and it is done for all the bucket's
@@ -52,7 +52,6 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -60,10 +59,15 @@ import pandas as pd
 
 from detectors import get_detector_class
 from detectors.base import BatchResult, StateError, concat_results, pack_state, unpack_state, update_many
-from jobs import aggregation
+from jobs import windows
+from jobs.result_format import (
+    DEAD_LETTER_COLUMNS,
+    KIND_DEAD_LETTER,
+    KIND_RESULT,
+    OPERATOR_COLUMNS,
+    iso_ms,
+)
 
-KIND_RESULT = "result"
-KIND_DEAD_LETTER = "dead_letter"
 # 2: columnar (tables of windows and seen events over all the bucket's applications);
 # 1 kept one KeyState blob per application and is refused (start from a new checkpoint)
 BUCKET_STATE_VERSION = 2
@@ -86,24 +90,6 @@ _KEY_HEADER = struct.Struct(f"<4sqq{len(_WINDOW_ARRAYS)}qI")
 _LABEL_HEADER = struct.Struct("<HI")
 NO_TIMER = -1
 DUPLICATE_DETAIL = "an event with the same application, ts and value is already counted"
-# The operator's output columns, in order (jobs/detection.py gives their Spark types).
-RESULT_COLUMNS = (
-    "kind",
-    "application",
-    "ts_ms",
-    "agg_function",
-    "agg_window_millis",
-    "agg_value",
-    "detector",
-    "value_lower_limit",
-    "value_upper_limit",
-    "anomaly_probability",
-    "is_anomaly",
-    "explanation",
-)
-# the columns only dead letters fill; null in results
-DEAD_LETTER_COLUMNS = ("reason", "detail", "raw", "kafka_key", "src_topic", "src_partition", "src_offset")
-OUTPUT_COLUMNS = RESULT_COLUMNS + DEAD_LETTER_COLUMNS
 EVENT_COLUMNS = ("application", "ts_ms", "value", "src_topic", "src_partition", "src_offset")
 _INT64_MIN = int(np.iinfo(np.int64).min)
 _INT64_MAX = int(np.iinfo(np.int64).max)
@@ -138,13 +124,13 @@ class StepSettings:
     def of(stream: Any) -> StepSettings:
         """From a :class:`jobs.config.StreamConfig`."""
         return StepSettings(
-            agg_function=stream.aggregation.agg_function,
-            window_ms=stream.aggregation.agg_window_millis,
+            agg_function=stream.windows.agg_function,
+            window_ms=stream.windows.agg_window_millis,
             # classes resolved here, on the driver, and pickled by reference: the
             # Python workers import the same modules (built-ins or installed plugins)
             detectors=tuple((d.label, get_detector_class(d.name), dict(d.params)) for d in stream.detectors),
             idle_timeout_ms=stream.idle_timeout_millis,
-            deduplicate=stream.aggregation.deduplicate,
+            deduplicate=stream.windows.deduplicate,
         )
 
 
@@ -157,13 +143,13 @@ class KeyState:
     """
 
     def __init__(self, agg_function: str) -> None:
-        self.windows = aggregation.WindowState.empty(agg_function)
+        self.windows = windows.WindowState.empty(agg_function)
         self.last_event_ms = _INT64_MIN
         self.detector_blobs: dict[str, bytes] = {}
 
     def due_ms(self, settings: StepSettings) -> int:
         """Event time at which this application next needs the operator: a window closes, or eviction."""
-        close = aggregation.next_close_time(self.windows, settings.agg_function, settings.window_ms)
+        close = windows.next_close_time(self.windows, settings.agg_function, settings.window_ms)
         return close if close is not None else self.last_event_ms + settings.idle_timeout_ms
 
     def encode(self) -> bytes:
@@ -192,7 +178,7 @@ class KeyState:
             arrays[name] = np.frombuffer(blob, dtype, n, pos).copy()
             pos += 8 * n
         state = KeyState.__new__(KeyState)
-        state.windows = aggregation.WindowState(closed_until=closed_until, **arrays)
+        state.windows = windows.WindowState(closed_until=closed_until, **arrays)
         state.last_event_ms = last_event_ms
         state.detector_blobs = {}
         for _ in range(n_detectors):
@@ -264,7 +250,7 @@ class BucketState:
         elif self.agg_function != agg_function:
             raise StateError(f"bucket state holds {self.agg_function!r} windows, not {agg_function!r}")
         if not self.windows:
-            raw = agg_function in aggregation.RAW_VALUE_FUNCTIONS
+            raw = agg_function in windows.RAW_VALUE_FUNCTIONS
             self.windows = _table(_RAW_ROWS if raw else _PARTIAL_ROWS)
             self.seen = _table(_SEEN_ROWS)
 
@@ -312,19 +298,19 @@ class BucketState:
         key = KeyState(self.agg_function)
         empty_i, empty_f = np.zeros(0, dtype=np.int64), np.zeros(0)
         w = _take(self.windows, self.windows["app"] == i) if self.windows else {}
-        raw = self.agg_function in aggregation.RAW_VALUE_FUNCTIONS
+        raw = self.agg_function in windows.RAW_VALUE_FUNCTIONS
         if raw:
-            key.windows = aggregation.WindowState(
+            key.windows = windows.WindowState(
                 int(self.closed_until[i]), w["start"], w["ts"], empty_i, w["value"], empty_f, empty_f
             )
         elif w:
             s = _take(self.seen, self.seen["app"] == i)
-            key.windows = aggregation.WindowState(
+            key.windows = windows.WindowState(
                 int(self.closed_until[i]), w["start"], empty_i, w["count"], w["sum"], w["min"], w["max"],
                 s["ts"], s["value"],
             )
         else:
-            key.windows = aggregation.WindowState.empty(self.agg_function, int(self.closed_until[i]))
+            key.windows = windows.WindowState.empty(self.agg_function, int(self.closed_until[i]))
         key.last_event_ms = int(self.last_event[i])
         key.detector_blobs = {label: blobs[i] for label, blobs in self.detectors.items() if blobs[i]}
         return key
@@ -370,7 +356,7 @@ class BucketState:
                 per_app = table.pop("rows_per_app")
                 table = {"app": np.repeat(np.arange(len(per_app), dtype=np.int64), per_app), **table}
             tables.append(table)
-        windows, seen = tables
+        open_rows, seen = tables
         detectors = {}
         for key, sizes in fields.items():
             if key.startswith("d.sizes."):
@@ -379,7 +365,7 @@ class BucketState:
                 ends = np.cumsum(sizes).tolist()
                 detectors[label] = [data[a:b] for a, b in zip([0, *ends][:-1], ends, strict=True)]
         return BucketState(
-            fields["agg_function"], names, due, fields["closed_until"], fields["last_event"], windows, seen,
+            fields["agg_function"], names, due, fields["closed_until"], fields["last_event"], open_rows, seen,
             detectors, int(fields["timer_ms"]),
         )
 
@@ -407,14 +393,14 @@ class Outputs:
         return bool(self._results or self._dead)
 
     def columns(self, agg_function: str, window_ms: int) -> dict[str, np.ndarray]:
-        """Every output row of the bucket as :data:`OUTPUT_COLUMNS` (results first)."""
+        """Every output row of the bucket as :data:`OPERATOR_COLUMNS` (results first)."""
         parts = [_result_frame(r, agg_function, window_ms) for r in self._results]
         parts.extend(_dead_letter_frame(d) for d in self._dead)
         if not parts:
-            return {c: np.zeros(0, dtype=object) for c in OUTPUT_COLUMNS}
+            return {c: np.zeros(0, dtype=object) for c in OPERATOR_COLUMNS}
         if len(parts) == 1:
             return parts[0]
-        return {c: _concat([p[c] for p in parts]) for c in OUTPUT_COLUMNS}
+        return {c: _concat([p[c] for p in parts]) for c in OPERATOR_COLUMNS}
 
 
 def _result_frame(r: dict[str, np.ndarray], agg_function: str, window_ms: int) -> dict[str, np.ndarray]:
@@ -444,7 +430,7 @@ def _concat(arrays: list[np.ndarray]) -> np.ndarray:
 
 def _dead_letter_frame(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     n = len(columns["reason"])
-    out = {c: columns[c] if c in columns else np.full(n, None, dtype=object) for c in OUTPUT_COLUMNS}
+    out = {c: columns[c] if c in columns else np.full(n, None, dtype=object) for c in OPERATOR_COLUMNS}
     out["kind"] = np.full(n, KIND_DEAD_LETTER, dtype=object)
     return out
 
@@ -513,7 +499,7 @@ def step_bucket(
     if not touched.any():
         return out
     step = _Step(
-        state, settings, wm, aggregation.window_length(agg_function, settings.window_ms),
+        state, settings, wm, windows.window_length(agg_function, settings.window_ms),
         np.array(state.names, dtype=object),
     )
     # Close what the watermark has passed *before* adding: an event whose
@@ -542,22 +528,22 @@ def _close_windows(step: _Step) -> tuple[np.ndarray, np.ndarray, np.ndarray] | N
         return None
     d = _take(w, done)
     state.windows = _take(w, ~done)
-    if fn not in aggregation.RAW_VALUE_FUNCTIONS and len(state.seen["app"]):
+    if fn not in windows.RAW_VALUE_FUNCTIONS and len(state.seen["app"]):
         seen = state.seen
         still_open = (
-            aggregation.window_starts(seen["ts"], fn, step.settings.window_ms) + length
+            windows.window_starts(seen["ts"], fn, step.settings.window_ms) + length
             > state.closed_until[seen["app"]]
         )
         state.seen = _take(seen, still_open)
     if fn == "none":
         order = np.lexsort((d["ts"], d["app"]))
         return d["app"][order], d["ts"][order], d["value"][order]
-    if fn in aggregation.PERCENTILES:
+    if fn in windows.PERCENTILES:
         order = np.lexsort((d["value"], d["start"], d["app"]))
         app, start, values = d["app"][order], d["start"][order], d["value"][order]
         first = np.flatnonzero(_group_starts(app, start))
         sizes = np.diff(np.append(first, len(values)))
-        q = aggregation.PERCENTILES[fn]
+        q = windows.PERCENTILES[fn]
         out_values = np.empty(len(first))
         # windows of equal size as the rows of one matrix: numpy's percentile per row
         # takes the same steps as on each window alone (same bits)
@@ -705,10 +691,10 @@ def _add_events(step: _Step, codes: np.ndarray, events: dict[str, np.ndarray]) -
     """Repeats, late events and the counting of the rest, for every application's events at once."""
     state, settings, length = step.state, step.settings, step.length
     fn, window_ms = settings.agg_function, settings.window_ms
-    raw = fn in aggregation.RAW_VALUE_FUNCTIONS
+    raw = fn in windows.RAW_VALUE_FUNCTIONS
     ts = events["ts_ms"].astype(np.int64, copy=False)
     values = events["value"].astype(np.float64, copy=False)
-    starts = aggregation.window_starts(ts, fn, window_ms)
+    starts = windows.window_starts(ts, fn, window_ms)
     on_time = starts + length > state.closed_until[codes]
     with_events = np.zeros(len(state), dtype=bool)
     with_events[codes] = True
@@ -810,7 +796,7 @@ def _late(step: _Step, codes: np.ndarray, events: dict[str, np.ndarray], late: n
     which = np.flatnonzero(late)
     closed = step.state.closed_until[codes[which]]
     details = {
-        c: f"event time is behind the watermark: its window was closed at {_iso(c)}" for c in set(closed.tolist())
+        c: f"event time is behind the watermark: its window was closed at {iso_ms(c)}" for c in set(closed.tolist())
     }
     detail = np.array([details[c] for c in closed.tolist()], dtype=object)
     step.dead.append(_refused(step, codes, events, which, _LATE, "late", detail))
@@ -828,7 +814,7 @@ def _refused(
     ts_ms, values = events["ts_ms"][which], events["value"][which]
     applications = step.names[codes[which]]
     raw = [
-        json.dumps({"application": a, "value": float(v), "ts": _iso(int(t))}, separators=(",", ":")).encode()
+        json.dumps({"application": a, "value": float(v), "ts": iso_ms(int(t))}, separators=(",", ":")).encode()
         for a, t, v in zip(applications.tolist(), ts_ms.tolist(), values.tolist(), strict=True)
     ]
     n = len(which)
@@ -875,6 +861,3 @@ def _finish(step: _Step, touched: np.ndarray, out: Outputs) -> None:
     if idle_before >= _INT64_MIN:
         state.drop(touched & ~has_windows & (state.last_event <= idle_before))
 
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"

@@ -29,34 +29,9 @@ if bin="$(find_bin)"; then
   exit 0
 fi
 
-if [[ "$(id -u)" == 0 ]]; then
-  sudo=()
-elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-  sudo=(sudo -n)
-else
-  log "chromium not found and not root (nor passwordless sudo): apt-get install chromium"
-  exit 1
-fi
-if ! command -v apt-get >/dev/null 2>&1; then
-  log "chromium not found and no apt-get: install Chromium by hand (or set ANOMALY_CHROMIUM)"
-  exit 1
-fi
-
-log "installing the chromium package (apt-get)"
-export DEBIAN_FRONTEND=noninteractive
-apt_log="$(mktemp)"
-trap 'rm -f "$apt_log"' EXIT
-install() {
-  "${sudo[@]}" apt-get install -y -q --no-install-recommends chromium fonts-liberation >>"$apt_log" 2>&1
-}
-if ! install; then
-  "${sudo[@]}" apt-get update -q >>"$apt_log" 2>&1 || true
-  if ! install; then
-    log "apt-get install chromium failed:"
-    tail -20 "$apt_log" >&2
-    exit 1
-  fi
-fi
+# shellcheck source=scripts/apt.sh
+source "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
+apt_install chromium "install Chromium by hand (or set ANOMALY_CHROMIUM)" chromium fonts-liberation || exit 1
 if ! bin="$(find_bin)"; then
   log "chromium installed but not found on PATH"
   exit 1

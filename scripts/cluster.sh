@@ -6,7 +6,7 @@
 #   scripts/cluster.sh stop      # leaves no process behind
 #
 # Options (after the command): --workers N, --port P, --ui-port P, --dir DIR (default work/cluster).
-# Logs and work dirs go under work/cluster/. See jobs/cluster.py and README "Running on a cluster".
+# Logs and work dirs go under work/cluster/. See tools/cluster.py and README "Running on a cluster".
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [[ ! -x "$ROOT/.venv/bin/spark-class" ]]; then
@@ -14,4 +14,4 @@ if [[ ! -x "$ROOT/.venv/bin/spark-class" ]]; then
   exit 1
 fi
 cd "$ROOT"
-exec "$ROOT/.venv/bin/python" -m jobs.cluster "$@"
+exec "$ROOT/.venv/bin/python" -m tools.cluster "$@"

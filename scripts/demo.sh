@@ -3,4 +3,4 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$ROOT/scripts/bootstrap.sh"
-exec "$ROOT/.venv/bin/python" -m jobs.demo "$@"
+exec "$ROOT/.venv/bin/python" -m tools.demo "$@"

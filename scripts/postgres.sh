@@ -34,42 +34,10 @@ if bin="$(find_bin)"; then
   exit 0
 fi
 
-if [[ "$(id -u)" == 0 ]]; then
-  sudo=()
-elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-  sudo=(sudo -n)
-else
-  log "initdb/pg_ctl not found and not root (nor passwordless sudo): apt-get install postgresql"
-  exit 1
-fi
-if ! command -v apt-get >/dev/null 2>&1; then
-  log "initdb/pg_ctl not found and no apt-get: install the PostgreSQL server (15+) by hand"
-  exit 1
-fi
-
-log "installing the postgresql package (apt-get)"
-export DEBIAN_FRONTEND=noninteractive
-apt_log="$(mktemp)"
-cleanup=(rm -f "$apt_log")
-# Debian's package creates and starts a cluster of its own ("15/main" on port 5432)
-# through invoke-rc.d; a temporary policy-rc.d (exit 101: "action forbidden") stops
-# that start, so installing leaves no server running
-if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-  "${sudo[@]}" sh -c 'printf "#!/bin/sh\nexit 101\n" > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d'
-  cleanup+=(/usr/sbin/policy-rc.d)
-fi
-trap '"${sudo[@]}" "${cleanup[@]}"' EXIT
-install() {
-  "${sudo[@]}" apt-get install -y -q --no-install-recommends postgresql >>"$apt_log" 2>&1
-}
-if ! install; then
-  "${sudo[@]}" apt-get update -q >>"$apt_log" 2>&1 || true
-  if ! install; then
-    log "apt-get install postgresql failed:"
-    tail -20 "$apt_log" >&2
-    exit 1
-  fi
-fi
+# shellcheck source=scripts/apt.sh
+source "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
+# Debian's package would create and start a cluster of its own ("15/main" on port 5432): keep it stopped
+APT_NO_SERVICE_START=1 apt_install initdb/pg_ctl "install the PostgreSQL server (15+) by hand" postgresql || exit 1
 if ! bin="$(find_bin)"; then
   log "postgresql installed but initdb/pg_ctl not found under /usr/lib/postgresql/*/bin"
   exit 1

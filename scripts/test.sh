@@ -6,5 +6,5 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$ROOT/scripts/postgres.sh" >/dev/null || [[ -z "${CI:-}" ]]  # PostgreSQL for the tests; required under CI
 "$ROOT/scripts/chromium.sh" >/dev/null || [[ -z "${CI:-}" ]]  # headless Chromium for the browser tests; required under CI
 cd "$ROOT"
-.venv/bin/ruff check jobs detectors tests bench
+.venv/bin/ruff check jobs detectors tools evaluation tests bench
 exec .venv/bin/python -m pytest -q "$@"

@@ -68,8 +68,8 @@ class DemoRun:
 def demo_run(kafka_broker, tmp_path_factory) -> DemoRun:
     """The demo's job path (./spark-submit.sh, conf/demo.yaml, --available-now) on a small
     synthetic stream plus an application whose name is an XSS attempt; its log captured."""
-    from jobs.demo import BAD_MESSAGES, submit_job
-    from jobs.synthetic import generate, produce_messages
+    from tools.demo import BAD_MESSAGES, submit_job
+    from tools.synthetic import generate, produce_messages
 
     work = tmp_path_factory.mktemp("demo")
     stream = generate(points_per_app=720)
@@ -100,12 +100,12 @@ class Dashboard:
 
 @pytest.fixture(scope="session")
 def dashboard(demo_run, shared_dir) -> Dashboard:
-    """``python -m jobs.dashboard`` over the demo run's table, with a token (checked on every request)."""
+    """``python -m tools.dashboard`` over the demo run's table, with a token (checked on every request)."""
     if demo_run.returncode != 0:
         pytest.fail(f"the demo job failed (exit {demo_run.returncode}):\n{demo_run.stderr[-3000:]}")
     port = free_port()
     env = {**os.environ, "ANOMALY_DASHBOARD_TOKEN": TOKEN}
-    command = [sys.executable, "-m", "jobs.dashboard", "--jdbc", demo_run.jdbc_url, "--port", str(port)]
+    command = [sys.executable, "-m", "tools.dashboard", "--jdbc", demo_run.jdbc_url, "--port", str(port)]
     command += ["--data-dir", str(shared_dir / "data" / "nab" / "data"), "--sandbox-timeout", "60"]
     log_path = demo_run.work / "dashboard.log"
     log_file = open(log_path, "w")  # noqa: SIM115 - the server writes here for the whole session

@@ -49,7 +49,7 @@ def spark():
 
 @pytest.fixture(scope="session")
 def kafka_broker(tmp_path_factory):
-    from jobs.local_kafka import KafkaBrokerError, LocalKafkaBroker
+    from tools.local_kafka import KafkaBrokerError, LocalKafkaBroker
 
     try:
         # a SASL_SSL (SCRAM-SHA-512) listener beside PLAINTEXT for tests/test_kafka_security.py

@@ -1,6 +1,7 @@
 """The per-bucket step as it was before the vectorised rewrite (issue #8), kept as the oracle.
 
-A frozen copy of jobs/stateful_step.py at commit cd57f5b (application by
+A frozen copy of jobs/stateful_step.py at commit cd57f5b (module names as
+after the floor-plan move: jobs/windows.py; application by
 application, one KeyState blob each). tests/test_step_vectorised.py runs random
 input through it and through the vectorised step and compares every output;
 bench/step_profile.py times both in one run. Not used by the job.
@@ -18,7 +19,7 @@ import numpy as np
 
 from detectors import get_detector_class
 from detectors.base import BatchResult, StateError, pack_state, unpack_state
-from jobs import aggregation
+from jobs import windows
 
 KIND_RESULT = "result"
 KIND_DEAD_LETTER = "dead_letter"
@@ -78,13 +79,13 @@ class StepSettings:
     def of(stream: Any) -> StepSettings:
         """From a :class:`jobs.config.StreamConfig`."""
         return StepSettings(
-            agg_function=stream.aggregation.agg_function,
-            window_ms=stream.aggregation.agg_window_millis,
+            agg_function=stream.windows.agg_function,
+            window_ms=stream.windows.agg_window_millis,
             # classes resolved here, on the driver, and pickled by reference: the
             # Python workers import the same modules (built-ins or installed plugins)
             detectors=tuple((d.label, get_detector_class(d.name), dict(d.params)) for d in stream.detectors),
             idle_timeout_ms=stream.idle_timeout_millis,
-            deduplicate=stream.aggregation.deduplicate,
+            deduplicate=stream.windows.deduplicate,
         )
 
 
@@ -93,13 +94,13 @@ class KeyState:
     """Everything one application carries between micro-batches."""
 
     def __init__(self, agg_function: str) -> None:
-        self.windows = aggregation.WindowState.empty(agg_function)
+        self.windows = windows.WindowState.empty(agg_function)
         self.last_event_ms = _INT64_MIN
         self.detector_blobs: dict[str, bytes] = {}
 
     def due_ms(self, settings: StepSettings) -> int:
         """Event time at which this application next needs the operator: a window closes, or eviction."""
-        close = aggregation.next_close_time(self.windows, settings.agg_function, settings.window_ms)
+        close = windows.next_close_time(self.windows, settings.agg_function, settings.window_ms)
         return close if close is not None else self.last_event_ms + settings.idle_timeout_ms
 
     def encode(self) -> bytes:
@@ -128,7 +129,7 @@ class KeyState:
             arrays[name] = np.frombuffer(blob, dtype, n, pos).copy()
             pos += 8 * n
         state = KeyState.__new__(KeyState)
-        state.windows = aggregation.WindowState(closed_until=closed_until, **arrays)
+        state.windows = windows.WindowState(closed_until=closed_until, **arrays)
         state.last_event_ms = last_event_ms
         state.detector_blobs = {}
         for _ in range(n_detectors):
@@ -353,12 +354,12 @@ def step_application(
     # Close what the watermark has passed *before* adding: an event whose
     # window ends at or before the watermark is late whether or not an earlier
     # step happened to close that window already.
-    key.windows, starts, agg_values = aggregation.close_windows(key.windows, watermark_ms, agg_function, window_ms)
+    key.windows, starts, agg_values = windows.close_windows(key.windows, watermark_ms, agg_function, window_ms)
     if len(starts):
         _score(application, key, starts, agg_values, settings, out)
     if len(events["ts_ms"]):
         events = _drop_repeats(application, key, events, settings, out)
-        key.windows, late = aggregation.add_events(
+        key.windows, late = windows.add_events(
             key.windows, events["ts_ms"], events["value"], agg_function, window_ms
         )
         if late.any():
@@ -381,7 +382,7 @@ def _drop_repeats(
     ts, values = events["ts_ms"], events["value"]
     if settings.agg_function == "none":
         # a point is keyed by its ts: one event per instant, whatever `deduplicate` says
-        duplicate, conflict, kept = aggregation.find_same_instant(key.windows, ts, values)
+        duplicate, conflict, kept = windows.find_same_instant(key.windows, ts, values)
         if conflict.any():
             for kept_value in np.unique(kept[conflict]):
                 which = conflict & (kept == kept_value)
@@ -392,7 +393,7 @@ def _drop_repeats(
                 out.add_dead_letters(_refused(application, _select(events, which), "conflicting_value", detail))
         dropped = duplicate | conflict
     elif settings.deduplicate:
-        key.windows, duplicate = aggregation.find_duplicates(
+        key.windows, duplicate = windows.find_duplicates(
             key.windows, ts, values, settings.agg_function, settings.window_ms
         )
         dropped = duplicate

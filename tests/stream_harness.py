@@ -2,7 +2,7 @@
 
 Each ``send`` writes one file of lines, which Spark reads as one micro-batch
 through exactly the code the job runs after its Kafka reader
-(``jobs.main.score_events``), into a memory sink.
+(``jobs.query.score_events``), into a memory sink.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 from pyspark.sql import functions as F
 
 from jobs.config import StreamConfig, parse_config
-from jobs.main import score_events
+from jobs.query import score_events
 
 
 def stream_config(

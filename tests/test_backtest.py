@@ -16,7 +16,7 @@ import pytest
 from detectors.base import AnomalyResult, Detector
 from detectors.params import Param, ParamSchema
 from detectors.registry import register
-from jobs import backtest
+from tools import backtest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "nab"
@@ -272,7 +272,7 @@ def test_progress_bar_line():
 
 
 def test_importable_without_pyspark():
-    code = "import sys, jobs.backtest; assert 'pyspark' not in sys.modules, 'pyspark imported'"
+    code = "import sys, tools.backtest; assert 'pyspark' not in sys.modules, 'pyspark imported'"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
 

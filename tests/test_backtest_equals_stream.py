@@ -7,8 +7,8 @@ import math
 
 import numpy as np
 
-from jobs.backtest import main as backtest_main
 from tests.stream_harness import T0_MS, FileStream, msg, stream_config
+from tools.backtest import main as backtest_main
 
 DETECTORS = ["ema", "robust", "cad", "default"]
 POINTS = 600  # enough to pass every detector's warm-up (default: 150 points)

@@ -1,5 +1,5 @@
 """The job on a real Spark standalone cluster: a master and two workers (1 core each) started from the
-pyspark wheel (jobs/cluster.py), the job submitted with ./spark-submit.sh --master spark://...
+pyspark wheel (tools/cluster.py), the job submitted with ./spark-submit.sh --master spark://...
 
 * the cluster run's JDBC table equals, row for row and bit for bit, the local-mode run's over the same
   input, with executors on both workers (the master's JSON) running the shipped Python environment;
@@ -22,8 +22,6 @@ from pathlib import Path
 
 import pytest
 
-from jobs import cluster
-from jobs.synthetic import consume_all
 from tests.test_restart_safety import (
     BAD,
     REPO,
@@ -38,6 +36,8 @@ from tests.test_restart_safety import (
     table_rows,
     write_config,
 )
+from tools import cluster
+from tools.synthetic import consume_all
 
 pytestmark = pytest.mark.cluster
 TOTAL = len(stream_messages())

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from jobs.repository import ResultsRepository
+from tools.repository import ResultsRepository
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 N = 6_000  # rows per (application, detector): one a minute
@@ -124,7 +124,7 @@ def test_dashboard_queries_postgres(postgres):
 
 
 def test_sandbox_refuses_paths_outside_its_folder(tmp_path):
-    from jobs.sandbox import SandboxConfig, SandboxError, resolve_data_path, validate_params
+    from tools.sandbox import SandboxConfig, SandboxError, resolve_data_path, validate_params
 
     data = tmp_path / "data"
     (data / "f").mkdir(parents=True)

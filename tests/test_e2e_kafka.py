@@ -13,8 +13,8 @@ import pytest
 from detectors import build_detector
 from jobs.config import parse_config
 from jobs.main import run
-from jobs.synthetic import consume_all, produce_messages
 from tests.stream_harness import T0_MS, msg
+from tools.synthetic import consume_all, produce_messages
 
 STEP_S = 10
 WINDOW_MS = 60_000

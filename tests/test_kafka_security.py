@@ -1,7 +1,7 @@
 """The job against a secured Kafka listener: SASL_SSL with SCRAM-SHA-512, credentials from the environment.
 
 The session broker (tests/conftest.py) has a second listener, SASL_SSL, with a certificate signed by a
-CA generated for the run (jobs/local_kafka.py); the SCRAM user is created here with Kafka's own
+CA generated for the run (tools/local_kafka.py); the SCRAM user is created here with Kafka's own
 ``kafka-configs`` tool. The input is produced over the PLAINTEXT listener; the job reads it, and writes
 its results and dead letters, over the SASL_SSL listener only.
 """
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jobs.synthetic import consume_all
 from tests.test_restart_safety import BAD, Job, check_output_topic, input_topics, table_rows, write_config
+from tools.synthetic import consume_all
 
 pytestmark = pytest.mark.restart_safety  # the job as a subprocess, like the restart tests
 

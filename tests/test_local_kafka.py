@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from jobs import local_kafka
-from jobs.cluster import process_alive
-from jobs.local_kafka import KafkaBrokerError, KafkaJarsMissing, LocalKafkaBroker
-from jobs.synthetic import consume_all, generate, produce_messages
+from tools import local_kafka
+from tools.cluster import process_alive
+from tools.local_kafka import KafkaBrokerError, KafkaJarsMissing, LocalKafkaBroker
+from tools.synthetic import consume_all, generate, produce_messages
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -188,7 +188,7 @@ def test_broker_dies_with_its_python_process(tmp_path, sig):
     script = textwrap.dedent(
         """
         import sys, time
-        from jobs.local_kafka import LocalKafkaBroker
+        from tools.local_kafka import LocalKafkaBroker
         broker = LocalKafkaBroker(sys.argv[1]).start()
         print(broker.pid, flush=True)
         time.sleep(600)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from detectors import nab_scoring as ns
-from detectors.nab_scoring import CostMatrix, SeriesScores
+from evaluation import nab_scoring as ns
+from evaluation.nab_scoring import CostMatrix, SeriesScores
 
 DAY = 86_400_000
 N = 100  # rows per toy series: probationary period floor(0.15 * 100) = 15 rows
@@ -223,7 +223,7 @@ def test_profiles_file_matches_embedded_defaults():
 @pytest.mark.skipif(not SHARED.is_dir(), reason=f"NAB data not found at {SHARED} (../shared is absent)")
 @pytest.mark.parametrize("detector", sorted(PUBLISHED))
 def test_reference_results_reproduce_published_scores(detector):
-    from jobs.backtest import score_results_dir
+    from tools.backtest import score_results_dir
 
     windows = ns.load_windows(SHARED / "labels" / "combined_windows.json")
     profiles = ns.load_profiles(SHARED / "config" / "profiles.json")

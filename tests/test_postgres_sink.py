@@ -18,10 +18,10 @@ from detectors import build_detector
 from jobs.config import JdbcConfig, parse_config
 from jobs.jdbc import JdbcError, JdbcSchemaError, JdbcTable
 from jobs.main import run
-from jobs.repository import ResultsRepository
-from jobs.synthetic import produce_messages
 from tests.stream_harness import T0_MS
 from tests.test_e2e_kafka import expected_windows, series
+from tools.repository import ResultsRepository
+from tools.synthetic import produce_messages
 
 WINDOW_MS = 60_000
 LATENESS_MS = 30_000

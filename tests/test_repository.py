@@ -7,8 +7,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from jobs.config import JdbcConfig, parse_config
-from jobs.repository import Prediction, RepositoryError, ResultsRepository, to_utc
 from tests.stream_harness import T0_MS
+from tools.repository import Prediction, RepositoryError, ResultsRepository, to_utc
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 SCHEMA = (

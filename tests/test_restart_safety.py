@@ -49,10 +49,10 @@ import numpy as np
 import pytest
 import yaml
 
-from jobs.cluster import process_alive
-from jobs.synthetic import consume_all, produce_messages
 from jobs.workdir import usage
 from tests.stream_harness import msg
+from tools.cluster import process_alive
+from tools.synthetic import consume_all, produce_messages
 
 pytestmark = pytest.mark.restart_safety
 

@@ -8,9 +8,9 @@ import pytest
 import tests.failing_detector  # noqa: F401 - registers "fail_on_value"
 from detectors import get_detector_class
 from detectors.base import StateError
-from jobs import aggregation
+from jobs import windows
+from jobs.result_format import OPERATOR_COLUMNS
 from jobs.stateful_step import (
-    OUTPUT_COLUMNS,
     BucketState,
     KeyState,
     StepSettings,
@@ -64,7 +64,7 @@ def run_batches(batches, bucket_of, step_settings) -> list[tuple]:
                 blobs.pop(bucket, None)
             columns = out.columns(step_settings.agg_function, step_settings.window_ms)
             for i in range(len(columns["kind"])):
-                out_rows.append(tuple(_norm(columns[c][i]) for c in OUTPUT_COLUMNS if c != "src_offset"))
+                out_rows.append(tuple(_norm(columns[c][i]) for c in OPERATOR_COLUMNS if c != "src_offset"))
     return sorted(out_rows, key=repr)
 
 
@@ -203,8 +203,8 @@ def test_application_state_round_trips_bit_for_bit(agg_function):
     rng = np.random.default_rng(5)
     ts = np.sort(rng.integers(0, 30_000, 40))
     values = rng.normal(0, 1e6, 40)
-    key.windows, _ = aggregation.find_duplicates(key.windows, ts, values, agg_function, window)
-    key.windows, _ = aggregation.add_events(key.windows, ts, values, agg_function, window)
+    key.windows, _ = windows.find_duplicates(key.windows, ts, values, agg_function, window)
+    key.windows, _ = windows.add_events(key.windows, ts, values, agg_function, window)
     key.last_event_ms = int(ts[-1])
     key.detector_blobs = {"ema": b"\x00\x01blob", "ünï": b""}
     again = KeyState.decode(key.encode())

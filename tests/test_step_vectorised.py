@@ -19,6 +19,7 @@ from detectors import get_detector_class
 from detectors.base import StateError, _update_many_loop, update_many
 from jobs import main
 from jobs import stateful_step as new
+from jobs.result_format import OPERATOR_COLUMNS
 from tests import stateful_step_oracle as old
 
 FUNCTIONS = ("avg", "sum", "count", "min", "max", "none", "percentile50", "percentile95")
@@ -118,7 +119,7 @@ def test_the_vectorised_step_gives_what_the_per_application_step_gave(agg_functi
             out_new = new.step_bucket(state_new, bucket_events or new.empty_events(), watermark, settings_new)
             columns_old = out_old.columns(agg_function, window)
             columns_new = out_new.columns(agg_function, window)
-            for column in new.OUTPUT_COLUMNS:
+            for column in OPERATOR_COLUMNS:
                 _same_column(column, columns_new[column], columns_old[column])
             assert out_new.count_results() == out_old.count_results()
             kinds.update(columns_old["kind"].tolist())

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from jobs.synthetic import (
+from tools.synthetic import (
     DEFAULT_APPLICATIONS,
     DIP,
     LEVEL_SHIFT,

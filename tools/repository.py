@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import sqlite3
 from collections.abc import Iterator, Mapping
 from contextlib import closing, contextmanager
@@ -34,6 +33,7 @@ from urllib.parse import parse_qsl, quote, unquote
 
 from detectors.base import AnomalyResult
 from jobs.config import JdbcConfig
+from jobs.result_format import TABLE_COLUMNS, is_sql_identifier, iso_ms_of, mask_secret
 
 __all__ = [
     "AnomalyResult",
@@ -44,11 +44,8 @@ __all__ = [
     "SeriesView",
 ]
 
-_TABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_FIELDS = (
-    "application, ts, agg_function, agg_window_millis, agg_value, detector, "
-    "value_lower_limit, value_upper_limit, anomaly_probability, is_anomaly, {explanation}"
-)
+# the table's columns (jobs/result_format.py); a table written before explanations existed reads them as null
+_FIELDS = ", ".join("{explanation}" if c == "explanation" else c for c in TABLE_COLUMNS)
 # JDBC URL / connection properties understood for PostgreSQL -> libpq keywords
 _PG_PARAMS = {
     "user": "user",
@@ -82,7 +79,7 @@ class Prediction:
         r = self.anomaly_results
         return {
             "application": self.application,
-            "ts": _iso_ms(self.ts),
+            "ts": iso_ms_of(self.ts),
             "agg_function": self.agg_function,
             "agg_window_millis": self.agg_window_millis,
             "agg_value": self.agg_value,
@@ -96,11 +93,6 @@ class Prediction:
                 "explanation": None if r.explanation is None else json.loads(r.explanation),
             },
         }
-
-
-def _iso_ms(ts: datetime) -> str:
-    """The table's (and the output message's) text form: 2024-01-01T00:00:00.000Z."""
-    return ts.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
 
 
 def to_utc(value: datetime | str, name: str = "ts") -> datetime:
@@ -216,7 +208,7 @@ class ResultsRepository:
         password: str | None = None,
         properties: Mapping[str, str] | None = None,
     ) -> None:
-        if not _TABLE_RE.match(table or ""):
+        if not is_sql_identifier(table):
             raise ValueError(f"table must be a plain SQL identifier, got {table!r}")
         if url.startswith("jdbc:sqlite:"):
             self.dialect = "sqlite"
@@ -248,7 +240,7 @@ class ResultsRepository:
             "ORDER BY ts, detector, agg_function, agg_window_millis"
         )
         if self.dialect == "sqlite":
-            rows = self._query(sql, (application, _iso_ms(start), _iso_ms(end)))
+            rows = self._query(sql, (application, iso_ms_of(start), iso_ms_of(end)))
         else:
             rows = self._query(sql, (application, start, end))
         return [self._prediction(row) for row in rows]
@@ -274,7 +266,7 @@ class ResultsRepository:
         if isinstance(ts, int):
             ts = datetime.fromtimestamp(ts / 1000, tz=timezone.utc)
         value = _ceil_ms(to_utc(ts, name))
-        return _iso_ms(value) if self.dialect == "sqlite" else value
+        return iso_ms_of(value) if self.dialect == "sqlite" else value
 
     def _ts(self, value: Any) -> datetime:
         return _sqlite_ts(value) if isinstance(value, str) else value.astimezone(timezone.utc)
@@ -439,7 +431,7 @@ class ResultsRepository:
         b-tree: measured twice the CPU on 1,000,000 rows, see bench/dashboard_render.py.)"""
         combos = self._query(f"SELECT DISTINCT detector, agg_function, agg_window_millis {base}", rng)
         edges = [*range(start_ms, end_ms, bucket_ms), end_ms]
-        bounds = [_iso_ms(datetime.fromtimestamp(ms / 1000, tz=timezone.utc)) for ms in edges]
+        bounds = [iso_ms_of(datetime.fromtimestamp(ms / 1000, tz=timezone.utc)) for ms in edges]
         sql = (
             "SELECT MIN(agg_value), MAX(agg_value), MIN(value_lower_limit), MAX(value_upper_limit), "
             f"MAX(anomaly_probability), COUNT(*) FROM {self.table} WHERE application = ? AND detector = ? "
@@ -478,7 +470,7 @@ class ResultsRepository:
             "ORDER BY ts, detector, agg_function, agg_window_millis LIMIT {p}"
         )
         after = datetime.fromtimestamp(after_ms / 1000, tz=timezone.utc)
-        bound = _iso_ms(after) if self.dialect == "sqlite" else after
+        bound = iso_ms_of(after) if self.dialect == "sqlite" else after
         return [self._prediction(row) for row in self._query(sql, (application, bound, int(limit)))]
 
     # -- plumbing -----------------------------------------------------------------
@@ -523,7 +515,7 @@ class ResultsRepository:
         raise error
 
     def _mask(self, text: str) -> str:
-        return text.replace(self._password, "***") if self._password else text
+        return mask_secret(text, self._password)
 
     @contextmanager
     def _connect(self) -> Iterator[Any]:

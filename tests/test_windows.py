@@ -1,11 +1,11 @@
-"""Windowing and aggregation functions (jobs/aggregation.py), without Spark."""
+"""Windowing and aggregation functions (jobs/windows.py), without Spark."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from jobs import aggregation as agg
+from jobs import windows as agg
 
 W = 10_000
 # events: window [0,10s) gets 1, 2, 4 (9.999 s is still inside); 10 s opens [10s,20s): 8, 16

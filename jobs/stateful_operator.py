@@ -13,10 +13,13 @@ event-time timer, and yields one frame; the windowing, repeats, late events,
 detectors and eviction of every application in the bucket are
 :func:`jobs.stateful_step.step_bucket`, pure and unit-tested without Spark.
 
-The timer serves buckets that get no events: it fires when the earliest
-"due" application of the bucket needs closing or eviction (rounded up to
-:data:`TIMER_GRANULARITY_MS`). A bucket that does get events steps its due
-applications at once, so its timer only needs to be roughly right.
+The timer fires when the earliest "due" application of the bucket needs
+closing or eviction (rounded up to :data:`TIMER_GRANULARITY_MS`). It is what
+makes results leave early: after every batch that moves the watermark Spark
+runs a batch without data in which only expired timers are called, so the
+windows (or ``none`` points) the new watermark passed are scored there, one
+batch after their events arrived, instead of waiting for the bucket's next
+events. A bucket that does get events steps its due applications at once.
 
 Rows of :data:`jobs.packing.REJECT_BUCKET` are messages that failed validation
 in the source stage; they pass through as dead letters, so that one query, one
@@ -33,6 +36,7 @@ from pyspark.sql.streaming import StatefulProcessor, StatefulProcessorHandle
 from pyspark.sql.types import (
     BinaryType,
     BooleanType,
+    DataType,
     DoubleType,
     IntegerType,
     LongType,
@@ -43,11 +47,9 @@ from pyspark.sql.types import (
 
 from jobs.config import StreamConfig
 from jobs.packing import REJECT_BUCKET, unpack
+from jobs.result_format import OPERATOR_COLUMNS, OPERATOR_TYPES
 from jobs.stateful_step import (
-    KIND_DEAD_LETTER,
-    KIND_RESULT,
     NO_TIMER,
-    OUTPUT_COLUMNS,
     BucketState,
     StepSettings,
     empty_events,
@@ -55,34 +57,23 @@ from jobs.stateful_step import (
     step_bucket,
 )
 
-__all__ = ["KIND_DEAD_LETTER", "KIND_RESULT", "OUTPUT_SCHEMA", "BucketProcessor"]
+__all__ = ["OUTPUT_SCHEMA", "BucketProcessor"]
 
-TIMER_GRANULARITY_MS = 60_000
+TIMER_GRANULARITY_MS = 1_000
 STATE_NAME = "bucket_state"
 
-_TYPES = {
-    "kind": StringType(),
-    "application": StringType(),
-    "ts_ms": LongType(),
-    "agg_function": StringType(),
-    "agg_window_millis": LongType(),
-    "agg_value": DoubleType(),
-    "detector": StringType(),
-    "value_lower_limit": DoubleType(),
-    "value_upper_limit": DoubleType(),
-    "anomaly_probability": DoubleType(),
-    "is_anomaly": BooleanType(),
-    "explanation": StringType(),
-    # dead letters only
-    "reason": StringType(),
-    "detail": StringType(),
-    "raw": BinaryType(),
-    "kafka_key": BinaryType(),
-    "src_topic": StringType(),
-    "src_partition": IntegerType(),
-    "src_offset": LongType(),
+_SPARK_TYPES: dict[str, DataType] = {
+    "string": StringType(),
+    "bigint": LongType(),
+    "int": IntegerType(),
+    "double": DoubleType(),
+    "boolean": BooleanType(),
+    "binary": BinaryType(),
 }
-OUTPUT_SCHEMA = StructType([StructField(name, _TYPES[name], name != "kind") for name in OUTPUT_COLUMNS])
+# the columns and their types come from jobs/result_format.py; only "kind" is never null
+OUTPUT_SCHEMA = StructType(
+    [StructField(name, _SPARK_TYPES[OPERATOR_TYPES[name]], name != "kind") for name in OPERATOR_COLUMNS]
+)
 STATE_SCHEMA = StructType([StructField("blob", BinaryType(), False)])
 
 
@@ -100,7 +91,7 @@ class BucketProcessor(StatefulProcessor):
         frames = list(rows)
         events = unpack(frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True))
         if key[0] == REJECT_BUCKET:
-            yield pd.DataFrame(rejects(events), columns=OUTPUT_COLUMNS)
+            yield pd.DataFrame(rejects(events), columns=OPERATOR_COLUMNS)
             return
         yield from self._step(events, int(timerValues.getCurrentWatermarkInMs()))
 
@@ -122,15 +113,18 @@ class BucketProcessor(StatefulProcessor):
         else:
             self.state.clear()  # every application evicted: the bucket needs no state and no timer
         if out:
-            yield pd.DataFrame(out.columns(self.settings.agg_function, self.settings.window_ms), columns=OUTPUT_COLUMNS)
+            columns = out.columns(self.settings.agg_function, self.settings.window_ms)
+            yield pd.DataFrame(columns, columns=OPERATOR_COLUMNS)
 
     def _schedule(self, state: BucketState) -> None:
-        """One timer per bucket, at its earliest due application, moved as rarely as possible.
+        """One timer per bucket, at its earliest due application.
 
-        Rounding up to :data:`TIMER_GRANULARITY_MS` makes it move about once a
-        minute of event time (each move costs two calls to the JVM); the price
-        is that an idle bucket's last windows are emitted up to a minute of
-        event time late.
+        Each move costs two calls to the JVM state server (delete, register),
+        about once per bucket per batch on a steady stream: a few ms per batch
+        at the default 32 buckets. Rounding up to :data:`TIMER_GRANULARITY_MS`
+        skips the moves that would not change which batch fires it. (It was a
+        minute once; then an idle bucket's windows waited up to a minute of event
+        time, and a busy one's for its next data batch, a whole trigger later.)
         """
         target = NO_TIMER
         if len(state):

@@ -1,7 +1,7 @@
-"""A self-contained HTML report: ``python -m jobs.report --jdbc URL --out report.html``.
+"""A self-contained HTML report: ``python -m tools.report --jdbc URL --out report.html``.
 
 One file that opens from disk with no server and no network: plotly.js (from the
-plotly package), the chart code of the dashboard (jobs/web/charts.js) and the
+plotly package), the chart code of the dashboard (tools/web/charts.js) and the
 data are inlined. At the top, a summary table per application and detector
 (points, anomalies, first and last ts); below, the dashboard's charts for each
 application (value, a band and anomaly markers per detector; hover, zoom and
@@ -21,8 +21,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from jobs.dashboard import default_range, plotly_js, series_json
-from jobs.repository import RepositoryError, ResultsRepository, to_utc
+from tools.dashboard import default_range, plotly_js, series_json
+from tools.repository import RepositoryError, ResultsRepository, to_utc
 
 WEB = Path(__file__).resolve().parent / "web"
 MAX_APPLICATIONS = 200  # one file; pick applications with --application beyond this

@@ -1,6 +1,6 @@
 """The dashboard's sandbox: one backtest run in a worker process, with a size cap and a timeout.
 
-The worker runs the same code as ``python -m jobs.backtest`` (read_series,
+The worker runs the same code as ``python -m tools.backtest`` (read_series,
 run_detector with the state round-trip, NAB scoring) on one series, so what the
 page plots is what the backtest command reports. A series is either an uploaded
 CSV (bytes) or a path relative to the configured data folder; a path that
@@ -124,8 +124,8 @@ def list_data_files(config: SandboxConfig) -> list[str]:
 
 def _work(path: str, detector: str, params: dict[str, Any], label_key: str | None, labels: str | None) -> dict:
     """The worker process's job: backtest one series, score it when it has labels."""
-    from detectors import nab_scoring
-    from jobs.backtest import BacktestError, read_series, run_detector
+    from evaluation import nab_scoring
+    from tools.backtest import BacktestError, read_series, run_detector
 
     try:
         series = read_series(Path(path))

@@ -1,7 +1,7 @@
-"""The live dashboard: ``python -m jobs.dashboard --jdbc URL`` (or ``anomaly-dashboard``).
+"""The live dashboard: ``python -m tools.dashboard --jdbc URL`` (or ``anomaly-dashboard``).
 
 A small Starlette app served by uvicorn. It reads the job's result table through
-:class:`jobs.repository.ResultsRepository` (read-only, never through Spark):
+:class:`tools.repository.ResultsRepository` (read-only, never through Spark):
 
 * ``/``             applications: latest point, anomalies in range, a sparkline; search, sort, paging
 * ``/app?name=A``   one chart per (agg_function, agg_window_millis): value, a band and markers per
@@ -35,8 +35,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from jobs.repository import ResultsRepository, SeriesView, to_utc
-from jobs.sandbox import SandboxConfig, detector_forms, list_data_files, run_sandbox
+from tools.repository import ResultsRepository, SeriesView, to_utc
+from tools.sandbox import SandboxConfig, detector_forms, list_data_files, run_sandbox
 
 log = logging.getLogger("anomaly.dashboard")
 STATIC = Path(__file__).resolve().parent / "web"

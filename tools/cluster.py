@@ -1,9 +1,10 @@
 """A Spark standalone cluster on loopback (one master, N workers), from the venv's pyspark wheel.
 
-    python -m jobs.cluster start [--workers 2] [--dir work/cluster]   # or scripts/cluster.sh start
-    python -m jobs.cluster status
-    python -m jobs.cluster stop
-    python -m jobs.cluster pack-env                                   # the executors' Python environment
+    python -m tools.cluster start [--workers 2] [--dir work/cluster]   # or scripts/cluster.sh start
+    python -m tools.cluster status
+    python -m tools.cluster stop
+    python -m tools.cluster pack-env                                   # the executors' Python environment
+    python -m tools.cluster code-zip                                   # the query's code for --py-files
 
 The daemons are Spark's own (``spark-class org.apache.spark.deploy.master.Master`` / ``...worker.Worker``
 from the pyspark wheel, i.e. the Spark version pinned in deps/pom.xml). Each worker offers 1 core and a
@@ -35,7 +36,7 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from jobs.local_kafka import free_ports
+from tools.local_kafka import free_ports
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DIR = REPO_ROOT / "work" / "cluster"
@@ -350,14 +351,18 @@ def pack_env(venv: Path | None = None, output: Path = ENV_ARCHIVE) -> Path:
     return output
 
 
+# What runs inside the query, on the driver and the executors; tools/ and evaluation/ stay behind.
+SHIPPED_PACKAGES = ("jobs", "detectors")
+
+
 def code_zip(output: Path = REPO_ROOT / "build" / "anomaly_job.zip") -> Path:
-    """The jobs/ and detectors/ packages as a zip for the executors (what spark-submit.sh's --py-files holds)."""
+    """The query's packages as a zip for the executors (spark-submit.sh's --py-files)."""
     import zipfile
 
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_suffix(".tmp")
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
-        for package in ("jobs", "detectors"):
+        for package in SHIPPED_PACKAGES:
             for path in sorted((REPO_ROOT / package).rglob("*.py")):
                 z.write(path, path.relative_to(REPO_ROOT))
     os.replace(tmp, output)
@@ -382,7 +387,7 @@ def shipping_conf() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/cluster.sh", description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=("start", "stop", "status", "pack-env"))
+    parser.add_argument("command", choices=("start", "stop", "status", "pack-env", "code-zip"))
     parser.add_argument("--dir", default=str(DEFAULT_DIR), help="cluster dir (default: work/cluster)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--port", type=int, default=7077, help="master port (default 7077; 0: a free one)")
@@ -398,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
             print("cluster stopped" if stop(cluster_dir) else f"no cluster running from {cluster_dir}")
         elif args.command == "status":
             print(status(cluster_dir))
+        elif args.command == "code-zip":
+            print(code_zip())
         else:
             print(pack_env())
     except ClusterError as err:

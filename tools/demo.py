@@ -1,6 +1,6 @@
-"""The demo, end to end: ``scripts/demo.sh`` (or ``python -m jobs.demo``).
+"""The demo, end to end: ``scripts/demo.sh`` (or ``python -m tools.demo``).
 
-1. starts a single-node Kafka broker on loopback (jobs/local_kafka.py);
+1. starts a single-node Kafka broker on loopback (tools/local_kafka.py);
 2. produces a synthetic day of metrics for four applications -- daily
    seasonality, noise, injected spikes, dips and a level shift -- plus a few
    malformed messages, with kafka-python;
@@ -27,8 +27,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from jobs.local_kafka import LocalKafkaBroker
-from jobs.synthetic import InjectedAnomaly, consume_all, generate, produce_messages
+from tools.local_kafka import LocalKafkaBroker
+from tools.synthetic import InjectedAnomaly, consume_all, generate, produce_messages
 
 REPO = Path(__file__).resolve().parent.parent
 WINDOW_MS = 300_000
@@ -168,12 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"results table: {work / 'anomalies.db'} (table predictions)")
     report = work / "report.html"
     try:
-        from jobs.report import write_report
-        from jobs.repository import ResultsRepository
+        from tools.report import write_report
+        from tools.repository import ResultsRepository
 
         write_report(ResultsRepository(f"jdbc:sqlite:{work / 'anomalies.db'}"), report, title="Demo: anomalies found")
         print(f"report: {report} (open it in a browser; works offline)")
-        print(f"dashboard: python -m jobs.dashboard --jdbc jdbc:sqlite:{work / 'anomalies.db'}")
+        print(f"dashboard: python -m tools.dashboard --jdbc jdbc:sqlite:{work / 'anomalies.db'}")
     except ImportError as err:  # the dashboard extra is not installed
         print(f"report: skipped ({err}; pip install -e '.[dashboard]')")
     print("the last windows of each application stay open: the watermark has not passed them yet")

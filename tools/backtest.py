@@ -1,8 +1,8 @@
 """Offline backtest: run a detector over CSV series and score it with NAB.
 
-    python -m jobs.backtest --data ../shared/data/nab/data --out out/ema --detector ema \\
+    python -m tools.backtest --data ../shared/data/nab/data --out out/ema --detector ema \\
         --labels ../shared/data/nab/labels/combined_windows.json
-    python -m jobs.backtest --score-only ../shared/data/nab/reference_results/numenta \\
+    python -m tools.backtest --score-only ../shared/data/nab/reference_results/numenta \\
         --labels ../shared/data/nab/labels/combined_windows.json
 
 Every ``*.csv`` (``timestamp,value``) under ``--data`` is one series, run separately
@@ -35,7 +35,6 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from detectors import nab_scoring
 from detectors.base import BatchResult
 from detectors.params import ParamError
 from detectors.registry import (
@@ -44,6 +43,7 @@ from detectors.registry import (
     detector_from_state,
     get_detector_class,
 )
+from evaluation import nab_scoring
 
 PROG = "anomaly-backtest"
 OUTPUT_COLUMNS = (

@@ -1,6 +1,6 @@
 """Event-time windowing for one application, as pure functions over numpy arrays.
 
-The Spark stateful operator (jobs/detection.py) calls these per key and per
+The Spark stateful operator (jobs/stateful_operator.py) calls these per key and per
 micro-batch. Windowing lives here, inside the operator, rather than in Spark's
 own window aggregation because Spark drops events behind the watermark and only
 counts them; here every late event is returned to the caller, which sends it to

@@ -1,0 +1,1 @@
+"""Evaluation apart from the detectors: NAB scoring of detector output against labelled windows."""
