@@ -171,7 +171,11 @@ def test_update_many_equals_update_batch_per_series_bit_for_bit(name, params, mo
     values = np.concatenate([p for _, p in series])
     ts = np.arange(len(values), dtype=np.int64)
     if name != "fail_on_value":  # the vectorised path: no per-series from_state
-        monkeypatch.setattr(cls, "from_state", classmethod(lambda *a, **k: pytest.fail("per-series path taken")))
+        message = (
+            f"{name}.update_many took the per-series path: its vectorised path does not know this detector's "
+            "state fields (adapt it after a change of the detector's state or recursion)"
+        )
+        monkeypatch.setattr(cls, "from_state", classmethod(lambda *a, **k: pytest.fail(message)))
     blobs, result = update_many(cls, [b for b, _ in series], ts, values, offsets, params)
     fresh_blobs, fresh = update_many(cls, [None] * len(series), ts, values, offsets, params)
     monkeypatch.undo()
