@@ -79,13 +79,13 @@ class StepSettings:
     def of(stream: Any) -> StepSettings:
         """From a :class:`jobs.config.StreamConfig`."""
         return StepSettings(
-            agg_function=stream.windows.agg_function,
-            window_ms=stream.windows.agg_window_millis,
+            agg_function=stream.aggregation.agg_function,
+            window_ms=stream.aggregation.agg_window_millis,
             # classes resolved here, on the driver, and pickled by reference: the
             # Python workers import the same modules (built-ins or installed plugins)
             detectors=tuple((d.label, get_detector_class(d.name), dict(d.params)) for d in stream.detectors),
             idle_timeout_ms=stream.idle_timeout_millis,
-            deduplicate=stream.windows.deduplicate,
+            deduplicate=stream.aggregation.deduplicate,
         )
 
 
