@@ -10,6 +10,14 @@ series (one application) in time order:
 * ``to_state() -> bytes`` / ``Detector.from_state(blob, params)`` round-trip
   everything the detector has learned. This is what the Spark stateful operator
   keeps per key, so it is compact, versioned and bounded in size.
+* optional, for speed: ``Detector.update_many(states, ts_ms, values, offsets,
+  **params) -> (new states, BatchResult)`` scores many series at once (the
+  streaming job calls it with every application of a bucket that has closed
+  windows). It must give, bit for bit, what restoring each series from its
+  state, ``update_batch`` and ``to_state`` give, and raise (changing nothing)
+  if any series fails; the job then goes back to one series at a time to
+  isolate the failing points. The default here is that loop; a detector may
+  override it with a vectorised path across series.
 
 Subclasses set ``name``, ``params`` (a :class:`~detectors.params.ParamSchema`)
 and ``state_version``, and implement ``_update``, ``_get_state`` and
@@ -113,6 +121,46 @@ DEFAULT_MAX_STATE_BYTES = 1 << 20
 """The state bound of a detector that declares none (1 MiB: generous for one key's state)."""
 
 
+def concat_results(results: list[BatchResult]) -> BatchResult:
+    """One BatchResult of many, in order."""
+    if len(results) == 1:
+        return results[0]
+    if not results:
+        return BatchResult(np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0, dtype=bool))
+    return BatchResult(
+        np.concatenate([r.value_lower_limit for r in results]),
+        np.concatenate([r.value_upper_limit for r in results]),
+        np.concatenate([r.anomaly_probability for r in results]),
+        np.concatenate([np.asarray(r.is_anomaly, dtype=bool) for r in results]),
+        np.concatenate([np.asarray(r.explanation, dtype=object) for r in results]),
+    )
+
+
+def update_many(
+    cls: Any, states: list[bytes | None], ts_ms: np.ndarray, values: np.ndarray, offsets: np.ndarray,
+    params: Mapping[str, Any],
+) -> tuple[list[bytes], BatchResult]:
+    """``cls.update_many`` if the class has one (every :class:`Detector` does), else the loop."""
+    method = getattr(cls, "update_many", None)
+    if method is None:
+        return _update_many_loop(cls, states, ts_ms, values, offsets, params)
+    return method(states, ts_ms, values, offsets, **params)
+
+
+def _update_many_loop(
+    cls: Any, states: list[bytes | None], ts_ms: np.ndarray, values: np.ndarray, offsets: np.ndarray,
+    params: Mapping[str, Any],
+) -> tuple[list[bytes], BatchResult]:
+    new_states, results = [], []
+    bounds = np.asarray(offsets).tolist()
+    for k, blob in enumerate(states):
+        a, b = bounds[k], bounds[k + 1]
+        detector = cls(**params) if blob is None else cls.from_state(blob, **params)
+        results.append(detector.update_batch(ts_ms[a:b], values[a:b]))
+        new_states.append(detector.to_state())
+    return new_states, concat_results(results)
+
+
 class StateError(ValueError):
     """A stored detector state cannot be loaded (wrong detector, version or parameters)."""
 
@@ -158,6 +206,20 @@ class Detector(ABC):
         return BatchResult.from_results(
             [self._update(int(t), float(v)) for t, v in zip(ts, values, strict=True)]
         )
+
+    @classmethod
+    def update_many(
+        cls, states: list[bytes | None], ts_ms: np.ndarray, values: np.ndarray, offsets: np.ndarray, **params: Any
+    ) -> tuple[list[bytes], BatchResult]:
+        """Many series at once: series ``k`` has state ``states[k]`` (None: a fresh detector) and the
+        points ``offsets[k]:offsets[k + 1]`` of ``ts_ms``/``values``.
+
+        Returns each series' new state and the results of all points (in the
+        order of ``values``): exactly what ``from_state`` + ``update_batch`` +
+        ``to_state`` give per series. Raises if any series fails. The default
+        loops; subclasses may override it with a path vectorised across series.
+        """
+        return _update_many_loop(cls, states, ts_ms, values, offsets, params)
 
     @abstractmethod
     def _update(self, ts_ms: int, value: float) -> AnomalyResult: ...
@@ -205,6 +267,81 @@ class Detector(ABC):
             )
         detector._set_state(fields, header["version"])
         return detector
+
+
+class FixedStateLayout:
+    """Where each value sits in the state blobs of one detector class and parameters whose fields all
+    have a fixed width (numbers, arrays of a fixed shape): many blobs then decode and encode as one
+    matrix of bytes, for vectorised :meth:`Detector.update_many` paths.
+
+    Built from one blob (usually a fresh detector's ``to_state()``); a blob of
+    another length, or whose bytes outside the values differ (another
+    detector, version, parameters or field set), does not match, and
+    :meth:`decode` returns None: the caller then takes the per-series path,
+    which reads or refuses it as ``from_state`` does.
+    """
+
+    def __init__(self, template: bytes, fields: dict[str, tuple[int, np.dtype, tuple[int, ...]]]) -> None:
+        self.template = np.frombuffer(template, dtype=np.uint8)
+        self.fields = fields
+        fixed = np.ones(len(template), dtype=bool)
+        for offset, dtype, shape in fields.values():
+            fixed[offset : offset + dtype.itemsize * math.prod(shape)] = False
+        self._fixed = np.flatnonzero(fixed)
+
+    @staticmethod
+    def of(blob: bytes) -> FixedStateLayout | None:
+        """The layout of ``blob``, or None if a field has a variable width (a string or bytes)."""
+        mv = memoryview(blob)
+        (hlen,) = struct.unpack_from("<I", mv, 4)
+        pos = 8 + hlen
+        fields: dict[str, tuple[int, np.dtype, tuple[int, ...]]] = {}
+        while pos < len(mv):
+            (klen,) = struct.unpack_from("<H", mv, pos)
+            key = bytes(mv[pos + 2 : pos + 2 + klen]).decode()
+            pos += 2 + klen
+            kind = mv[pos]
+            pos += 1
+            if kind in (0, 1):
+                fields[key] = (pos, np.dtype("<f8" if kind == 0 else "<i8"), ())
+                pos += 8
+            elif kind == 3:
+                dlen = mv[pos]
+                dtype = np.dtype(bytes(mv[pos + 1 : pos + 1 + dlen]).decode())
+                pos += 1 + dlen
+                ndim = mv[pos]
+                shape = tuple(struct.unpack_from(f"<{ndim}q", mv, pos + 1))
+                pos += 1 + 8 * ndim
+                fields[key] = (pos, dtype, shape)
+                pos += dtype.itemsize * math.prod(shape)
+            else:
+                return None
+        return FixedStateLayout(bytes(blob), fields)
+
+    def decode(self, blobs: list[bytes]) -> dict[str, np.ndarray] | None:
+        """Each field's values over ``blobs`` (first axis: the blob), or None if one does not match."""
+        width = len(self.template)
+        if any(len(b) != width for b in blobs):
+            return None
+        matrix = np.frombuffer(b"".join(blobs), dtype=np.uint8).reshape(len(blobs), width)
+        if not (matrix[:, self._fixed] == self.template[self._fixed]).all():
+            return None
+        out = {}
+        for key, (offset, dtype, shape) in self.fields.items():
+            raw = np.ascontiguousarray(matrix[:, offset : offset + dtype.itemsize * math.prod(shape)])
+            out[key] = raw.view(dtype).reshape(len(blobs), *shape).astype(dtype.newbyteorder("="))
+        return out
+
+    def encode(self, columns: Mapping[str, np.ndarray], n: int) -> list[bytes]:
+        """``n`` blobs with these fields' values (first axis: the blob); the other bytes from the template."""
+        width = len(self.template)
+        matrix = np.tile(self.template, (n, 1))
+        for key, (offset, dtype, shape) in self.fields.items():
+            size = dtype.itemsize * math.prod(shape)
+            values = np.ascontiguousarray(np.asarray(columns[key]).astype(dtype).reshape(n, -1))
+            matrix[:, offset : offset + size] = values.view(np.uint8).reshape(n, size)
+        data = matrix.tobytes()
+        return [data[i * width : (i + 1) * width] for i in range(n)]
 
 
 # -- state encoding -----------------------------------------------------------------

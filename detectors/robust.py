@@ -69,8 +69,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from detectors._stats import FLOAT_MAX, TAIL_THRESHOLD_PARAM, gaussian_score, two_sided_quantile
-from detectors.base import AnomalyResult, BatchResult, Detector, NonFiniteValueError, StateError
+from detectors._stats import FLOAT_MAX, TAIL_THRESHOLD_PARAM, gaussian_score, gaussian_scores, two_sided_quantile
+from detectors.base import (
+    AnomalyResult,
+    BatchResult,
+    Detector,
+    FixedStateLayout,
+    NonFiniteValueError,
+    StateError,
+)
 from detectors.params import Param, ParamSchema
 
 MAD_TO_SIGMA = 0.6745  # MAD of N(0, 1); z = 0.6745 * (x - median) / MAD
@@ -216,6 +223,105 @@ class RobustDetector(Detector):
             self._pos = (self._pos + k) % w
             self._count += k
         return BatchResult.from_results(results)
+
+    @classmethod
+    def update_many(
+        cls, states: list[bytes | None], ts_ms: np.ndarray, values: np.ndarray, offsets: np.ndarray, **params: Any
+    ) -> tuple[list[bytes], BatchResult]:
+        """Many series (the contract in :mod:`detectors.base`), vectorised across them: states decoded and
+        encoded in bulk; the window before every point (the last ``min(count, window)`` values of its series)
+        gathered into one matrix per window length and put through :func:`_window_stats` (row by row:
+        the same bits as one row at a time); scores element-wise."""
+        proto = cls(**params)
+        w, warmup = proto.config["window"], proto.config["warmup"]
+        layout = FixedStateLayout.of(proto.to_state())
+        present = [blob for blob in states if blob is not None]
+        # another layout (e.g. a subclass with fields of its own): the per-series path
+        decoded = layout.decode(present) if layout is not None and present else {}
+        if layout is None or decoded is None or set(layout.fields) != {"buffer", "pos", "count", "peak"}:
+            return super().update_many(states, ts_ms, values, offsets, **params)
+        n_series = len(states)
+        have = np.array([blob is not None for blob in states], dtype=bool)
+        buf = np.zeros((n_series, w))
+        pos = np.zeros(n_series, dtype=np.int64)
+        count = np.zeros(n_series, dtype=np.int64)
+        peak = np.zeros(n_series)
+        if present:
+            buf[have], pos[have], count[have] = decoded["buffer"], decoded["pos"], decoded["count"]
+            peak[have] = decoded["peak"]
+        usable = ((pos >= 0) & (pos < w) & (count >= 0)).all() and np.isfinite(buf).all()
+        if not usable or not (np.isfinite(peak) & (peak >= 0)).all():
+            return super().update_many(states, ts_ms, values, offsets, **params)  # raises as from_state
+        values = np.asarray(values, dtype=np.float64)
+        if not np.all(np.isfinite(values)):
+            raise NonFiniteValueError(f"{cls.name}: values must be finite")
+        offsets = np.asarray(offsets, dtype=np.int64)
+        sizes = np.diff(offsets)
+        # each series oldest first: its history (the last min(count, w) values) then its new points
+        hist = np.minimum(count, w)
+        lengths = hist + sizes
+        base = np.cumsum(lengths) - lengths
+        series = np.empty(int(lengths.sum()))
+        row = np.repeat(np.arange(n_series), hist)
+        i = np.arange(len(row)) - np.repeat(np.cumsum(hist) - hist, hist)
+        oldest = np.where(count >= w, pos, 0)
+        series[base[row] + i] = buf[row, (oldest[row] + i) % w]
+        owner = np.repeat(np.arange(n_series), sizes)  # series of each point
+        j = np.arange(len(values)) - offsets[owner]  # rank of the point in its series' batch
+        at = base[owner] + hist[owner] + j  # where each point sits in `series`
+        series[at] = values
+        before = count[owner] + j  # points its series had seen before it
+        n = len(values)
+        lower, upper = np.full(n, np.nan), np.full(n, np.nan)
+        prob, flag = np.zeros(n), np.zeros(n, dtype=bool)
+        why = np.full(n, None, dtype=object)
+        span = np.minimum(before, w)
+        scored = before >= warmup
+        median_of, sigma_of, factor_of = np.zeros(n), np.zeros(n), np.ones(n)
+        for length in np.unique(span[scored]).tolist():
+            which = np.flatnonzero(scored & (span == length))
+            median, sigma, factor = _window_stats(series[at[which][:, None] - length + np.arange(length)])
+            median_of[which], sigma_of[which], factor_of[which] = median, sigma, factor
+        # The decaying peak is a recursion through each series' scored points in time order (points
+        # are grouped by series, in time order within one): the steps of _score, point by point.
+        scale_of = np.ones(n)
+        peaks, owners = peak.tolist(), owner.tolist()
+        xs, medians, sigmas, factors = values.tolist(), median_of.tolist(), sigma_of.tolist(), factor_of.tolist()
+        share, rel, floor, decay = cls.PEAK_SHARE, cls.REL_SCALE_FLOOR, cls.ABS_SCALE_FLOOR, proto._peak_decay
+        scales = scale_of.tolist()
+        for i in np.flatnonzero(scored).tolist():
+            s, f, m = owners[i], factors[i], medians[i]
+            scales[i] = max(sigmas[i], share * (peaks[s] * f), rel * abs(m), floor * f)
+            dev = min(abs(xs[i] * f - m) / f, FLOAT_MAX)
+            peaks[s] = max(dev, peaks[s] * decay)
+        scale_of[:] = scales
+        plain = scored & (factor_of == 1.0)
+        part = gaussian_scores(
+            values[plain], median_of[plain], scale_of[plain], proto._z, proto.config["threshold"], by=cls.name
+        )
+        lower[plain], upper[plain], prob[plain], flag[plain] = (
+            part.value_lower_limit,
+            part.value_upper_limit,
+            part.anomaly_probability,
+            part.is_anomaly,
+        )
+        why[plain] = part.explanation
+        for k in np.flatnonzero(scored & ~plain).tolist():  # huge values: the scaled scalar path of _score
+            r = gaussian_score(
+                xs[k], medians[k], scales[k], proto._z, proto.config["threshold"], factors[k], by=cls.name
+            )
+            lower[k], upper[k], prob[k], flag[k] = (
+                r.value_lower_limit,
+                r.value_upper_limit,
+                r.anomaly_probability,
+                r.is_anomaly,
+            )
+            why[k] = r.explanation
+        # learn: the ring buffers as pushing point by point leaves them
+        last = j >= sizes[owner] - w
+        buf[owner[last], (pos[owner[last]] + j[last]) % w] = values[last]
+        after = {"buffer": buf, "pos": (pos + sizes) % w, "count": count + sizes, "peak": np.array(peaks)}
+        return layout.encode(after, n_series), BatchResult(lower, upper, prob, flag, why)
 
     # -- state ------------------------------------------------------------------
     def _get_state(self) -> dict[str, Any]:

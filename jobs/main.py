@@ -25,8 +25,13 @@ from jobs.config import ConfigError, JobConfig, StreamConfig, load_config
 log = logging.getLogger("anomaly.job")
 FINGERPRINT_FILE = "anomaly-job-config.json"
 # How the operator lays out its state; a checkpoint written with another layout
-# cannot be read (before "buckets-1" the state was kept per application).
-STATE_LAYOUT = "buckets-1"
+# cannot be read (before "buckets-1" the state was kept per application; "buckets-1"
+# kept one blob per application inside each bucket's value, "buckets-2" is columnar).
+STATE_LAYOUT = "buckets-2"
+_OLD_LAYOUTS = {
+    None: "kept its state per application",
+    "buckets-1": "kept its state per bucket of applications, one blob per application",
+}
 
 
 class CheckpointMismatch(RuntimeError):
@@ -58,9 +63,9 @@ def check_checkpoint(stream: StreamConfig, checkpoint: str) -> None:
         if stored.get("state_layout") != STATE_LAYOUT:
             raise CheckpointMismatch(
                 f"stream {stream.name!r}: the checkpoint at {path.parent} was written by an older version of "
-                "the job that kept its state per application "
-                f"(layout {stored.get('state_layout', 'per-application')!r}; "
-                f"this version keeps it per bucket of applications, layout {STATE_LAYOUT!r}). Start this stream "
+                f"the job that {_OLD_LAYOUTS.get(stored.get('state_layout'), 'laid out its state differently')} "
+                f"(layout {stored.get('state_layout', 'per-application')!r}; this version keeps it per bucket of "
+                f"applications in columns, layout {STATE_LAYOUT!r}). Start this stream "
                 "from a new checkpoint (change checkpoint_dir or the stream name); its state then starts empty."
             )
         problems = []

@@ -4,26 +4,34 @@ The job hashes every application into one of ``buckets`` buckets and groups by
 bucket (jobs/stateful_operator.py), so Spark's per-key costs -- a state-server round
 trip for ``get`` and ``update``, a timer, an Arrow frame out -- are paid once
 per bucket per micro-batch instead of once per application. Everything that
-happens inside a bucket is here, over numpy arrays, and unit-tested without
-Spark:
+happens inside a bucket is here, and it is done for all the bucket's
+applications at once, over numpy arrays, not application by application
+(issue #8: the per-application Python loop was most of the job's cost):
 
-* :class:`BucketState` -- the bucket's one state value: its applications'
-  names, the event time at which each one next needs attention ("due": its
-  earliest open window closes, or it has been idle for ``idle_timeout_millis``)
-  and each application's own :class:`KeyState` blob, decoded only when that
-  application is touched;
+* :class:`BucketState` -- the bucket's one state value, *columnar*: its
+  applications' names, per application the event time at which it next needs
+  attention ("due": its earliest open window closes, or it has been idle for
+  ``idle_timeout_millis``), its ``closed_until`` and last event time; one table
+  of the open windows (or, for raw-value functions, open events) of all its
+  applications and one of the events already counted (for duplicates), each
+  row tagged with its application's index; and per detector label one state
+  blob per application (the detector's own ``to_state`` bytes);
 * :func:`step_bucket` -- one micro-batch (or a timer) for the bucket: sort the
-  events by (application, ts, topic, partition, offset), then for every
-  application with events or due at this watermark: close the windows the
-  watermark passed and score them in event-time order, drop repeats, add the
-  events, dead-letter the late ones, evict the idle;
-* :class:`Outputs` -- the bucket's results and dead letters as numpy columns,
-  built once per bucket.
+  events by (application, ts, topic, partition, offset); close the windows the
+  watermark passed for every application with events or due, as segmented
+  numpy over (application, window); score the closed windows with each
+  detector's multi-series :meth:`~detectors.base.Detector.update_many` (in
+  event-time order per application); find repeats, late events and same-instant
+  conflicts over all events at once; add the events; evict the idle;
+* :class:`Outputs` -- the bucket's results and dead letters as numpy columns.
 
-Per application the rules are exactly those of a per-application operator
-(the tests run the same input through 1 and many applications per bucket and
-compare the tables): which events are late depends only on the watermark of
-the batch, not on when a window happened to be closed.
+Per application the rules are exactly those of a per-application operator,
+bit for bit: tests/test_step_vectorised.py runs random input through this step
+and through the former application-by-application step
+(tests/stateful_step_oracle.py) and compares every output column and the
+state; tests/test_stateful_step.py runs the same input through 1 and many
+applications per bucket. Which events are late depends only on the watermark
+of the batch, not on when a window happened to be closed.
 
 >>> settings = StepSettings("avg", 10_000, (("ema", get_detector_class("ema"), {"warmup": 1}),), 10**9, True)
 >>> state = BucketState.empty()
@@ -47,9 +55,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from detectors import get_detector_class
-from detectors.base import BatchResult, StateError, pack_state, unpack_state
+from detectors.base import BatchResult, StateError, concat_results, pack_state, unpack_state, update_many
 from jobs import windows
 from jobs.result_format import (
     DEAD_LETTER_COLUMNS,
@@ -59,10 +68,13 @@ from jobs.result_format import (
     iso_ms,
 )
 
-BUCKET_STATE_VERSION = 1
-# An application's state inside its bucket's value: magic and version, closed_until,
-# last_event_ms, the lengths of the window arrays, the number of detectors; then
-# the arrays' bytes; then per detector its label and its own state blob.
+# 2: columnar (tables of windows and seen events over all the bucket's applications);
+# 1 kept one KeyState blob per application and is refused (start from a new checkpoint)
+BUCKET_STATE_VERSION = 2
+# An application's state on its own (KeyState, the per-application view of a
+# bucket's state): magic and version, closed_until, last_event_ms, the lengths
+# of the window arrays, the number of detectors; then the arrays' bytes; then
+# per detector its label and its own state blob.
 _KEY_MAGIC = b"KS\x02\x00"
 _WINDOW_ARRAYS = (
     ("starts", np.int64),
@@ -80,6 +92,21 @@ NO_TIMER = -1
 DUPLICATE_DETAIL = "an event with the same application, ts and value is already counted"
 EVENT_COLUMNS = ("application", "ts_ms", "value", "src_topic", "src_partition", "src_offset")
 _INT64_MIN = int(np.iinfo(np.int64).min)
+_INT64_MAX = int(np.iinfo(np.int64).max)
+# The bucket's tables. Windows: raw-value functions keep one row per open event
+# (its window start, ts and value), the others one row per open window (partial
+# aggregates). Seen: the counted events of open windows (non-raw functions with
+# deduplicate). Every row carries its application's index ("app").
+_RAW_ROWS = (("app", np.int64), ("start", np.int64), ("ts", np.int64), ("value", np.float64))
+_PARTIAL_ROWS = (
+    ("app", np.int64),
+    ("start", np.int64),
+    ("count", np.int64),
+    ("sum", np.float64),
+    ("min", np.float64),
+    ("max", np.float64),
+)
+_SEEN_ROWS = (("app", np.int64), ("ts", np.int64), ("value", np.float64))
 
 
 @dataclass(frozen=True)
@@ -107,9 +134,13 @@ class StepSettings:
         )
 
 
-# -- state ---------------------------------------------------------------------------
+
 class KeyState:
-    """Everything one application carries between micro-batches."""
+    """Everything one application carries between micro-batches, on its own.
+
+    The job keeps it in columns of its bucket (:class:`BucketState`); this form
+    is :meth:`BucketState.application`'s view of one application (tests, debugging).
+    """
 
     def __init__(self, agg_function: str) -> None:
         self.windows = windows.WindowState.empty(agg_function)
@@ -122,7 +153,7 @@ class KeyState:
         return close if close is not None else self.last_event_ms + settings.idle_timeout_ms
 
     def encode(self) -> bytes:
-        """A compact fixed layout (not the detectors' generic field format): one per application per batch."""
+        """A compact fixed layout (not the detectors' generic field format)."""
         w = self.windows
         arrays = [np.ascontiguousarray(getattr(w, name), dtype) for name, dtype in _WINDOW_ARRAYS]
         parts = [
@@ -160,98 +191,210 @@ class KeyState:
         return state
 
 
-class BucketState:
-    """One bucket's applications: names, due times and per-application state blobs.
+def _table(columns: tuple[tuple[str, type], ...], n: int = 0) -> dict[str, np.ndarray]:
+    return {name: np.zeros(n, dtype=dtype) for name, dtype in columns}
 
-    Blobs are kept encoded; only the applications a step touches are decoded
-    and re-encoded, the others are copied through as bytes.
+
+def _take(table: dict[str, np.ndarray], which: np.ndarray) -> dict[str, np.ndarray]:
+    return {name: column[which] for name, column in table.items()}
+
+
+def _cat(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {name: np.concatenate([a[name], b[name]]) for name in a}
+
+
+class BucketState:
+    """One bucket's applications, columnar: per-application arrays, row tables, detector blobs.
+
+    ``windows`` rows are kept sorted by application index (stable: within an
+    application, open windows by start and raw events in arrival order, as a
+    per-application state keeps them); so are ``seen`` rows.
     """
 
-    def __init__(self, names: list[str], due: np.ndarray, blobs: list[bytes], timer_ms: int = NO_TIMER) -> None:
+    def __init__(
+        self,
+        agg_function: str,
+        names: list[str],
+        due: np.ndarray,
+        closed_until: np.ndarray,
+        last_event: np.ndarray,
+        windows: dict[str, np.ndarray],
+        seen: dict[str, np.ndarray],
+        detectors: dict[str, list[bytes]],
+        timer_ms: int = NO_TIMER,
+    ) -> None:
+        self.agg_function = agg_function
         self.names = names
         self.due = due
-        self.blobs = blobs
+        self.closed_until = closed_until
+        self.last_event = last_event
+        self.windows = windows
+        self.seen = seen
+        # per detector label, one blob per application; b"" = no state yet (fresh detector)
+        self.detectors = detectors
         self.timer_ms = timer_ms
         self.index = {name: i for i, name in enumerate(names)}
 
     @staticmethod
-    def empty() -> BucketState:
-        return BucketState([], np.zeros(0, dtype=np.int64), [])
+    def empty(agg_function: str | None = None) -> BucketState:
+        """A bucket with no applications (the function is fixed by the first step if not given)."""
+        z = np.zeros(0, dtype=np.int64)
+        return BucketState(agg_function or "", [], z, z.copy(), z.copy(), {}, {}, {})
 
     def __len__(self) -> int:
         return len(self.names)
 
-    def add(self, name: str) -> int:
-        """Index of ``name``, adding it (no state yet, never due) when new."""
-        i = self.index.get(name)
-        if i is None:
-            i = len(self.names)
-            self.names.append(name)
-            self.blobs.append(b"")
-            self.due = np.append(self.due, np.iinfo(np.int64).max)
-            self.index[name] = i
-        return i
+    def _ensure_tables(self, agg_function: str) -> None:
+        if not self.agg_function:
+            self.agg_function = agg_function
+        elif self.agg_function != agg_function:
+            raise StateError(f"bucket state holds {self.agg_function!r} windows, not {agg_function!r}")
+        if not self.windows:
+            raw = agg_function in windows.RAW_VALUE_FUNCTIONS
+            self.windows = _table(_RAW_ROWS if raw else _PARTIAL_ROWS)
+            self.seen = _table(_SEEN_ROWS)
+
+    def add_all(self, names: list[str]) -> np.ndarray:
+        """Indices of ``names``, adding the new ones (no state yet, never due) in the given order."""
+        new = [name for name in names if name not in self.index]
+        if new:
+            start = len(self.names)
+            self.names.extend(new)
+            self.index.update((name, start + k) for k, name in enumerate(new))
+            grow = len(new)
+            self.due = np.concatenate([self.due, np.full(grow, _INT64_MAX, dtype=np.int64)])
+            self.closed_until = np.concatenate([self.closed_until, np.full(grow, _INT64_MIN, dtype=np.int64)])
+            self.last_event = np.concatenate([self.last_event, np.full(grow, _INT64_MIN, dtype=np.int64)])
+            for blobs in self.detectors.values():
+                blobs.extend([b""] * grow)
+        return np.array([self.index[name] for name in names], dtype=np.int64)
+
+    def detector_blobs(self, label: str) -> list[bytes]:
+        blobs = self.detectors.get(label)
+        if blobs is None:
+            blobs = self.detectors[label] = [b""] * len(self.names)
+        return blobs
 
     def drop(self, gone: np.ndarray) -> None:
-        """Forget the applications at the indices where ``gone`` is true (evicted)."""
+        """Forget the applications at the indices where ``gone`` is true (evicted), and their rows."""
         if not gone.any():
             return
         keep = np.flatnonzero(~gone)
+        renumber = np.cumsum(~gone) - 1
         self.names = [self.names[i] for i in keep]
-        self.blobs = [self.blobs[i] for i in keep]
-        self.due = self.due[keep]
+        self.due, self.closed_until, self.last_event = self.due[keep], self.closed_until[keep], self.last_event[keep]
+        for label, blobs in self.detectors.items():
+            self.detectors[label] = [blobs[i] for i in keep]
+        for table in (self.windows, self.seen):
+            if table:
+                rows = ~gone[table["app"]]
+                table.update(_take(table, rows))
+                table["app"] = renumber[table["app"]]
         self.index = {name: i for i, name in enumerate(self.names)}
 
+    def application(self, name: str) -> KeyState:
+        """One application's state as a per-application :class:`KeyState` (tests, debugging)."""
+        i = self.index[name]
+        key = KeyState(self.agg_function)
+        empty_i, empty_f = np.zeros(0, dtype=np.int64), np.zeros(0)
+        w = _take(self.windows, self.windows["app"] == i) if self.windows else {}
+        raw = self.agg_function in windows.RAW_VALUE_FUNCTIONS
+        if raw:
+            key.windows = windows.WindowState(
+                int(self.closed_until[i]), w["start"], w["ts"], empty_i, w["value"], empty_f, empty_f
+            )
+        elif w:
+            s = _take(self.seen, self.seen["app"] == i)
+            key.windows = windows.WindowState(
+                int(self.closed_until[i]), w["start"], empty_i, w["count"], w["sum"], w["min"], w["max"],
+                s["ts"], s["value"],
+            )
+        else:
+            key.windows = windows.WindowState.empty(self.agg_function, int(self.closed_until[i]))
+        key.last_event_ms = int(self.last_event[i])
+        key.detector_blobs = {label: blobs[i] for label, blobs in self.detectors.items() if blobs[i]}
+        return key
+
     def encode(self) -> bytes:
-        sizes = np.fromiter((len(b) for b in self.blobs), dtype=np.int64, count=len(self.blobs))
         # application names cannot hold control characters (jobs/source.py), so NUL separates them
-        fields = {
+        fields: dict[str, Any] = {
+            "agg_function": self.agg_function,
             "names": "\x00".join(self.names),
             "due": self.due,
-            "sizes": sizes,
-            "blobs": b"".join(self.blobs),
+            "closed_until": self.closed_until,
+            "last_event": self.last_event,
             "timer_ms": int(self.timer_ms),
         }
+        for prefix, table in (("w.", self.windows), ("s.", self.seen)):
+            if not table:
+                continue
+            # rows are sorted by application: stored as rows per application, not an index per row
+            app = table["app"]
+            if len(app) > 1 and (app[1:] < app[:-1]).any():
+                raise AssertionError("bucket state rows out of application order")  # a bug, not bad input
+            fields[prefix + "rows_per_app"] = np.bincount(app, minlength=len(self.names)).astype(np.int32)
+            fields.update((prefix + name, column) for name, column in table.items() if name != "app")
+        for label, blobs in self.detectors.items():
+            fields["d.sizes." + label] = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs))
+            fields["d.blobs." + label] = b"".join(blobs)
         return pack_state("bucket_state", BUCKET_STATE_VERSION, {}, fields)
 
     @staticmethod
     def decode(blob: bytes) -> BucketState:
         header, fields = unpack_state(blob)
         if header["name"] != "bucket_state" or header["version"] != BUCKET_STATE_VERSION:
-            raise StateError(f"unsupported bucket state {header}; start from a new checkpoint")
+            raise StateError(
+                f"unsupported bucket state {header} (this version reads version {BUCKET_STATE_VERSION}, "
+                "the columnar layout); start from a new checkpoint"
+            )
         due = fields["due"]
         names = fields["names"].split("\x00") if len(due) else []
-        ends = np.cumsum(fields["sizes"]).tolist()
-        data = fields["blobs"]
-        blobs = [data[a:b] for a, b in zip([0, *ends][:-1], ends, strict=True)]
-        return BucketState(names, due, blobs, int(fields["timer_ms"]))
+        tables = []
+        for prefix in ("w.", "s."):
+            table = {k[2:]: v for k, v in fields.items() if k.startswith(prefix)}
+            if table:
+                per_app = table.pop("rows_per_app")
+                table = {"app": np.repeat(np.arange(len(per_app), dtype=np.int64), per_app), **table}
+            tables.append(table)
+        open_rows, seen = tables
+        detectors = {}
+        for key, sizes in fields.items():
+            if key.startswith("d.sizes."):
+                label = key[len("d.sizes.") :]
+                data = fields["d.blobs." + label]
+                ends = np.cumsum(sizes).tolist()
+                detectors[label] = [data[a:b] for a, b in zip([0, *ends][:-1], ends, strict=True)]
+        return BucketState(
+            fields["agg_function"], names, due, fields["closed_until"], fields["last_event"], open_rows, seen,
+            detectors, int(fields["timer_ms"]),
+        )
 
 
 # -- outputs -------------------------------------------------------------------------
 @dataclass
 class Outputs:
-    """A bucket's results and dead letters, collected as arrays and built into columns once."""
+    """A bucket's results and dead letters, as column dicts, built into one set of columns once."""
 
-    _results: list[tuple[str, str, np.ndarray, np.ndarray, BatchResult]] = field(default_factory=list)
+    _results: list[dict[str, np.ndarray]] = field(default_factory=list)
     _dead: list[dict[str, np.ndarray]] = field(default_factory=list)
 
-    def add_results(self, application: str, label: str, ts: np.ndarray, values: np.ndarray, r: BatchResult) -> None:
-        self._results.append((application, label, ts, values, r))
+    def add_results(self, columns: dict[str, np.ndarray]) -> None:
+        if len(columns["ts_ms"]):
+            self._results.append(columns)
 
     def add_dead_letters(self, columns: dict[str, np.ndarray]) -> None:
-        self._dead.append(columns)
+        if len(columns["reason"]):
+            self._dead.append(columns)
 
     def count_results(self) -> int:
-        return sum(len(ts) for _, _, ts, _, _ in self._results)
+        return sum(len(r["ts_ms"]) for r in self._results)
 
     def __bool__(self) -> bool:
         return bool(self._results or self._dead)
 
     def columns(self, agg_function: str, window_ms: int) -> dict[str, np.ndarray]:
         """Every output row of the bucket as :data:`OPERATOR_COLUMNS` (results first)."""
-        parts = []
-        if self._results:
-            parts.append(self._result_columns(agg_function, window_ms))
+        parts = [_result_frame(r, agg_function, window_ms) for r in self._results]
         parts.extend(_dead_letter_frame(d) for d in self._dead)
         if not parts:
             return {c: np.zeros(0, dtype=object) for c in OPERATOR_COLUMNS}
@@ -259,33 +402,24 @@ class Outputs:
             return parts[0]
         return {c: _concat([p[c] for p in parts]) for c in OPERATOR_COLUMNS}
 
-    def _result_columns(self, agg_function: str, window_ms: int) -> dict[str, np.ndarray]:
-        scored = self._results
-        sizes = [len(ts) for _, _, ts, _, _ in scored]
-        n = sum(sizes)
-        return {
-            "kind": np.full(n, KIND_RESULT, dtype=object),
-            "application": np.repeat(np.array([a for a, *_ in scored], dtype=object), sizes),
-            "ts_ms": np.concatenate([ts for _, _, ts, _, _ in scored]),
-            "agg_function": np.full(n, agg_function, dtype=object),
-            "agg_window_millis": np.full(n, window_ms, dtype=np.int64),
-            "agg_value": np.concatenate([v for _, _, _, v, _ in scored]),
-            "detector": np.repeat(np.array([label for _, label, *_ in scored], dtype=object), sizes),
-            "value_lower_limit": np.concatenate([r.value_lower_limit for *_, r in scored]),
-            "value_upper_limit": np.concatenate([r.value_upper_limit for *_, r in scored]),
-            "anomaly_probability": np.concatenate([r.anomaly_probability for *_, r in scored]),
-            "is_anomaly": np.concatenate([r.is_anomaly for *_, r in scored]).astype(bool),
-            "explanation": _concat([_explanations(r) for *_, r in scored]),
-            **{column: np.full(n, None, dtype=object) for column in DEAD_LETTER_COLUMNS},
-        }
 
-
-def _explanations(result: BatchResult) -> np.ndarray:
-    """Detectors that explain their anomalies carry an ``explanation`` column; others get nulls."""
-    explanation = getattr(result, "explanation", None)
-    if explanation is None:
-        return np.full(len(result), None, dtype=object)
-    return np.asarray(explanation, dtype=object)
+def _result_frame(r: dict[str, np.ndarray], agg_function: str, window_ms: int) -> dict[str, np.ndarray]:
+    n = len(r["ts_ms"])
+    return {
+        "kind": np.full(n, KIND_RESULT, dtype=object),
+        "application": r["application"],
+        "ts_ms": r["ts_ms"],
+        "agg_function": np.full(n, agg_function, dtype=object),
+        "agg_window_millis": np.full(n, window_ms, dtype=np.int64),
+        "agg_value": r["agg_value"],
+        "detector": r["detector"],
+        "value_lower_limit": r["value_lower_limit"],
+        "value_upper_limit": r["value_upper_limit"],
+        "anomaly_probability": r["anomaly_probability"],
+        "is_anomaly": r["is_anomaly"].astype(bool),
+        "explanation": r["explanation"],
+        **{column: np.full(n, None, dtype=object) for column in DEAD_LETTER_COLUMNS},
+    }
 
 
 def _concat(arrays: list[np.ndarray]) -> np.ndarray:
@@ -319,136 +453,214 @@ def empty_events() -> dict[str, np.ndarray]:
     }
 
 
+# dead-letter categories, in the order a per-application step emits them for one application
+_DETECTOR_ERROR, _CONFLICT, _DUPLICATE, _LATE = range(4)
+
+
+@dataclass
+class _Step:
+    """What one call of :func:`step_bucket` works with."""
+
+    state: BucketState
+    settings: StepSettings
+    watermark_ms: int
+    length: int  # window length: 1 ms for none
+    names: np.ndarray  # the bucket's application names as an object array (for output columns)
+    dead: list[dict[str, np.ndarray]] = field(default_factory=list)
+
+
 def step_bucket(
     state: BucketState, events: dict[str, np.ndarray], watermark_ms: int, settings: StepSettings
 ) -> Outputs:
     """One micro-batch (or timer) of one bucket: updates ``state`` in place, returns what to emit.
 
     ``events`` holds :data:`EVENT_COLUMNS` in any order. Every application
-    with events, and every application due at ``watermark_ms``, is stepped.
+    with events, and every application due at ``watermark_ms``, is stepped --
+    all of them together, as arrays.
     """
     out = Outputs()
+    agg_function = settings.agg_function
+    state._ensure_tables(agg_function)
     # names -> the bucket's application indices, hashing each distinct name once
-    local: dict[str, int] = {}
-    names = events["application"]
-    codes = np.fromiter((local.setdefault(a, len(local)) for a in names), np.int64, len(names))
-    codes = np.array([state.add(name) for name in local], dtype=np.int64)[codes] if len(codes) else codes
+    # (new applications are added in order of first appearance)
+    codes = np.zeros(0, dtype=np.int64)
+    if len(events["application"]):
+        local, distinct = pd.factorize(events["application"], sort=False)
+        codes = state.add_all(distinct.tolist())[local]
     # Events arrive in shuffle order, which may differ on replay: sorting by
     # application, event time, then source position makes results deterministic.
-    topics = np.unique(events["src_topic"].astype(str), return_inverse=True)[1] if len(codes) else codes
+    topics = pd.factorize(events["src_topic"], sort=True)[0] if len(codes) else codes  # codes in name order
     order = np.lexsort((events["src_offset"], events["src_partition"], topics, events["ts_ms"], codes))
     codes = codes[order]
     events = {name: events[name][order] for name in EVENT_COLUMNS}
-    with_events, starts = np.unique(codes, return_index=True)
-    ends = [*starts[1:].tolist(), len(codes)][: len(starts)]
-    bounds = dict(zip(with_events.tolist(), zip(starts.tolist(), ends, strict=True), strict=True))
-    due = np.flatnonzero(state.due <= watermark_ms)
-    gone = np.zeros(len(state), dtype=bool)
-    for i in np.union1d(with_events, due).tolist():
-        a, b = bounds.get(i, (0, 0))
-        app_events = {name: column[a:b] for name, column in events.items()}
-        blob = state.blobs[i]
-        key = KeyState.decode(blob) if blob else KeyState(settings.agg_function)
-        key = step_application(state.names[i], key, app_events, watermark_ms, settings, out)
-        if key is None:
-            gone[i] = True
-        else:
-            state.blobs[i] = key.encode()
-            state.due[i] = key.due_ms(settings)
-    state.drop(gone)
-    return out
-
-
-def step_application(
-    application: str,
-    key: KeyState,
-    events: dict[str, np.ndarray],
-    watermark_ms: int,
-    settings: StepSettings,
-    out: Outputs,
-) -> KeyState | None:
-    """One application's micro-batch; ``events`` sorted by (ts, source position). None: evict it."""
-    agg_function, window_ms = settings.agg_function, settings.window_ms
+    wm = int(watermark_ms)
+    touched = state.due <= wm
+    touched[codes] = True
+    if not touched.any():
+        return out
+    step = _Step(
+        state, settings, wm, windows.window_length(agg_function, settings.window_ms),
+        np.array(state.names, dtype=object),
+    )
     # Close what the watermark has passed *before* adding: an event whose
     # window ends at or before the watermark is late whether or not an earlier
     # step happened to close that window already.
-    key.windows, starts, agg_values = windows.close_windows(key.windows, watermark_ms, agg_function, window_ms)
-    if len(starts):
-        _score(application, key, starts, agg_values, settings, out)
-    if len(events["ts_ms"]):
-        events = _drop_repeats(application, key, events, settings, out)
-        key.windows, late = windows.add_events(key.windows, events["ts_ms"], events["value"], agg_function, window_ms)
-        if late.any():
-            closed = iso_ms(key.windows.closed_until)
-            detail = f"event time is behind the watermark: its window was closed at {closed}"
-            out.add_dead_letters(_refused(application, _select(events, late), "late", detail))
-        accepted = events["ts_ms"][~late]
-        if len(accepted):
-            key.last_event_ms = max(key.last_event_ms, int(accepted[-1]))
-    idle = watermark_ms - key.last_event_ms >= settings.idle_timeout_ms
-    if len(key.windows.starts) == 0 and idle:
+    state.closed_until[touched] = np.maximum(state.closed_until[touched], wm)
+    closed = _close_windows(step)
+    if closed is not None:
+        _score(step, *closed, out)
+    if len(codes):
+        _add_events(step, codes, events)
+    _finish(step, touched, out)
+    return out
+
+
+def _close_windows(step: _Step) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Close every open window whose end its application's ``closed_until`` has reached.
+
+    Returns the closed points (application index, window start, aggregated
+    value), sorted by application, then event time; None if nothing closed.
+    """
+    state, fn, length = step.state, step.settings.agg_function, step.length
+    w = state.windows
+    done = w["start"] + length <= state.closed_until[w["app"]]
+    if not done.any():
         return None
-    return key
-
-
-def _drop_repeats(
-    application: str, key: KeyState, events: dict[str, np.ndarray], settings: StepSettings, out: Outputs
-) -> dict[str, np.ndarray]:
-    """Dead-letter the events that must not be counted again; returns the rest."""
-    ts, values = events["ts_ms"], events["value"]
-    if settings.agg_function == "none":
-        # a point is keyed by its ts: one event per instant, whatever `deduplicate` says
-        duplicate, conflict, kept = windows.find_same_instant(key.windows, ts, values)
-        if conflict.any():
-            for kept_value in np.unique(kept[conflict]):
-                which = conflict & (kept == kept_value)
-                detail = (
-                    "another value was already accepted for this application and ts: "
-                    f"{float(kept_value)!r} (the first by topic, partition, offset)"
-                )
-                out.add_dead_letters(_refused(application, _select(events, which), "conflicting_value", detail))
-        dropped = duplicate | conflict
-    elif settings.deduplicate:
-        key.windows, duplicate = windows.find_duplicates(
-            key.windows, ts, values, settings.agg_function, settings.window_ms
+    d = _take(w, done)
+    state.windows = _take(w, ~done)
+    if fn not in windows.RAW_VALUE_FUNCTIONS and len(state.seen["app"]):
+        seen = state.seen
+        still_open = (
+            windows.window_starts(seen["ts"], fn, step.settings.window_ms) + length
+            > state.closed_until[seen["app"]]
         )
-        dropped = duplicate
-    else:
-        return events
-    if duplicate.any():
-        out.add_dead_letters(_refused(application, _select(events, duplicate), "duplicate", DUPLICATE_DETAIL))
-    return _select(events, ~dropped) if dropped.any() else events
+        state.seen = _take(seen, still_open)
+    if fn == "none":
+        order = np.lexsort((d["ts"], d["app"]))
+        return d["app"][order], d["ts"][order], d["value"][order]
+    if fn in windows.PERCENTILES:
+        order = np.lexsort((d["value"], d["start"], d["app"]))
+        app, start, values = d["app"][order], d["start"][order], d["value"][order]
+        first = np.flatnonzero(_group_starts(app, start))
+        sizes = np.diff(np.append(first, len(values)))
+        q = windows.PERCENTILES[fn]
+        out_values = np.empty(len(first))
+        # windows of equal size as the rows of one matrix: numpy's percentile per row
+        # takes the same steps as on each window alone (same bits)
+        for size in np.unique(sizes).tolist():
+            which = np.flatnonzero(sizes == size)
+            matrix = values[first[which][:, None] + np.arange(size)]
+            out_values[which] = np.percentile(matrix, q, axis=1, method="linear")
+        return app[first], start[first], out_values
+    counts = d["count"]
+    if fn == "sum":
+        values = d["sum"]
+    elif fn == "avg":
+        values = d["sum"] / counts
+    elif fn == "count":
+        values = counts.astype(np.float64)
+    elif fn == "min":
+        values = d["min"]
+    elif fn == "max":
+        values = d["max"]
+    else:  # pragma: no cover - config validation rejects unknown functions
+        raise ValueError(f"unknown agg_function {fn!r}")
+    return d["app"], d["start"], np.asarray(values, dtype=np.float64)
 
 
-def _score(
-    application: str,
-    key: KeyState,
-    starts: np.ndarray,
-    agg_values: np.ndarray,
-    settings: StepSettings,
-    out: Outputs,
+def _group_starts(*keys: np.ndarray) -> np.ndarray:
+    """For rows sorted by ``keys``: true where a new group of equal keys begins."""
+    n = len(keys[0])
+    new = np.ones(n, dtype=bool)
+    if n > 1:
+        new[1:] = np.logical_or.reduce([k[1:] != k[:-1] for k in keys])
+    return new
+
+
+def _score(step: _Step, app: np.ndarray, ts: np.ndarray, values: np.ndarray, out: Outputs) -> None:
+    """Feed the closed windows to every detector, all applications at once; isolate failures to their points."""
+    apps, first = np.unique(app, return_index=True)
+    offsets = np.append(first, len(app))
+    app_list = apps.tolist()
+    parts: list[tuple[int, np.ndarray, BatchResult]] = []  # (detector index, point positions, results)
+    for d, (label, cls, params) in enumerate(step.settings.detectors):
+        blobs = step.state.detector_blobs(label)
+        try:
+            new_blobs, result = update_many(cls, [blobs[i] or None for i in app_list], ts, values, offsets, params)
+            if len(new_blobs) != len(app_list) or len(result) != len(ts):
+                raise ValueError(f"{label}: update_many returned {len(new_blobs)} states, {len(result)} results")
+        except Exception:
+            # one application at a time, as a per-application operator would
+            for k, i in enumerate(app_list):
+                _score_one(step, d, i, offsets[k], offsets[k + 1], ts, values, parts)
+            continue
+        for i, blob in zip(app_list, new_blobs, strict=True):
+            blobs[i] = blob
+        parts.append((d, np.arange(len(ts)), result))
+    if not parts:
+        return
+    positions = np.concatenate([p for _, p, _ in parts])
+    detector = np.concatenate([np.full(len(p), d) for d, p, _ in parts])
+    result = concat_results([r for _, _, r in parts])
+    # per application, detector after detector, points in event-time order
+    order = np.lexsort((positions, detector, app[positions]))
+    positions = positions[order]
+    labels = np.array([label for label, _, _ in step.settings.detectors], dtype=object)
+    out.add_results(
+        {
+            "application": step.names[app[positions]],
+            "ts_ms": ts[positions],
+            "agg_value": values[positions],
+            "detector": labels[detector[order]],
+            "value_lower_limit": result.value_lower_limit[order],
+            "value_upper_limit": result.value_upper_limit[order],
+            "anomaly_probability": result.anomaly_probability[order],
+            "is_anomaly": result.is_anomaly[order],
+            "explanation": np.asarray(result.explanation, dtype=object)[order],
+        }
+    )
+
+
+def _score_one(
+    step: _Step, d: int, i: int, a: int, b: int, ts: np.ndarray, values: np.ndarray,
+    parts: list[tuple[int, np.ndarray, BatchResult]],
 ) -> None:
-    """Feed the closed windows to every detector in event-time order; isolate failures to their points."""
-    for label, cls, params in settings.detectors:
-        blob = key.detector_blobs.get(label)
+    """Application ``i``'s points a:b with detector ``d``; a failing point is dead-lettered and
+    leaves the detector as it was before that point, the others are scored."""
+    label, cls, params = step.settings.detectors[d]
+    blobs = step.state.detector_blobs(label)
+    blob = blobs[i] or None
+    try:
+        detector = _restore(cls, params, blob)
+        result = detector.update_batch(ts[a:b], values[a:b])
+        blobs[i] = detector.to_state()
+        parts.append((d, np.arange(a, b), result))
+        return
+    except Exception:
+        pass
+    for p in range(a, b):
         try:
             detector = _restore(cls, params, blob)
-            out.add_results(application, label, starts, agg_values, detector.update_batch(starts, agg_values))
-            key.detector_blobs[label] = detector.to_state()
-        except Exception:
-            # one point at a time: a failing point is dead-lettered and leaves the
-            # detector as it was before that point; the others are scored
-            for i in range(len(starts)):
-                point_ts, point_value = starts[i : i + 1], agg_values[i : i + 1]
-                try:
-                    detector = _restore(cls, params, blob)
-                    result = detector.update_batch(point_ts, point_value)
-                    blob = detector.to_state()
-                    out.add_results(application, label, point_ts, point_value, result)
-                except Exception as err:
-                    out.add_dead_letters(_detector_error(application, label, point_ts, point_value, err))
-            if blob is not None:
-                key.detector_blobs[label] = blob
+            result = detector.update_batch(ts[p : p + 1], values[p : p + 1])
+            blob = detector.to_state()
+            parts.append((d, np.array([p]), result))
+        except Exception as err:
+            step.dead.append(
+                {
+                    "_app": np.array([i]),
+                    "_cat": np.array([_DETECTOR_ERROR]),
+                    "_sub": np.array([d]),
+                    "_seq": np.array([p]),
+                    "application": step.names[[i]],
+                    "ts_ms": ts[p : p + 1],
+                    "agg_value": values[p : p + 1],
+                    "detector": np.array([label], dtype=object),
+                    "reason": np.array(["detector_error"], dtype=object),
+                    "detail": np.array([f"{label}: {type(err).__name__}: {err}"[:2000]], dtype=object),
+                }
+            )
+    if blob is not None:
+        blobs[i] = blob
 
 
 def _restore(cls: type, params: dict[str, Any], blob: bytes | None) -> Any:
@@ -456,47 +668,196 @@ def _restore(cls: type, params: dict[str, Any], blob: bytes | None) -> Any:
     return cls(**params) if blob is None else cls.from_state(blob, **params)
 
 
-def _select(events: dict[str, np.ndarray], which: np.ndarray) -> dict[str, np.ndarray]:
-    return {name: column[which] for name, column in events.items()}
+def _first_in_group(
+    old_keys: tuple[np.ndarray, ...], new_keys: tuple[np.ndarray, ...], old_values: np.ndarray, new_values: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each new row: is it the first of its key (old rows come first, then new rows in order), and the
+    value of that first row."""
+    n_old = len(old_keys[0])
+    keys = [np.concatenate([o, n]) for o, n in zip(old_keys, new_keys, strict=True)]
+    values = np.concatenate([old_values, new_values])
+    # old before new, then arrival order, within equal keys
+    sequence = np.arange(len(values))
+    order = np.lexsort((sequence, *reversed(keys)))
+    starts = _group_starts(*(k[order] for k in keys))
+    first = np.maximum.accumulate(np.where(starts, np.arange(len(order)), 0))
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    mine = rank[n_old:]
+    return starts[mine], values[order][first][mine]
 
 
-def _refused(application: str, events: dict[str, np.ndarray], reason: str, detail: str) -> dict[str, np.ndarray]:
+def _add_events(step: _Step, codes: np.ndarray, events: dict[str, np.ndarray]) -> None:
+    """Repeats, late events and the counting of the rest, for every application's events at once."""
+    state, settings, length = step.state, step.settings, step.length
+    fn, window_ms = settings.agg_function, settings.window_ms
+    raw = fn in windows.RAW_VALUE_FUNCTIONS
+    ts = events["ts_ms"].astype(np.int64, copy=False)
+    values = events["value"].astype(np.float64, copy=False)
+    starts = windows.window_starts(ts, fn, window_ms)
+    on_time = starts + length > state.closed_until[codes]
+    with_events = np.zeros(len(state), dtype=bool)
+    with_events[codes] = True
+    dropped = np.zeros(len(ts), dtype=bool)
+    if fn == "none":
+        # a point is keyed by its ts: one event per instant, whatever `deduplicate` says;
+        # the first at an instant that is still open (an earlier batch's, or this batch's first) is kept
+        w = _take(state.windows, with_events[state.windows["app"]])
+        first, kept = _first_in_group((w["app"], w["ts"]), (codes, ts), w["value"], values)
+        repeat = ~first & on_time
+        same = values == kept
+        duplicate, conflict = repeat & same, repeat & ~same
+        if conflict.any():
+            _conflicts(step, codes, events, conflict, kept)
+        dropped = duplicate | conflict
+    elif settings.deduplicate:
+        # (application, ts, value) triples; -0.0 and 0.0 compare equal, in sorting as in grouping
+        seen = state.windows if raw else state.seen
+        seen = _take(seen, with_events[seen["app"]])
+        first, _ = _first_in_group((seen["app"], seen["ts"], seen["value"]), (codes, ts, values), seen["value"], values)
+        duplicate = ~first & on_time
+        if not raw:
+            counted = on_time & ~duplicate
+            state.seen = _by_app(_cat(state.seen, {"app": codes[counted], "ts": ts[counted], "value": values[counted]}))
+        dropped = duplicate
+    else:
+        duplicate = dropped
+    if duplicate.any():
+        step.dead.append(_refused(step, codes, events, np.flatnonzero(duplicate), _DUPLICATE, "duplicate",
+                                  DUPLICATE_DETAIL))
+    late = ~on_time
+    if late.any():
+        _late(step, codes, events, late)
+    accepted = np.flatnonzero(on_time & ~dropped)
+    if not len(accepted):
+        return
+    a_app, a_ts, a_values, a_starts = codes[accepted], ts[accepted], values[accepted], starts[accepted]
+    np.maximum.at(state.last_event, a_app, a_ts)
+    if raw:
+        new = {"app": a_app, "start": a_starts, "ts": a_ts, "value": a_values}
+        state.windows = _by_app(_cat(state.windows, new))
+        return
+    # Merge this batch's events into the open windows of the applications that got any:
+    # per (application, window), the old partials first, then the events in arrival
+    # order -- the same additions, in the same order, as a per-application merge.
+    added = np.zeros(len(state), dtype=bool)
+    added[a_app] = True
+    w = state.windows
+    mine = added[w["app"]]
+    old, rest = _take(w, mine), _take(w, ~mine)
+    n_old = len(old["app"])
+    all_app, all_start = np.concatenate([old["app"], a_app]), np.concatenate([old["start"], a_starts])
+    order = np.lexsort((all_start, all_app))
+    group_starts = _group_starts(all_app[order], all_start[order])
+    group = np.empty(len(order), dtype=np.int64)
+    group[order] = np.cumsum(group_starts) - 1
+    n = int(group_starts.sum())
+    counts = np.zeros(n, dtype=np.int64)
+    sums = np.zeros(n)
+    mins = np.full(n, np.inf)
+    maxs = np.full(n, -np.inf)
+    old_idx, new_idx = group[:n_old], group[n_old:]
+    counts[old_idx] += old["count"]
+    sums[old_idx] += old["sum"]
+    np.minimum.at(mins, old_idx, old["min"])
+    np.maximum.at(maxs, old_idx, old["max"])
+    np.add.at(counts, new_idx, 1)
+    np.add.at(sums, new_idx, a_values)
+    np.minimum.at(mins, new_idx, a_values)
+    np.maximum.at(maxs, new_idx, a_values)
+    first = order[group_starts]
+    merged = {"app": all_app[first], "start": all_start[first], "count": counts, "sum": sums, "min": mins,
+              "max": maxs}
+    both = _cat(rest, merged)
+    state.windows = _take(both, np.lexsort((both["start"], both["app"])))
+
+
+def _by_app(table: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Rows sorted by application, stable (within one: the order they had)."""
+    return _take(table, np.argsort(table["app"], kind="stable"))
+
+
+def _conflicts(step: _Step, codes: np.ndarray, events: dict[str, np.ndarray], conflict: np.ndarray,
+               kept: np.ndarray) -> None:
+    # rare: application by application, grouped by the value that was kept
+    for i in np.unique(codes[conflict]).tolist():
+        a, b = np.searchsorted(codes, i, "left"), np.searchsorted(codes, i, "right")
+        mine, kept_mine = conflict[a:b], kept[a:b]
+        for rank, kept_value in enumerate(np.unique(kept_mine[mine]).tolist()):
+            which = a + np.flatnonzero(mine & (kept_mine == kept_value))
+            detail = (
+                "another value was already accepted for this application and ts: "
+                f"{float(kept_value)!r} (the first by topic, partition, offset)"
+            )
+            step.dead.append(_refused(step, codes, events, which, _CONFLICT, "conflicting_value", detail, rank))
+
+
+def _late(step: _Step, codes: np.ndarray, events: dict[str, np.ndarray], late: np.ndarray) -> None:
+    which = np.flatnonzero(late)
+    closed = step.state.closed_until[codes[which]]
+    details = {
+        c: f"event time is behind the watermark: its window was closed at {iso_ms(c)}" for c in set(closed.tolist())
+    }
+    detail = np.array([details[c] for c in closed.tolist()], dtype=object)
+    step.dead.append(_refused(step, codes, events, which, _LATE, "late", detail))
+
+
+def _refused(
+    step: _Step, codes: np.ndarray, events: dict[str, np.ndarray], which: np.ndarray, category: int, reason: str,
+    detail: str | np.ndarray, sub: int = 0,
+) -> dict[str, np.ndarray]:
     """Dead letters for valid events that are not counted (late, duplicate, conflicting_value).
 
     Valid events carry no raw bytes through the job, so the value is re-encoded
     as canonical JSON; the source position goes to the headers as for rejects.
     """
-    ts_ms, values = events["ts_ms"], events["value"]
+    ts_ms, values = events["ts_ms"][which], events["value"][which]
+    applications = step.names[codes[which]]
     raw = [
-        json.dumps(
-            {"application": application, "value": float(v), "ts": iso_ms(int(t))}, separators=(",", ":")
-        ).encode()
-        for t, v in zip(ts_ms, values, strict=True)
+        json.dumps({"application": a, "value": float(v), "ts": iso_ms(int(t))}, separators=(",", ":")).encode()
+        for a, t, v in zip(applications.tolist(), ts_ms.tolist(), values.tolist(), strict=True)
     ]
-    n = len(ts_ms)
+    n = len(which)
     return {
-        "application": np.full(n, application, dtype=object),
+        "_app": codes[which],
+        "_cat": np.full(n, category),
+        "_sub": np.full(n, sub),
+        "_seq": which,
+        "application": applications,
         "ts_ms": ts_ms,
         "agg_value": values,
         "reason": np.full(n, reason, dtype=object),
-        "detail": np.full(n, detail, dtype=object),
+        "detail": detail if isinstance(detail, np.ndarray) else np.full(n, detail, dtype=object),
         "raw": np.array(raw, dtype=object),
-        "kafka_key": np.full(n, application.encode(), dtype=object),
-        "src_topic": events["src_topic"],
-        "src_partition": events["src_partition"],
-        "src_offset": events["src_offset"],
+        "kafka_key": np.array([a.encode() for a in applications.tolist()], dtype=object),
+        "src_topic": events["src_topic"][which],
+        "src_partition": events["src_partition"][which],
+        "src_offset": events["src_offset"][which],
     }
 
 
-def _detector_error(
-    application: str, label: str, starts: np.ndarray, values: np.ndarray, err: Exception
-) -> dict[str, np.ndarray]:
-    n = len(starts)
-    return {
-        "application": np.full(n, application, dtype=object),
-        "ts_ms": starts,
-        "agg_value": values,
-        "detector": np.full(n, label, dtype=object),
-        "reason": np.full(n, "detector_error", dtype=object),
-        "detail": np.full(n, f"{label}: {type(err).__name__}: {err}"[:2000], dtype=object),
-    }
+def _finish(step: _Step, touched: np.ndarray, out: Outputs) -> None:
+    """Dead letters in per-application order, next due times, eviction of the idle."""
+    state, settings = step.state, step.settings
+    if step.dead:
+        keys = ("_app", "_cat", "_sub", "_seq")
+        columns = sorted({c for part in step.dead for c in part} - set(keys))
+        parts = [{c: p.get(c, np.full(len(p["_app"]), None, dtype=object)) for c in (*keys, *columns)}
+                 for p in step.dead]
+        merged = {c: _concat([p[c] for p in parts]) for c in (*keys, *columns)}
+        # per application: detector errors, conflicts (by kept value), duplicates, late; each in event order
+        order = np.lexsort(tuple(merged[k].astype(np.int64) for k in reversed(keys)))
+        out.add_dead_letters({c: merged[c][order] for c in columns})
+    w = state.windows
+    n = len(state)
+    has_windows = np.zeros(n, dtype=bool)
+    has_windows[w["app"]] = True
+    next_close = np.full(n, _INT64_MAX, dtype=np.int64)
+    np.minimum.at(next_close, w["app"], w["start"])
+    due = state.last_event + settings.idle_timeout_ms
+    due[has_windows] = next_close[has_windows] + step.length
+    state.due[touched] = due[touched]
+    idle_before = step.watermark_ms - settings.idle_timeout_ms  # idle: no event after this
+    if idle_before >= _INT64_MIN:
+        state.drop(touched & ~has_windows & (state.last_event <= idle_before))
+
