@@ -13,13 +13,20 @@ event-time timer, and yields one frame; the windowing, repeats, late events,
 detectors and eviction of every application in the bucket are
 :func:`jobs.stateful_step.step_bucket`, pure and unit-tested without Spark.
 
+Results leave as soon as they are final. Spark hands a batch the watermark
+computed at the end of the previous one, so the windows (or ``none`` points)
+a batch's own events complete would wait a whole batch for it; but Spark's
+next watermark is at least this bucket's largest event time minus the allowed
+lateness, so after stepping at Spark's watermark the processor steps the
+bucket again at that bound (:func:`jobs.stateful_step.final_watermark`): what
+it closes could only get late events from now on. Same rows, a batch earlier.
+
 The timer fires when the earliest "due" application of the bucket needs
-closing or eviction (rounded up to :data:`TIMER_GRANULARITY_MS`). It is what
-makes results leave early: after every batch that moves the watermark Spark
-runs a batch without data in which only expired timers are called, so the
-windows (or ``none`` points) the new watermark passed are scored there, one
-batch after their events arrived, instead of waiting for the bucket's next
-events. A bucket that does get events steps its due applications at once.
+closing or eviction (rounded up to :data:`TIMER_GRANULARITY_MS`): after a
+batch that moves the watermark Spark runs a batch without data in which only
+expired timers are called, and a bucket that got no events closes there what
+the new watermark passed. A bucket that does get events steps its due
+applications at once.
 
 Rows of :data:`jobs.packing.REJECT_BUCKET` are messages that failed validation
 in the source stage; they pass through as dead letters, so that one query, one
@@ -53,6 +60,7 @@ from jobs.stateful_step import (
     BucketState,
     StepSettings,
     empty_events,
+    final_watermark,
     rejects,
     step_bucket,
 )
@@ -82,6 +90,7 @@ class BucketProcessor(StatefulProcessor):
 
     def __init__(self, stream: StreamConfig) -> None:
         self.settings = StepSettings.of(stream)
+        self.allowed_lateness_ms = stream.aggregation.allowed_lateness_millis
 
     def init(self, handle: StatefulProcessorHandle) -> None:
         self.handle = handle
@@ -107,6 +116,10 @@ class BucketProcessor(StatefulProcessor):
         if fired and state.timer_ms <= watermark_ms:
             state.timer_ms = NO_TIMER  # it just fired: nothing left to delete
         out = step_bucket(state, events, watermark_ms, self.settings)
+        # what these events made final leaves now, not when Spark's watermark catches up next batch
+        final_ms = final_watermark(events, watermark_ms, self.allowed_lateness_ms)
+        if final_ms > watermark_ms:
+            out.extend(step_bucket(state, empty_events(), final_ms, self.settings))
         self._schedule(state)
         if len(state):
             self.state.update((state.encode(),))

@@ -12,6 +12,7 @@ from jobs.stateful_step import (
     BucketState,
     StepSettings,
     empty_events,
+    final_watermark,
     step_bucket,
 )
 
@@ -41,8 +42,11 @@ def events(rows: list[tuple[str, int, float]], offset0: int = 0) -> dict[str, np
     }
 
 
-def run_batches(batches, bucket_of, step_settings) -> list[tuple]:
-    """Feed batches of (rows, watermark) through buckets, round-tripping state as Spark does."""
+def run_batches(batches, bucket_of, step_settings, eager_lateness_ms: int | None = None) -> list[tuple]:
+    """Feed batches of (rows, watermark) through buckets, round-tripping state as Spark does.
+
+    ``eager_lateness_ms``: also close what each bucket's events made final, as the operator does
+    (jobs/stateful_operator.py, :func:`final_watermark`)."""
     blobs: dict[int, bytes] = {}
     out_rows: list[tuple] = []
     offset = 0
@@ -55,6 +59,10 @@ def run_batches(batches, bucket_of, step_settings) -> list[tuple]:
             batch = events(by_bucket.get(bucket, []), offset) if bucket in by_bucket else empty_events()
             offset += len(by_bucket.get(bucket, []))
             out = step_bucket(state, batch, watermark, step_settings)
+            if eager_lateness_ms is not None:
+                final_ms = final_watermark(batch, watermark, eager_lateness_ms)
+                if final_ms > watermark:
+                    out.extend(step_bucket(state, empty_events(), final_ms, step_settings))
             if len(state):
                 blobs[bucket] = state.encode()
             else:
@@ -103,6 +111,27 @@ def test_one_bucket_for_all_gives_what_one_bucket_per_application_gives(agg_func
     assert {r[0] for r in alone} == {"result", "dead_letter"}
     assert together == alone
     assert three == alone
+
+
+@pytest.mark.parametrize("agg_function", ["avg", "none", "percentile95"])
+@pytest.mark.parametrize("lateness_ms", [0, 7_000])
+def test_closing_what_a_batch_made_final_changes_no_row(agg_function, lateness_ms):
+    """Scoring in batch N what Spark's watermark only passes in batch N+1 gives the same rows
+    (results and dead letters, late ones included), whatever the buckets, with Spark's watermark
+    rule: the largest event time seen so far minus the allowed lateness."""
+    batches, seen_max, watermark = [], 0, 0
+    for rows, _ in random_batches(seed=7 + lateness_ms, apps=9):
+        batches.append((rows, watermark))
+        seen_max = max([seen_max, *(ts for _, ts, _ in rows)])
+        watermark = max(watermark, seen_max - lateness_ms)
+    batches.append(([], watermark + 100_000))  # the end: everything closes
+    step_settings = settings(agg_function, 10_000)
+    window_end = run_batches(batches, lambda app: int(app.split("-")[1]) % 2, step_settings)
+    assert sum(r[0] == "result" for r in window_end) > 30
+    assert any(r[OPERATOR_COLUMNS.index("reason")] == "late" for r in window_end)
+    for bucket_of in (lambda app: 0, lambda app: int(app.split("-")[1]) % 2, lambda app: int(app.split("-")[1])):
+        eager = run_batches(batches, bucket_of, step_settings, eager_lateness_ms=lateness_ms)
+        assert eager == window_end
 
 
 def test_idle_applications_are_evicted_inside_the_bucket_and_the_bucket_state_empties():
