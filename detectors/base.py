@@ -32,7 +32,7 @@ import json
 import math
 import struct
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -294,26 +294,12 @@ class FixedStateLayout:
         """The layout of ``blob``, or None if a field has a variable width (a string or bytes)."""
         mv = memoryview(blob)
         (hlen,) = struct.unpack_from("<I", mv, 4)
-        pos = 8 + hlen
         fields: dict[str, tuple[int, np.dtype, tuple[int, ...]]] = {}
-        while pos < len(mv):
-            (klen,) = struct.unpack_from("<H", mv, pos)
-            key = bytes(mv[pos + 2 : pos + 2 + klen]).decode()
-            pos += 2 + klen
-            kind = mv[pos]
-            pos += 1
+        for key, kind, start, _, dtype, shape in _field_spans(mv, 8 + hlen):
             if kind in (0, 1):
-                fields[key] = (pos, np.dtype("<f8" if kind == 0 else "<i8"), ())
-                pos += 8
-            elif kind == 3:
-                dlen = mv[pos]
-                dtype = np.dtype(bytes(mv[pos + 1 : pos + 1 + dlen]).decode())
-                pos += 1 + dlen
-                ndim = mv[pos]
-                shape = tuple(struct.unpack_from(f"<{ndim}q", mv, pos + 1))
-                pos += 1 + 8 * ndim
-                fields[key] = (pos, dtype, shape)
-                pos += dtype.itemsize * math.prod(shape)
+                fields[key] = (start, np.dtype("<f8" if kind == 0 else "<i8"), ())
+            elif kind == 3 and dtype is not None:
+                fields[key] = (start, dtype, shape)
             else:
                 return None
         return FixedStateLayout(bytes(blob), fields)
@@ -400,6 +386,39 @@ def pack_state(name: str, version: int, config: Mapping[str, Any], fields: Mappi
     return b"".join(out)
 
 
+def _field_spans(
+    mv: memoryview, pos: int
+) -> Iterator[tuple[str, int, int, int, np.dtype | None, tuple[int, ...]]]:
+    """The fields of a state blob from ``pos`` (after its header): key, kind, where the value's bytes
+    start and end, and for arrays (kind 3) their dtype and shape. What :func:`unpack_state` decodes
+    and :meth:`FixedStateLayout.of` maps."""
+    while pos < len(mv):
+        (klen,) = struct.unpack_from("<H", mv, pos)
+        key = bytes(mv[pos + 2 : pos + 2 + klen]).decode()
+        pos += 2 + klen
+        kind = mv[pos]
+        pos += 1
+        dtype: np.dtype | None = None
+        shape: tuple[int, ...] = ()
+        if kind in (0, 1):  # float64, int64
+            start, end = pos, pos + 8
+        elif kind in (2, 4):  # str, bytes: a 4-byte length first
+            (size,) = struct.unpack_from("<I", mv, pos)
+            start, end = pos + 4, pos + 4 + size
+        elif kind == 3:  # array: dtype string, ndim, shape, then the data
+            dlen = mv[pos]
+            dtype = np.dtype(bytes(mv[pos + 1 : pos + 1 + dlen]).decode())
+            pos += 1 + dlen
+            ndim = mv[pos]
+            shape = tuple(struct.unpack_from(f"<{ndim}q", mv, pos + 1))
+            start = pos + 1 + 8 * ndim
+            end = start + math.prod(shape) * dtype.itemsize
+        else:
+            raise StateError(f"unknown field kind {kind} in detector state")
+        yield key, kind, start, end, dtype, shape
+        pos = end
+
+
 def unpack_state(blob: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
     if not isinstance(blob, (bytes, bytearray, memoryview)) or bytes(blob[:4]) != _MAGIC:
         raise StateError("not a detector state (bad magic); was it written by another program?")
@@ -407,42 +426,20 @@ def unpack_state(blob: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
     try:
         (hlen,) = struct.unpack_from("<I", mv, 4)
         header = json.loads(bytes(mv[8 : 8 + hlen]))
-        pos = 8 + hlen
         fields: dict[str, Any] = {}
-        while pos < len(mv):
-            (klen,) = struct.unpack_from("<H", mv, pos)
-            key = bytes(mv[pos + 2 : pos + 2 + klen]).decode()
-            pos += 2 + klen
-            kind = mv[pos]
-            pos += 1
+        for key, kind, start, end, dtype, shape in _field_spans(mv, 8 + hlen):
             if kind == 0:
-                (fields[key],) = struct.unpack_from("<d", mv, pos)
-                pos += 8
+                (fields[key],) = struct.unpack_from("<d", mv, start)
             elif kind == 1:
-                (fields[key],) = struct.unpack_from("<q", mv, pos)
-                pos += 8
+                (fields[key],) = struct.unpack_from("<q", mv, start)
             elif kind == 2:
-                (slen,) = struct.unpack_from("<I", mv, pos)
-                fields[key] = bytes(mv[pos + 4 : pos + 4 + slen]).decode()
-                pos += 4 + slen
+                fields[key] = bytes(mv[start:end]).decode()
             elif kind == 3:
-                dlen = mv[pos]
-                dtype = np.dtype(bytes(mv[pos + 1 : pos + 1 + dlen]).decode())
-                pos += 1 + dlen
-                ndim = mv[pos]
-                shape = struct.unpack_from(f"<{ndim}q", mv, pos + 1)
-                pos += 1 + 8 * ndim
-                nbytes = math.prod(shape) * dtype.itemsize
-                fields[key] = np.frombuffer(mv[pos : pos + nbytes], dtype=dtype).reshape(shape).copy()
-                pos += nbytes
-            elif kind == 4:
-                (blen,) = struct.unpack_from("<I", mv, pos)
-                if pos + 4 + blen > len(mv):
-                    raise StateError("corrupt detector state: truncated bytes field")
-                fields[key] = bytes(mv[pos + 4 : pos + 4 + blen])
-                pos += 4 + blen
+                fields[key] = np.frombuffer(mv[start:end], dtype=dtype).reshape(shape).copy()
             else:
-                raise StateError(f"unknown field kind {kind} in detector state")
+                if end > len(mv):
+                    raise StateError("corrupt detector state: truncated bytes field")
+                fields[key] = bytes(mv[start:end])
     except (struct.error, UnicodeDecodeError, json.JSONDecodeError, ValueError, IndexError) as err:
         if isinstance(err, StateError):
             raise

@@ -167,12 +167,7 @@ class EMADetector(Detector):
         return result
 
     def update_batch(self, ts_ms: np.ndarray, values: np.ndarray) -> BatchResult:
-        values = np.asarray(values, dtype=np.float64)
-        if not np.all(np.isfinite(values)):
-            raise NonFiniteValueError(f"{self.name}: values must be finite")
-        n = len(values)
-        centers, scales = np.zeros(n), np.ones(n)
-        scored = np.zeros(n, dtype=bool)
+        values, centers, scales, scored = _batch_arrays(values, self.name)
         self._learn_batch(values.tolist(), 0, centers, scales, scored)
         return self._score_batch(values, centers, scales, scored)
 
@@ -211,12 +206,7 @@ class EMADetector(Detector):
         )
         if not valid.all():  # the per-series path raises the StateError of from_state
             return super().update_many(states, ts_ms, values, offsets, **params)
-        values = np.asarray(values, dtype=np.float64)
-        if not np.all(np.isfinite(values)):
-            raise NonFiniteValueError(f"{cls.name}: values must be finite")
-        n = len(values)
-        centers, scales = np.zeros(n), np.ones(n)
-        scored = np.zeros(n, dtype=bool)
+        values, centers, scales, scored = _batch_arrays(values, cls.name)
         xs, bounds = values.tolist(), np.asarray(offsets).tolist()
         after = {k: v.tolist() for k, v in fields.items()}
         for k in range(len(states)):
@@ -341,3 +331,13 @@ class EMADetector(Detector):
             raise StateError(f"{self.name}: stored state is inconsistent: {state}")
         self._mean, self._std, self._w2, self._count = float(mean), float(std), float(w2), int(count)
         self._peak = float(peak)
+
+
+def _batch_arrays(values: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The values as finite float64 (or NonFiniteValueError), and each point's center, scale and
+    whether it is scored, for :meth:`EMADetector._learn_batch` to fill."""
+    values = np.asarray(values, dtype=np.float64)
+    if not np.all(np.isfinite(values)):
+        raise NonFiniteValueError(f"{name}: values must be finite")
+    n = len(values)
+    return values, np.zeros(n), np.ones(n), np.zeros(n, dtype=bool)

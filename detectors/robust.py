@@ -299,24 +299,15 @@ class RobustDetector(Detector):
         part = gaussian_scores(
             values[plain], median_of[plain], scale_of[plain], proto._z, proto.config["threshold"], by=cls.name
         )
-        lower[plain], upper[plain], prob[plain], flag[plain] = (
-            part.value_lower_limit,
-            part.value_upper_limit,
-            part.anomaly_probability,
-            part.is_anomaly,
-        )
-        why[plain] = part.explanation
+        columns = (lower, upper, prob, flag, why)
+        for column, part_column in zip(columns, _result_columns(part), strict=True):
+            column[plain] = part_column
         for k in np.flatnonzero(scored & ~plain).tolist():  # huge values: the scaled scalar path of _score
             r = gaussian_score(
                 xs[k], medians[k], scales[k], proto._z, proto.config["threshold"], factors[k], by=cls.name
             )
-            lower[k], upper[k], prob[k], flag[k] = (
-                r.value_lower_limit,
-                r.value_upper_limit,
-                r.anomaly_probability,
-                r.is_anomaly,
-            )
-            why[k] = r.explanation
+            for column, value in zip(columns, _result_columns(r), strict=True):
+                column[k] = value
         # learn: the ring buffers as pushing point by point leaves them
         last = j >= sizes[owner] - w
         buf[owner[last], (pos[owner[last]] + j[last]) % w] = values[last]
@@ -347,3 +338,8 @@ class RobustDetector(Detector):
         ):
             raise StateError(f"{self.name}: stored state does not match window={w}")
         self._buf, self._pos, self._count, self._peak = buf.copy(), int(pos), int(count), peak
+
+
+def _result_columns(r: Any) -> tuple[Any, Any, Any, Any, Any]:
+    """A BatchResult's columns, or an AnomalyResult's values, in the order update_many fills them."""
+    return r.value_lower_limit, r.value_upper_limit, r.anomaly_probability, r.is_anomaly, r.explanation
