@@ -284,17 +284,16 @@ class RobustDetector(Detector):
             median_of[which], sigma_of[which], factor_of[which] = median, sigma, factor
         # The decaying peak is a recursion through each series' scored points in time order (points
         # are grouped by series, in time order within one): the steps of _score, point by point.
-        scale_of = np.ones(n)
         peaks, owners = peak.tolist(), owner.tolist()
         xs, medians, sigmas, factors = values.tolist(), median_of.tolist(), sigma_of.tolist(), factor_of.tolist()
         share, rel, floor, decay = cls.PEAK_SHARE, cls.REL_SCALE_FLOOR, cls.ABS_SCALE_FLOOR, proto._peak_decay
-        scales = scale_of.tolist()
+        scales = [1.0] * n  # unscored points keep 1.0 (never read)
         for i in np.flatnonzero(scored).tolist():
             s, f, m = owners[i], factors[i], medians[i]
             scales[i] = max(sigmas[i], share * (peaks[s] * f), rel * abs(m), floor * f)
             dev = min(abs(xs[i] * f - m) / f, FLOAT_MAX)
             peaks[s] = max(dev, peaks[s] * decay)
-        scale_of[:] = scales
+        scale_of = np.array(scales)
         plain = scored & (factor_of == 1.0)
         part = gaussian_scores(
             values[plain], median_of[plain], scale_of[plain], proto._z, proto.config["threshold"], by=cls.name
