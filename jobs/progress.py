@@ -1,13 +1,14 @@
 """Progress: one log line per micro-batch, from a StreamingQueryListener.
 
-    [web] batch 12: 48,000 in (9,612/s), 1,200 results, 3 anomalies, 2 dead letters (late 1, invalid_json 1),
-          1.84 s (compute 1.21, kafka 0.30, jdbc 0.25)
+    [web] batch 12: 48,000 in (9,612/s), 1,200 results, 3 anomalies, 2 dead letters (invalid_json 1, late 1),
+          1.84 s (kafka 1.51, jdbc 0.25)
 
-(one line in the log; "compute" is reading, validating, windowing and scoring
-the batch, "kafka" and "jdbc" are the sink writes).
+(one line in the log; "kafka" is reading, validating, windowing and scoring the
+batch and writing it to Kafka -- one pass --, "jdbc" the upsert).
 
-The input figures come from Spark's progress event; results, anomalies and dead
-letters are counted by the sink stage (jobs/sinks.py) while it writes the batch.
+The input figures come from Spark's progress event, and so do the results,
+anomalies and dead letters: the query observes them while the sink stage
+(jobs/sinks.py) writes the batch (``observedMetrics``); the sink adds its timings.
 Spark's own INFO logging stays off (conf/log4j2.properties).
 """
 
@@ -19,7 +20,7 @@ import time
 
 from pyspark.sql.streaming import StreamingQueryListener
 
-from jobs.sinks import BOARD, StatsBoard
+from jobs.sinks import BOARD, STATS_METRICS, BatchStats, StatsBoard
 
 log = logging.getLogger("anomaly.progress")
 
@@ -30,7 +31,9 @@ def format_progress(progress: dict, stats_board: StatsBoard = BOARD) -> str:
     rows = int(progress.get("numInputRows") or 0)
     rate = float(progress.get("processedRowsPerSecond") or 0.0)
     duration_s = (progress.get("durationMs") or {}).get("triggerExecution", 0) / 1000.0
-    stats = stats_board.pop(str(name), batch_id)
+    timings = stats_board.pop(str(name), batch_id)
+    metrics = (progress.get("observedMetrics") or {}).get(STATS_METRICS)
+    stats = BatchStats.of_metrics(metrics) if metrics is not None else None
     parts = [f"[{name}] batch {batch_id}: {rows:,} in ({rate:,.0f}/s)"]
     if stats is not None:
         parts.append(f"{stats.results:,} results")
@@ -41,8 +44,8 @@ def format_progress(progress: dict, stats_board: StatsBoard = BOARD) -> str:
     if watermark:
         parts.append(f"watermark {watermark}")
     timing = f"{duration_s:.2f} s"
-    if stats is not None and stats.seconds:
-        timing += " (" + ", ".join(f"{k} {v:.2f}" for k, v in stats.seconds.items()) + ")"
+    if timings is not None and timings.seconds:
+        timing += " (" + ", ".join(f"{k} {v:.2f}" for k, v in timings.seconds.items()) + ")"
     parts.append(timing)
     return ", ".join(parts)
 
@@ -86,6 +89,7 @@ class ProgressListener(StreamingQueryListener):
             "processedRowsPerSecond": progress.processedRowsPerSecond,
             "durationMs": dict(progress.durationMs),
             "eventTime": dict(progress.eventTime),
+            "observedMetrics": dict(progress.observedMetrics),
         }
         log.info("%s", format_progress(data, self.stats_board))
 

@@ -20,7 +20,7 @@ from typing import Any
 from jobs.config import JobConfig, StreamConfig
 from jobs.jdbc import JdbcTable
 from jobs.packing import pack
-from jobs.sinks import make_batch_writer
+from jobs.sinks import STATS_METRICS, batch_stats_columns, make_batch_writer
 from jobs.source import parse_messages, read_kafka, with_watermark
 from jobs.stateful_operator import OUTPUT_SCHEMA, BucketProcessor
 
@@ -51,7 +51,8 @@ def start_stream(spark: Any, job: JobConfig, stream: StreamConfig, checkpoint: s
     jdbc = JdbcTable(spark, stream.sinks.jdbc, stream.name) if stream.sinks.jdbc else None
     if jdbc is not None:
         jdbc.ensure_schema()
-    scored = score_events(read_kafka(spark, stream.source), stream)
+    # counted while the sink writes the batch, reported with its progress (jobs/progress.py)
+    scored = score_events(read_kafka(spark, stream.source), stream).observe(STATS_METRICS, *batch_stats_columns())
     writer = (
         scored.writeStream.queryName(stream.name)
         .option("checkpointLocation", checkpoint)

@@ -31,6 +31,30 @@ from urllib.parse import quote
 
 KIND_RESULT = "result"
 KIND_DEAD_LETTER = "dead_letter"
+# Every reason a dead letter can carry: the source stage's validation codes (jobs/source.py),
+# then the operator's (jobs/stateful_step.py). The sink counts each one per batch for the
+# progress line; a code missing here would be counted as "other" (tests/test_sinks.py checks both
+# modules against this list).
+DEAD_LETTER_REASONS = (
+    "null_value",
+    "invalid_utf8",
+    "invalid_json",
+    "not_an_object",
+    "missing_field",
+    "null_field",
+    "wrong_type",
+    "empty_application",
+    "invalid_application",
+    "value_not_finite",
+    "ts_unparseable",
+    "ts_no_timezone",
+    "ts_out_of_range",
+    "unknown",
+    "late",
+    "duplicate",
+    "conflicting_value",
+    "detector_error",
+)
 
 
 @dataclass(frozen=True)

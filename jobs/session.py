@@ -26,6 +26,9 @@ DEFAULT_CONF = {
     "spark.sql.shuffle.partitions": "4",
     "spark.sql.streaming.noDataMicroBatches.enabled": "true",
     "spark.ui.showConsoleProgress": "false",
+    # the sink's observed counts (jobs/sinks.py: one per dead-letter reason) make a plan of more
+    # than Spark's default 25 fields, and Spark warns on the job's log the first time it prints one
+    "spark.sql.debug.maxToStringFields": "100",
 }
 
 
