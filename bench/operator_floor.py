@@ -126,20 +126,11 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     from jobs.config import parse_config
     from jobs.main import run
-    from jobs.session import build_session
     from tools.local_kafka import LocalKafkaBroker
 
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="anomaly-floor-"))
-    spark = build_session(
-        "anomaly-floor",
-        conf={
-            "spark.sql.shuffle.partitions": str(args.partitions),
-            "spark.ui.enabled": "false",
-            "spark.python.authenticate.socketTimeout": "120s",
-        },
-    )
-    spark.sparkContext.setLogLevel("ERROR")
+    spark = tb.bench_session("anomaly-floor", args.partitions)
     collector = tb.Collector()
     spark.streams.addListener(collector.listener)
     # (case, variant) -> per round: (µs/event all batches, µs/event steady)

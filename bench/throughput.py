@@ -182,6 +182,26 @@ def parse_apps(text: str) -> list[int]:
     return apps
 
 
+def bench_session(app_name: str, partitions: int, extra: dict[str, str] | None = None) -> Any:
+    """The benchmarks' local SparkSession: shuffle partitions as given, no UI, Spark's WARN lines off."""
+    from jobs.session import build_session
+
+    spark = build_session(
+        app_name,
+        conf={
+            "spark.sql.shuffle.partitions": str(partitions),
+            "spark.ui.enabled": "false",
+            # on a busy shared machine a Python worker can take longer than the default to
+            # connect back to the JVM (seen: "Python worker failed to connect back")
+            "spark.python.authenticate.socketTimeout": "120s",
+            **(extra or {}),
+        },
+    )
+    # Spark's WARN lines (one per new key from the state server, "falling behind"...) would bury the report
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
 # -- /proc sampling ------------------------------------------------------------------------
 def _proc_table() -> dict[int, tuple[int, str]]:
     """pid -> (ppid, cmdline) for every process we can read."""
@@ -708,7 +728,6 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("kafka", "py4j"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     from jobs.config import ConfigError, parse_config
-    from jobs.session import build_session
     from tools.local_kafka import LocalKafkaBroker
 
     for case in cases:  # before anything starts: e.g. --buckets on a job that has no such field
@@ -728,24 +747,18 @@ def main(argv: list[str] | None = None) -> int:
         from tools.cluster import shipping_conf  # the project's code and venv for the executors
 
         shipping = shipping_conf()
-    spark = build_session(
+    spark = bench_session(
         "anomaly-bench",
-        conf={
+        args.partitions,
+        {
             **shipping,
-            "spark.sql.shuffle.partitions": str(args.partitions),
-            "spark.ui.enabled": "false",
             # FAIR only matters in the latency phase, where the input writer's 1 s slices run
             # beside the job's query: in a pool of their own they take the next free core instead
             # of queueing behind the whole micro-batch (FIFO made the writer fall 80 s behind).
             # Elsewhere one job runs at a time, and FAIR and FIFO schedule it the same.
             "spark.scheduler.mode": "FAIR",
-            # on a busy shared machine a Python worker can take longer than the default to
-            # connect back to the JVM (seen: "Python worker failed to connect back")
-            "spark.python.authenticate.socketTimeout": "120s",
         },
     )
-    # Spark's WARN lines (one per new key from the state server, "falling behind"...) would bury the report
-    spark.sparkContext.setLogLevel("ERROR")
     collector = Collector()
     spark.streams.addListener(collector.listener)
     rows: list[Row] = []
