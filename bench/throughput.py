@@ -286,6 +286,8 @@ class Collector:
     def __init__(self) -> None:
         from pyspark.sql.streaming import StreamingQueryListener
 
+        from jobs.sinks import STATS_METRICS
+
         collector = self
 
         class _Listener(StreamingQueryListener):
@@ -296,7 +298,7 @@ class Collector:
             def onQueryProgress(self, event) -> None:
                 p = event.progress
                 with collector.lock:
-                    stats = (p.observedMetrics or {}).get("batch_stats")  # the job's (jobs/sinks.py)
+                    stats = (p.observedMetrics or {}).get(STATS_METRICS)  # the job's counts, if any
                     collector.batches.setdefault(p.name, []).append(
                         {
                             "batch": p.batchId,

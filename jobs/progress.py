@@ -44,8 +44,8 @@ def format_progress(progress: dict, stats_board: StatsBoard = BOARD) -> str:
     if watermark:
         parts.append(f"watermark {watermark}")
     timing = f"{duration_s:.2f} s"
-    if timings is not None and timings.seconds:
-        timing += " (" + ", ".join(f"{k} {v:.2f}" for k, v in timings.seconds.items()) + ")"
+    if timings:
+        timing += " (" + ", ".join(f"{k} {v:.2f}" for k, v in timings.items()) + ")"
     parts.append(timing)
     return ", ".join(parts)
 

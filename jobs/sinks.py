@@ -82,8 +82,6 @@ class BatchStats:
     anomalies: int = 0
     dead_letters: int = 0
     by_reason: dict[str, int] = field(default_factory=dict)
-    # wall seconds per phase of the sink: "kafka" (computing the batch and writing it), "jdbc"
-    seconds: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def of_metrics(cls, metrics: Mapping[str, Any]) -> BatchStats:
@@ -104,20 +102,23 @@ class BatchStats:
 
 
 class StatsBoard:
-    """Per (stream, batch id) sink timings, written by foreachBatch, read by the listener."""
+    """Per (stream, batch id) sink timings, written by foreachBatch, read by the listener.
+
+    Wall seconds per phase of the sink: "kafka" (computing the batch and writing it), "jdbc".
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._stats: dict[tuple[str, int], BatchStats] = {}
+        self._stats: dict[tuple[str, int], dict[str, float]] = {}
 
-    def put(self, stream: str, batch_id: int, stats: BatchStats) -> None:
+    def put(self, stream: str, batch_id: int, seconds: dict[str, float]) -> None:
         with self._lock:
-            self._stats[(stream, batch_id)] = stats
+            self._stats[(stream, batch_id)] = seconds
             # keep the board small: the listener reads each batch right after it ends
             for key in [k for k in self._stats if k[0] == stream and k[1] < batch_id - 100]:
                 del self._stats[key]
 
-    def pop(self, stream: str, batch_id: int) -> BatchStats | None:
+    def pop(self, stream: str, batch_id: int) -> dict[str, float] | None:
         with self._lock:
             return self._stats.pop((stream, batch_id), None)
 
@@ -195,13 +196,13 @@ def make_batch_writer(stream: StreamConfig, jdbc: JdbcTable | None) -> Callable[
     dead_letter_topic = sinks.dead_letter_topic
 
     def write_batch(batch: DataFrame, batch_id: int) -> None:
-        stats = BatchStats()
+        seconds: dict[str, float] = {}
         clock = time.monotonic()
 
         def lap(phase: str) -> None:
             nonlocal clock
             now = time.monotonic()
-            stats.seconds[phase] = stats.seconds.get(phase, 0.0) + now - clock
+            seconds[phase] = seconds.get(phase, 0.0) + now - clock
             clock = now
 
         # cached only when a second action (the JDBC upsert) reads it: see the module docstring
@@ -222,7 +223,7 @@ def make_batch_writer(stream: StreamConfig, jdbc: JdbcTable | None) -> Callable[
                     jdbc.upsert(results)
                 lap("jdbc")
             fault_point("after_jdbc", batch_id)
-            BOARD.put(stream.name, batch_id, stats)
+            BOARD.put(stream.name, batch_id, seconds)
         finally:
             if cached:
                 batch.unpersist()

@@ -59,8 +59,7 @@ def test_counts_come_from_the_observed_metrics_and_an_unlisted_reason_is_not_hid
     assert stats.by_reason == {"late": 1, "invalid_json": 1, "other": 2}
 
     board = StatsBoard()
-    timings = BatchStats(seconds={"kafka": 1.5, "jdbc": 0.25})
-    board.put("web", 12, timings)
+    board.put("web", 12, {"kafka": 1.5, "jdbc": 0.25})
     progress = {
         "name": "web",
         "batchId": 12,
