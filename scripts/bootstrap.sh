@@ -36,7 +36,10 @@ fi
 if [[ "$(cat "$STAMP_DIR/.python.stamp" 2>/dev/null)" != "$py_hash" ]]; then
   log "installing the project and its Python dependencies (pip install -e .[dev])"
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet -e ".[dev]"
+  # PYTHONWARNINGS reaches pip's build subprocess: setuptools' generic "editable
+  # installation" banner is not about this project and would be the first thing
+  # a new user reads.
+  PYTHONWARNINGS=ignore "$VENV/bin/python" -m pip install --quiet -e ".[dev]"
   echo "$py_hash" > "$STAMP_DIR/.python.stamp"
 fi
 
