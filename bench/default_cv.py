@@ -1,26 +1,32 @@
 """Leave-one-folder-out cross-validation of the ``default`` detector's constants on NAB.
 
-    .venv/bin/python bench/default_cv.py [--nab-dir DIR] [--jobs 2] [--only NAME,NAME]
+    .venv/bin/python bench/default_cv.py [--nab-dir DIR] [--jobs 2] [--only NAME,NAME] [--thresholds T,T]
 
-The shared corpus has 5 NAB folders. Each *variant* is a setting of the module
-constants of :mod:`detectors.default` (the first, ``shipped``, is the code as it
-is; the others change one or two constants). Every variant runs once over all
-series; then, for each profile and each folder ``f``:
+The shared corpus has 5 NAB folders. A *candidate* is a setting of the module
+constants of :mod:`detectors.default` (a *variant*: the first, ``shipped``, is the
+code as it is; the others change one or two constants) together with a
+``threshold``. The threshold is a constant like the others, not a cut applied to
+fixed scores afterwards: an alarm silences the next ``ALARM_REST`` points, so the
+scores a detector reports depend on its threshold. Every candidate runs over all
+31 series *with its threshold* and is scored *at* it. Then, for each profile and
+each folder ``f``:
 
-1. on the 4 other folders, every variant gets its own optimised threshold and its
-   raw NAB score there; the best variant wins (ties go to the earlier, simpler one);
-2. folder ``f`` is scored with the winner *and the winner's training threshold*.
+1. on the 4 other folders, the candidate with the best raw NAB score wins (ties go
+   to the earlier variant, then the lower threshold);
+2. folder ``f`` is scored with the winner.
 
 The held-out raw scores (and null / perfect scores) of the 5 folds are summed and
 normalised: the **CV score**, what the selection procedure is worth on series it
-did not see. Printed beside it: the in-sample score of every variant (threshold
-optimised on all 31 series, as `tools.backtest --labels` reports), each variant's
-CV score with only its threshold held out, TP/FP/FN at the standard profile's
-threshold, and the same for the published contextOSE (CAD OSE) results.
+did not see. Printed beside it, per variant: the in-sample score (the best of its
+thresholds on all 31 series, what `tools.backtest --labels` reports for that
+threshold), its CV score with only the threshold chosen on 4 folders, TP/FP/FN at
+the standard profile's in-sample threshold, and the shipped code at its default
+threshold; the published contextOSE (CAD OSE) results the usual NAB way (one
+threshold optimised over its fixed scores).
 
 Variant constants are set in the worker processes before the detector is built
 (module attributes read at run time), so nothing in ``detectors/`` knows about this
-script. Takes a few minutes on 2 cores.
+script. Takes about a minute per variant on 2 cores.
 """
 
 from __future__ import annotations
@@ -42,25 +48,34 @@ from tools import backtest as bt  # noqa: E402
 
 PROFILES = ("standard", "reward_low_FP_rate", "reward_low_FN_rate")
 
+# thresholds every variant runs with, besides the detector's default; around 0.875 = NOVELTY_FLOOR +
+# (1 - NOVELTY_FLOOR) / 2, the score of a novelty c = 1 (a tie with the record or the range)
+THRESHOLDS = (0.87, 0.8729, 0.875, 0.8752, 0.8755, 0.876, 0.877, 0.88, 0.885)
+
+
+def default_params() -> dict[str, Any]:
+    from detectors.default import DefaultDetector
+
+    return dict(DefaultDetector().config)
+
 # name -> constants of detectors.default to override. The first is the shipped code.
 VARIANTS: dict[str, dict[str, Any]] = {
     "shipped": {},
+    "no seasonal part": {"SEASON_MAX_WEEK": 0},
+    "seasonal mean of 6": {"SEASON_MEAN": 6},
+    "seasonal mean of 24": {"SEASON_MEAN": 24},
+    "seasonal burn-in 1 day": {"SEASON_BURN_IN": 1},
+    "no level-shift alarm within a rest": {"LEVEL_ALARM": False},
+    "alarm rest 10": {"ALARM_REST": 10},
+    "alarm rest 30": {"ALARM_REST": 30},
     "spikes join the range at once": {"RANGE_DELAY": 0},
-    "spikes join the range after a day": {"RANGE_DELAY": 288},
     "no early widening": {"EARLY_MARGIN": 0.0},
-    "CAD and likelihood from the start": {"CAD_MATURE": 0},
-    "v3 (warm-up 150, CAD from the start, v3 range)": {"WARMUP": 150, "CAD_MATURE": 0, "EARLY_MARGIN": 0.0,
-                                                        "RANGE_DELAY": 0},
-    # false alarms (issue 9 goal 2): the likelihood raises the most (25 of 68 at the
-    # standard threshold), then CAD (17), shape (9) and range (8) novelties
     "likelihood tail 1e-7": {"LIK_TAIL": 1e-7},
     "likelihood tail 1e-9": {"LIK_TAIL": 1e-9},
     "likelihood tail 1e-12": {"LIK_TAIL": 1e-12},
-    "likelihood tail 1e-16": {"LIK_TAIL": 1e-16},
-    "alarm rest 50": {"ALARM_REST": 50},
-    "alarm rest 100": {"ALARM_REST": 100},
-    "likelihood history 300": {"LIK_LONG": 300},
-    "likelihood tail 1e-7 + alarm rest 50": {"LIK_TAIL": 1e-7, "ALARM_REST": 50},
+    "no likelihood": {"LIK_TAIL": 1e-300},
+    "likelihood after a day of scores": {"LIK_MIN": 288},
+    "seasonal mean of 12": {"SEASON_MEAN": 12},
 }
 
 
@@ -78,11 +93,12 @@ def apply_variant(overrides: Mapping[str, Any]) -> None:
 @dataclass(frozen=True)
 class Task:
     variant: str
+    threshold: float
     path: Path
     key: str
 
 
-def run_task(task: Task) -> tuple[str, str, ns.SeriesScores]:
+def run_task(task: Task) -> tuple[str, float, str, ns.SeriesScores]:
     import importlib
 
     import detectors.default as dd
@@ -90,9 +106,10 @@ def run_task(task: Task) -> tuple[str, str, ns.SeriesScores]:
     importlib.reload(dd)  # back to the shipped constants, then this variant's
     apply_variant(VARIANTS[task.variant])
     series = bt.read_series(task.path)
-    det = dd.DefaultDetector()
+    det = dd.DefaultDetector(threshold=task.threshold)
     result = det.update_batch(series.ts_ms, series.values)
-    return task.variant, task.key, ns.SeriesScores(series.timestamps, result.anomaly_probability.tolist())
+    scores = ns.SeriesScores(series.timestamps, result.anomaly_probability.tolist())
+    return task.variant, task.threshold, task.key, scores
 
 
 def folder_of(key: str) -> str:
@@ -123,24 +140,52 @@ class Tally:
         return ns.normalize(self.raw, self.null, self.perfect)
 
 
-def cross_validate(prepared: Mapping[str, list[ns.PreparedSeries]], cost: ns.CostMatrix,
-                   names: Sequence[str]) -> tuple[Tally, list[str]]:
-    """Leave-one-folder-out over ``names`` (variant selection + threshold on 4 folders)."""
-    folders = sorted({folder_of(p.name) for p in prepared[names[0]]})
+Candidate = tuple[str, float]  # (variant, threshold)
+
+
+def score_at(preps: Sequence[ns.PreparedSeries], threshold: float | None, cost: ns.CostMatrix) -> Tally:
+    """The series at ``threshold`` (None: the threshold optimised over them, for fixed scores)."""
+    if threshold is None:
+        threshold, _ = ns.optimize_threshold(preps, cost)
+    tally = Tally()
+    tally.add([ns.score_series(p, threshold, cost) for p in preps], preps, cost)
+    return tally
+
+
+def best_on(prepared: Mapping[Candidate, list[ns.PreparedSeries]], cost: ns.CostMatrix,
+            keep: Any = lambda p: True) -> Candidate:
+    """The candidate with the best raw score on the series ``keep`` selects (first wins ties)."""
+    best: tuple[Candidate, float] | None = None
+    for cand, preps in prepared.items():
+        raw = score_at([p for p in preps if keep(p)], cand[1], cost).raw
+        if best is None or raw > best[1]:
+            best = (cand, raw)
+    assert best is not None
+    return best[0]
+
+
+def cross_validate(prepared: Mapping[Candidate, list[ns.PreparedSeries]],
+                   cost: ns.CostMatrix) -> tuple[Tally, list[str]]:
+    """Leave-one-folder-out: the best candidate on 4 folders scores the 5th, for each folder."""
+    first = next(iter(prepared.values()))
+    folders = sorted({folder_of(p.name) for p in first})
     tally, chosen = Tally(), []
     for held in folders:
-        best = None
-        for name in names:
-            train = [p for p in prepared[name] if folder_of(p.name) != held]
-            threshold, raw = ns.optimize_threshold(train, cost)
-            if best is None or raw > best[2]:
-                best = (name, threshold, raw)
-        assert best is not None
-        name, threshold = best[0], best[1]
-        test = [p for p in prepared[name] if folder_of(p.name) == held]
-        tally.add([ns.score_series(p, threshold, cost) for p in test], test, cost)
-        chosen.append(f"{held}: {name}")
+        cand = best_on(prepared, cost, lambda p, held=held: folder_of(p.name) != held)
+        test = [p for p in prepared[cand] if folder_of(p.name) == held]
+        tally.add([ns.score_series(p, cand[1], cost) for p in test], test, cost)
+        chosen.append(f"{held}: {cand[0]} @ {cand[1]}")
     return tally, chosen
+
+
+def cross_validate_fixed(preps: list[ns.PreparedSeries], cost: ns.CostMatrix) -> Tally:
+    """Fixed scores (a published result): the threshold optimised on 4 folders scores the 5th."""
+    tally = Tally()
+    for held in sorted({folder_of(p.name) for p in preps}):
+        threshold, _ = ns.optimize_threshold([p for p in preps if folder_of(p.name) != held], cost)
+        test = [p for p in preps if folder_of(p.name) == held]
+        tally.add([ns.score_series(p, threshold, cost) for p in test], test, cost)
+    return tally
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nab-dir", type=Path, default=REPO.parent / "shared" / "data" / "nab")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--only", default="", help="comma-separated variant names (shipped is always run)")
+    grid = ",".join(map(str, THRESHOLDS))
+    ap.add_argument("--thresholds", default="", help=f"comma-separated thresholds (default: the detector's, {grid})")
     args = ap.parse_args(argv)
     nab = args.nab_dir
     if not (nab / "data").is_dir():
@@ -160,20 +207,23 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             ap.error(f"unknown variants {sorted(unknown)}; known: {list(VARIANTS)}")
         names = ["shipped"] + [n for n in names if n in wanted and n != "shipped"]
+    default_threshold = default_params()["threshold"]
+    extra = tuple(float(t) for t in args.thresholds.split(",")) if args.thresholds else THRESHOLDS
+    thresholds = (default_threshold, *(t for t in extra if t != default_threshold))
     windows = ns.load_windows(nab / "labels" / "combined_windows.json")
     profiles = ns.load_profiles(nab / "config" / "profiles.json")
     files = sorted(bt.find_csvs(nab / "data"), key=lambda p: -p.stat().st_size)
-    tasks = [Task(v, p, p.relative_to(nab / "data").as_posix()) for p in files for v in names]
+    tasks = [Task(v, t, p, p.relative_to(nab / "data").as_posix()) for p in files for v in names for t in thresholds]
 
     start = time.monotonic()
-    scores: dict[str, dict[str, ns.SeriesScores]] = {n: {} for n in names}
+    scores: dict[Candidate, dict[str, ns.SeriesScores]] = {(n, t): {} for n in names for t in thresholds}
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(args.jobs) as pool:
-        for i, (variant, key, s) in enumerate(pool.imap_unordered(run_task, tasks), 1):
-            scores[variant][key] = s
-            if i % 31 == 0:
+        for i, (variant, threshold, key, s) in enumerate(pool.imap_unordered(run_task, tasks), 1):
+            scores[(variant, threshold)][key] = s
+            if i % 62 == 0:
                 print(f"  {i}/{len(tasks)} runs, {time.monotonic() - start:.0f} s", file=sys.stderr, flush=True)
-    prepared = {n: ns.prepare_corpus(bt.match_to_labels(scores[n], windows), windows) for n in names}
+    prepared = {c: ns.prepare_corpus(bt.match_to_labels(scores[c], windows), windows) for c in scores}
     ref_dir = nab / "reference_results" / "contextOSE"
     ref = None
     if ref_dir.is_dir():
@@ -184,30 +234,46 @@ def main(argv: list[str] | None = None) -> int:
                 ref_scores[key] = bt.read_result_scores(p)
         ref = ns.prepare_corpus(ref_scores, windows)
 
-    print(f"NAB {nab}: {len(files)} series, {len(names)} variants, {time.monotonic() - start:.0f} s "
-          f"on {args.jobs} processes.\n")
-    print("In-sample (threshold optimised on all series) and CV with only the threshold held out:\n")
-    header = "| variant | " + " | ".join(f"{p} in-sample | {p} CV" for p in PROFILES) + " | TP/FP/FN (standard) |"
+    print(f"NAB {nab}: {len(files)} series, {len(names)} variants x {len(thresholds)} thresholds, "
+          f"{time.monotonic() - start:.0f} s on {args.jobs} processes.\n")
+    print("Per variant: in-sample (its best threshold on all series) and CV with only the threshold "
+          "chosen on 4 folders:\n")
+    header = ("| variant | " + " | ".join(f"{p} in-sample | {p} CV" for p in PROFILES)
+              + " | threshold (standard) | TP/FP/FN (standard) |")
     print(header)
-    print("|---|" + "---:|" * (2 * len(PROFILES) + 1))
-    rows = [(n, prepared[n]) for n in names] + ([("*contextOSE (published)*", ref)] if ref else [])
-    for name, preps in rows:
+    print("|---|" + "---:|" * (2 * len(PROFILES) + 2))
+    default_t = thresholds[0]
+    rows: list[tuple[str, dict[Candidate, list[ns.PreparedSeries]] | None, list[ns.PreparedSeries] | None]] = [
+        (n, {c: prepared[c] for c in prepared if c[0] == n}, None) for n in names]
+    shipped = {("shipped", default_t): prepared[("shipped", default_t)]}
+    rows.append((f"shipped, at its default threshold {default_t} only", shipped, None))
+    if ref:
+        rows.append(("*contextOSE (published)*", None, ref))
+    for name, cands, fixed in rows:
         cells = []
-        counts = ""
+        counts = where = ""
         for prof in PROFILES:
             cost = profiles[prof]
-            whole = ns.score_prepared(preps, prof, cost)
-            cv, _ = cross_validate({name: preps}, cost, [name])
+            if cands is not None:
+                cand = best_on(cands, cost)
+                whole = score_at(cands[cand], cand[1], cost)
+                cv, _ = cross_validate(cands, cost)
+                t_used = f"{cand[1]}"
+            else:
+                assert fixed is not None
+                whole = score_at(fixed, None, cost)
+                cv = cross_validate_fixed(fixed, cost)
+                t_used = "optimised"
             cells += [f"{whole.score:.2f}", f"{cv.score:.2f}"]
             if prof == "standard":
-                counts = f"{whole.tp}/{whole.fp}/{whole.fn}"
-        print(f"| {name} | " + " | ".join(cells) + f" | {counts} |")
+                counts, where = f"{whole.tp}/{whole.fp}/{whole.fn}", t_used
+        print(f"| {name} | " + " | ".join(cells) + f" | {where} | {counts} |")
 
-    print("\nLeave-one-folder-out selection among all variants (constants and threshold chosen on 4 folders):\n")
+    print("\nLeave-one-folder-out selection among all candidates (constants and threshold chosen on 4 folders):\n")
     print("| profile | CV score | TP/FP/FN held out | chosen per held-out folder |")
     print("|---|---:|---:|---|")
     for prof in PROFILES:
-        cv, chosen = cross_validate(prepared, profiles[prof], names)
+        cv, chosen = cross_validate(prepared, profiles[prof])
         print(f"| {prof} | {cv.score:.2f} | {cv.tp}/{cv.fp}/{cv.fn} | {'; '.join(chosen)} |")
     return 0
 

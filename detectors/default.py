@@ -197,19 +197,27 @@ REPLAY = 1000  # points replayed into a rebuilt CAD
 CAD_REST = 20  # points the CAD score is silenced after a raw score >= CAD_BASE
 CAD_BASE = 0.75  # NAB's base threshold of CAD
 CAD_MATURE = 288  # CAD's score counts from this point on (a day of 5-minute points: a cycle seen once)
-ALARM_LEVEL = 0.75  # a reported score at or above this opens a rest
-ALARM_REST = CAD_REST  # points after an alarm in which only a larger score is reported
+ALARM_REST = CAD_REST  # points after an alarm (score >= threshold) in which the score is reported as 0
 LIK_LONG = 500  # likelihood: earlier combined scores that give the usual mean and spread
 LIK_SHORT = 10  # likelihood: the last scores averaged (NAB's anomaly likelihood uses 10)
-LIK_MIN = 2 * LIK_SHORT  # likelihood: combined scores needed before it scores
+LIK_MIN = 288  # likelihood: combined scores it needs before it scores (a day of 5-minute points: on day two
+# a calm history made every small rise of the scores "unlikely"; 2 * LIK_SHORT before: +0.1 CV, 1 FP fewer)
 LIK_TAIL = 1e-5  # a tail probability of LIK_TAIL maps to 1 (log scale, as NAB's likelihood)
 LIK_VAR_FLOOR = 1e-6  # smallest variance of the combined score
 LIK_TOP = 1.0 - 1e-9  # the likelihood score stays strictly below 1
 NOVELTY_FLOOR = 0.75  # a novelty c >= 1 scores NOVELTY_FLOOR + (1 - NOVELTY_FLOOR) * c / (1 + c)
 MAX_CONTEXTS = 20_000
 LEVEL_RUN = 3  # points in a row beyond the band after which they join the range (a level shift)
+LEVEL_ALARM = True  # the LEVEL_RUN-th point in a row beyond the band alarms even within a rest
 RUN_CAP = 1_000_000  # |points in a row beyond the band| kept (only >= 2 matters)
 CAD_TOP = 0.999  # a CAD score of exactly 1 is reported in [CAD_TOP, 1), graded by the novelty
+DAY_MS = 86_400_000
+SEASON_MIN_PER_DAY = 4  # the seasonal part needs at least 4 points a day (an interval <= 6 hours) ...
+SEASON_MAX_WEEK = 2016  # ... and at most 2,016 a week (an interval >= 5 minutes: bounded state)
+SEASON_MEAN = 24  # seasonal residuals averaged (two hours of 5-minute points, a day of hourly ones)
+SEASON_BURN_IN = 2  # days of seasonal residual means before their record scores (the record's burn-in)
+SEASON_SCALE = 6.0  # ... and a record counts only at SEASON_SCALE times the usual mean or more
+SEASON_SPAN = 2000  # span (points) of the moving average that gives the usual mean
 CAD_PARAMS: dict[str, Any] = {
     "base_threshold": CAD_BASE,
     "max_left_semi_contexts_length": 7,
@@ -244,7 +252,7 @@ class DefaultDetector(Detector):
     """CAD OSE (online range, rebuilt on widening) + all-time novelty; see the module docstring."""
 
     name: ClassVar[str] = "default"
-    state_version: ClassVar[int] = 4
+    state_version: ClassVar[int] = 5
     params: ClassVar[ParamSchema] = ParamSchema(
         (
             Param(
@@ -282,11 +290,25 @@ class DefaultDetector(Detector):
         self._cad_hist: deque[float] = deque(maxlen=CAD_REST)  # last raw CAD scores
         self._run = 0  # points in a row beyond the band: > 0 above, < 0 below (capped at RUN_CAP)
         self._since_alarm = ALARM_REST + 1  # points since the last alarm (capped)
-        self._peak = 0.0  # score of the last alarm
         # last LIK_LONG combined scores (before the rest), double-written ring as _buf
         self._lik = np.zeros(2 * LIK_LONG, dtype=np.float64)
         self._lik_pos = LIK_LONG - 1  # slot (< LIK_LONG) of the latest score
         self._lik_n = 0  # scores in the ring (<= LIK_LONG)
+        # seasonal part (see _seasonal): the stream's interval, learnt from its first intervals
+        self._has_ts = False  # whether _last_ts holds a point's timestamp
+        self._last_ts = 0  # timestamp of the latest point
+        self._gaps: list[int] = []  # the first WARMUP - 1 intervals, until the interval is fixed
+        self._interval = 0  # ms between points; 0 until fixed
+        self._per_day = 0  # points per day; 0: the seasonal part is off for this stream
+        self._regular = 0  # intervals in a row equal to the interval, up to the latest point (capped)
+        self._week = np.zeros(0)  # ring of the last 7 * per_day values (halved)
+        self._week_pos = -1  # slot of the latest value in _week
+        self._res = np.zeros(SEASON_MEAN)  # ring of the last seasonal residuals (halved values)
+        self._res_pos = -1  # slot of the latest residual
+        self._res_n = 0  # valid residuals in a row in _res (<= SEASON_MEAN)
+        self._season_seen = 0  # residual means seen (capped)
+        self._season_record = 0.0  # largest residual mean seen
+        self._season_usual = 0.0  # exponential moving average of the residual means
 
     # -- novelty (spatial + context record) ---------------------------------------------------
     def _context_distance(self, half: float) -> float:
@@ -342,6 +364,86 @@ class DefaultDetector(Detector):
                 novelty = max(novelty, _ratio(dist, self._record))
         return min(novelty, MAX_NOVELTY), dist, spatial
 
+    # -- seasonal: unlike this time yesterday *and* this time last week ------------------------
+    def _fix_interval(self) -> None:
+        """The stream's interval is the median of its first intervals; the seasonal part runs
+        only if a day is a whole number of them, 4 to 288 a day (a week of values <= 16 KiB)."""
+        gaps = self._gaps
+        self._interval = interval = sorted(gaps)[len(gaps) // 2]
+        per_day = DAY_MS // interval if interval > 0 and DAY_MS % interval == 0 else 0
+        self._per_day = per_day if per_day >= SEASON_MIN_PER_DAY and 7 * per_day <= SEASON_MAX_WEEK else 0
+        regular = 0
+        for gap in reversed(gaps):  # the intervals in a row, up to the latest point, equal to it
+            if gap != interval:
+                break
+            regular += 1
+        self._regular, self._gaps = regular, []
+        if self._per_day:  # the values so far start the week (the value ring holds >= WARMUP)
+            recent = self._recent()[-7 * self._per_day :]
+            self._week = np.zeros(7 * self._per_day)
+            self._week[: len(recent)] = recent
+            self._week_pos = len(recent) - 1
+
+    def _seasonal(self, ts_ms: int, half: float) -> float:
+        """Seasonal novelty ``c`` of the point (0: none; >= 1: novel), then learn it.
+
+        The residual of a value is its difference from the value one day back or the value
+        one week back, whichever is closer (a holiday last week or yesterday does not make
+        today look odd). The mean of the last SEASON_MEAN residuals, in absolute value, is
+        compared with the largest such mean seen so far: above that record, the stretch is
+        unlike both the same time yesterday and the same time last week by more than ever
+        before (``c = mean / record``), scored after SEASON_BURN_IN days of means. Only
+        exactly regular stretches count: a residual needs the last week of points at the
+        stream's interval, with no gap (a gap restarts the week).
+        """
+        if not self._interval:
+            if self._has_ts:
+                self._gaps.append(ts_ms - self._last_ts)
+            self._has_ts, self._last_ts = True, ts_ms
+            if len(self._gaps) >= WARMUP - 1:
+                self._fix_interval()
+                if self._per_day:
+                    self._week_pos = (self._week_pos + 1) % len(self._week)
+                    self._week[self._week_pos] = half
+            return 0.0
+        regular = self._regular + 1 if ts_ms - self._last_ts == self._interval else 0
+        self._regular = min(regular, RUN_CAP)
+        self._last_ts = ts_ms
+        p = self._per_day
+        if not p:
+            return 0.0
+        c = 0.0
+        size = 7 * p
+        week = self._week
+        if self._regular >= size:
+            day_ago = float(week[(self._week_pos - p + 1) % size])
+            week_ago = float(week[(self._week_pos + 1) % size])
+            e1, e2 = half - day_ago, half - week_ago
+            self._res_pos = (self._res_pos + 1) % SEASON_MEAN
+            self._res[self._res_pos] = e1 if abs(e1) < abs(e2) else e2
+            self._res_n = min(self._res_n + 1, SEASON_MEAN)
+            if self._res_n == SEASON_MEAN:
+                with np.errstate(over="ignore", invalid="ignore"):
+                    mean = abs(float(np.add.reduce(self._res)) / SEASON_MEAN)
+                if math.isnan(mean):
+                    mean = math.inf
+                # a record is news only far above the usual mean: on plain noise the record of the
+                # means creeps up now and then (about 3 times the usual mean), a real change does not
+                if (self._season_seen >= SEASON_BURN_IN * p and self._season_record > 0.0
+                        and mean >= SEASON_SCALE * self._season_usual):
+                    c = _ratio(mean, self._season_record)
+                self._season_record = max(self._season_record, mean)
+                if self._season_seen == 0:
+                    self._season_usual = mean
+                elif math.isfinite(mean):
+                    self._season_usual += 2.0 / (SEASON_SPAN + 1) * (mean - self._season_usual)
+                self._season_seen = min(self._season_seen + 1, RUN_CAP)
+        else:
+            self._res_n = 0
+        self._week_pos = (self._week_pos + 1) % size
+        week[self._week_pos] = half
+        return c
+
     # -- CAD ---------------------------------------------------------------------------------
     def _cad_score(self, quarter: float) -> float:
         """Raw CAD score of the (quartered) value, after rebuilding CAD if it left the range."""
@@ -371,6 +473,7 @@ class DefaultDetector(Detector):
     # -- the Detector contract ---------------------------------------------------------------
     def _update(self, ts_ms: int, value: float) -> AnomalyResult:
         half = value * 0.5
+        seasonal = self._seasonal(ts_ms, half)  # scored and learnt first: it keeps its own rings
         if self._count < WARMUP:
             self._learn(half, None)  # no context distances before BURN_IN (>= WARMUP) anyway
             if self._count == WARMUP:
@@ -388,22 +491,27 @@ class DefaultDetector(Detector):
             cad = CAD_TOP + (1.0 - CAD_TOP) * graded
         combined = max(cad, nov)
         lik = self._likelihood(combined) if self._count >= CAD_MATURE else 0.0
-        score = max(combined, lik)
-        if self._since_alarm <= ALARM_REST and score <= self._peak:
-            score = 0.0
-        elif score >= ALARM_LEVEL:
-            self._since_alarm, self._peak = 0, score
-        self._since_alarm = min(self._since_alarm + 1, ALARM_REST + 1)
-
+        # strictly above the record: a stretch as odd as the oddest so far (a repeat) is no news
+        seas = NOVELTY_FLOOR + (1.0 - NOVELTY_FLOOR) * seasonal / (1.0 + seasonal) if seasonal > 1.0 else 0.0
+        score = max(combined, lik, seas)
         e = (self._c_threshold - 1.0) * spread
         lower, upper = _unhalve(lo - e), _unhalve(hi + e)
         side = 1 if value > upper else -1 if value < lower else 0
         run = self._run + side if side and self._run * side >= 0 else side
         self._run = max(-RUN_CAP, min(RUN_CAP, run))
+        # An alarm silences the next ALARM_REST points, except the point that turns a run beyond
+        # the band into a level shift: "it stayed" is news after "it jumped".
+        shift = LEVEL_ALARM and abs(run) == LEVEL_RUN
+        if self._since_alarm <= ALARM_REST and not shift:
+            score = 0.0
+        elif score >= self.config["threshold"]:
+            self._since_alarm = 0
+        self._since_alarm = min(self._since_alarm + 1, ALARM_REST + 1)
         anomalous = score >= self.config["threshold"]
         why = None
         if anomalous:
-            by = "likelihood" if lik > combined else "cad" if cad >= nov else "range" if spatial >= 1.0 else "shape"
+            by = ("seasonal" if seas > max(combined, lik) else "likelihood" if lik > combined
+                  else "cad" if cad >= nov else "range" if spatial >= 1.0 else "shape")
             why = self._explain(value, side, abs(run), by, lower, upper)
         ranged = half if not side or abs(run) >= LEVEL_RUN else min(max(half, lo_seen), hi_seen)
         self._learn(half, dist, ranged)
@@ -422,7 +530,7 @@ class DefaultDetector(Detector):
             never = excess > self._hi - self._lo  # beyond all values so far by more than their spread
             kind = "level_shift" if run >= 2 else "new_range" if never else "spike" if side > 0 else "dip"
         else:
-            kind = "sustained" if by == "likelihood" else "pattern"
+            kind = "sustained" if by in ("likelihood", "seasonal") else "pattern"
         recent = self._recent()
         with np.errstate(over="ignore", invalid="ignore"):  # huge values: sigma becomes null
             std = float(recent.std()) * 2.0 if len(recent) > 1 else math.nan
@@ -482,7 +590,8 @@ class DefaultDetector(Detector):
     # -- state --------------------------------------------------------------------------
     def max_state_bytes(self) -> int:
         """The value and score rings, CAD's bound and a few numbers (for detectors.checks)."""
-        return 8 * (HISTORY + LIK_LONG + CAD_REST) + 4096 + CADDetector(**CAD_PARAMS).max_state_bytes()
+        rings = HISTORY + LIK_LONG + CAD_REST + SEASON_MAX_WEEK + SEASON_MEAN + WARMUP
+        return 8 * rings + 4096 + CADDetector(**CAD_PARAMS).max_state_bytes()
 
     def _get_state(self) -> dict[str, Any]:
         return {
@@ -496,8 +605,21 @@ class DefaultDetector(Detector):
             "cad_hist": np.asarray(self._cad_hist, dtype=np.float64),
             "since_alarm": self._since_alarm,
             "run": self._run,
-            "peak": self._peak,
             "lik": self._lik_scores().copy(),
+            "has_ts": int(self._has_ts),
+            "last_ts": self._last_ts,
+            "gaps": np.asarray(self._gaps, dtype=np.int64),
+            "interval": self._interval,
+            "per_day": self._per_day,
+            "regular": self._regular,
+            "week": self._week.copy(),
+            "week_pos": self._week_pos,
+            "res": self._res.copy(),
+            "res_pos": self._res_pos,
+            "res_n": self._res_n,
+            "season_seen": self._season_seen,
+            "season_record": self._season_record,
+            "season_usual": self._season_usual,
         }
 
     def _set_state(self, state: dict[str, Any], version: int) -> None:
@@ -512,7 +634,7 @@ class DefaultDetector(Detector):
             count = int(state["count"])
             lo, hi, record = float(state["lo"]), float(state["hi"]), float(state["record"])
             cad_blob, cad_hist = state["cad"], state["cad_hist"]
-            rebuilds, since, peak = int(state["rebuilds"]), int(state["since_alarm"]), float(state["peak"])
+            rebuilds, since = int(state["rebuilds"]), int(state["since_alarm"])
             run = int(state["run"])
             lik = state["lik"]
         except KeyError as err:
@@ -547,12 +669,41 @@ class DefaultDetector(Detector):
         self._cad = cad
         self._rebuilds = rebuilds
         self._cad_hist = deque((float(v) for v in cad_hist), maxlen=CAD_REST)
-        self._since_alarm, self._peak, self._run = since, peak, run
+        self._since_alarm, self._run = since, run
         k = len(lik)
         self._lik[:] = 0.0
         self._lik[:k] = lik
         self._lik[LIK_LONG : LIK_LONG + k] = lik
         self._lik_pos, self._lik_n = (k - 1 if k else LIK_LONG - 1), k
+        if version >= 5:
+            self._set_seasonal_state(state)
+        # else a version-4 state (before the seasonal part): that part starts afresh, learning the
+        # interval from the next points; the rest continues as it was.
+
+    def _set_seasonal_state(self, state: dict[str, Any]) -> None:
+        try:
+            has_ts, last_ts = bool(state["has_ts"]), int(state["last_ts"])
+            gaps, interval = state["gaps"], int(state["interval"])
+            per_day, regular, week = int(state["per_day"]), int(state["regular"]), state["week"]
+            week_pos, res, res_pos = int(state["week_pos"]), state["res"], int(state["res_pos"])
+            res_n, seen, record = int(state["res_n"]), int(state["season_seen"]), float(state["season_record"])
+            usual = float(state["season_usual"])
+        except KeyError as err:
+            raise StateError(f"{self.name}: stored state lacks field {err}") from None
+        if not (
+            isinstance(gaps, np.ndarray) and gaps.ndim == 1 and len(gaps) < WARMUP
+            and interval >= 0 and (interval == 0 or (len(gaps) == 0 and has_ts))
+            and isinstance(week, np.ndarray) and week.dtype == np.float64 and week.shape == (7 * per_day,)
+            and -1 <= week_pos < max(len(week), 1)
+            and isinstance(res, np.ndarray) and res.dtype == np.float64 and res.shape == (SEASON_MEAN,)
+            and -1 <= res_pos < SEASON_MEAN and 0 <= res_n <= SEASON_MEAN
+            and regular >= 0 and seen >= 0 and record >= 0.0 and usual >= 0.0
+        ):
+            raise StateError(f"{self.name}: stored state is inconsistent (seasonal part)")
+        self._has_ts, self._last_ts, self._gaps, self._interval = has_ts, last_ts, [int(g) for g in gaps], interval
+        self._per_day, self._regular, self._week, self._week_pos = per_day, regular, week.copy(), week_pos
+        self._res, self._res_pos, self._res_n = res.copy(), res_pos, res_n
+        self._season_seen, self._season_record, self._season_usual = seen, record, usual
 
 
 def _unhalve(half: float) -> float:

@@ -5,6 +5,7 @@ The generic contract (round trip, batch == update, schema, versioning) is detect
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 
 from detectors import build_detector
 from detectors.base import Detector, NonFiniteValueError
-from detectors.default import ALARM_REST, MAX_CONTEXTS, WARMUP, DefaultDetector
+from detectors.default import ALARM_REST, LEVEL_RUN, MAX_CONTEXTS, WARMUP, DefaultDetector
 
 
 def _series(n: int, seed: int = 0) -> np.ndarray:
@@ -137,16 +138,32 @@ def test_scored_stage_valid_for_any_finite_values(values: list[float], cut: int)
         assert math.isfinite(r.value_lower_limit) and math.isfinite(r.value_upper_limit)
 
 
-def test_repeat_alarms_rest_unless_larger() -> None:
+def test_an_alarm_opens_a_quiet_rest() -> None:
+    """After an alarm the next ALARM_REST points report 0, even a larger event (a page is not
+    repeated: NAB charges every extra alarm, and so does an operator); then alarms resume."""
     det = DefaultDetector()
     _run(det, _series(800))
     first = det.update(800 * 60_000, 30.0)
     smaller = det.update(801 * 60_000, 25.0)  # still outside the range before the alarm: a repeat
-    larger = det.update(802 * 60_000, 1e6)  # a bigger event gets through the rest
-    assert first.is_anomaly and not smaller.is_anomaly and smaller.anomaly_probability == 0.0
-    assert larger.is_anomaly
-    later = _run(det, np.full(ALARM_REST + 5, 10.0), start=803)
-    assert all(0.0 <= r.anomaly_probability < 1.0 for r in later)
+    det.update(802 * 60_000, 10.0)
+    larger = det.update(803 * 60_000, 1e6)  # a bigger event inside the rest: silent too
+    assert first.is_anomaly
+    assert (smaller.is_anomaly, smaller.anomaly_probability, larger.is_anomaly, larger.anomaly_probability) == (
+        False, 0.0, False, 0.0)
+    quiet = _run(det, np.full(ALARM_REST - 3, 10.0), start=804)
+    assert all(r.anomaly_probability == 0.0 for r in quiet)
+    after = det.update((804 + ALARM_REST) * 60_000, 1e9)  # the rest is over: a new extreme alarms again
+    assert after.is_anomaly and after.anomaly_probability < 1.0
+
+
+def test_a_level_shift_alarms_within_the_rest() -> None:
+    """The LEVEL_RUN-th point in a row beyond the band is news after the first ("it stayed")."""
+    det = DefaultDetector()
+    _run(det, _series(800))
+    results = _run(det, np.full(LEVEL_RUN + 2, 30.0), start=800)
+    flagged = [i for i, r in enumerate(results) if r.is_anomaly]
+    assert flagged == [0, LEVEL_RUN - 1]
+    assert json.loads(results[LEVEL_RUN - 1].explanation)["kind"] == "level_shift"
 
 
 def test_warm_up_length_and_old_state_rejected() -> None:
