@@ -61,21 +61,24 @@ def default_params() -> dict[str, Any]:
 # name -> constants of detectors.default to override. The first is the shipped code.
 VARIANTS: dict[str, dict[str, Any]] = {
     "shipped": {},
+    # the seasonal part (v5)
     "no seasonal part": {"SEASON_MAX_WEEK": 0},
-    "seasonal mean of 6": {"SEASON_MEAN": 6},
-    "seasonal mean of 24": {"SEASON_MEAN": 24},
+    "seasonal mean of 12": {"SEASON_MEAN": 12},
+    "seasonal mean of 48": {"SEASON_MEAN": 48},
     "seasonal burn-in 1 day": {"SEASON_BURN_IN": 1},
+    "seasonal records at any scale": {"SEASON_SCALE": 0.0},
+    # the rest after an alarm (v5: nothing but a level shift gets through)
     "no level-shift alarm within a rest": {"LEVEL_ALARM": False},
     "alarm rest 10": {"ALARM_REST": 10},
     "alarm rest 30": {"ALARM_REST": 30},
+    # the likelihood
+    "likelihood from 20 scores (v4)": {"LIK_MIN": 20},
+    "likelihood tail 1e-9": {"LIK_TAIL": 1e-9},
+    "no likelihood": {"LIK_TAIL": 1e-300},
+    # the range and CAD (v4)
     "spikes join the range at once": {"RANGE_DELAY": 0},
     "no early widening": {"EARLY_MARGIN": 0.0},
-    "likelihood tail 1e-7": {"LIK_TAIL": 1e-7},
-    "likelihood tail 1e-9": {"LIK_TAIL": 1e-9},
-    "likelihood tail 1e-12": {"LIK_TAIL": 1e-12},
-    "no likelihood": {"LIK_TAIL": 1e-300},
-    "likelihood after a day of scores": {"LIK_MIN": 288},
-    "seasonal mean of 12": {"SEASON_MEAN": 12},
+    "CAD keeps at most 20000 contexts (v4)": {"MAX_CONTEXTS": 20000},
 }
 
 

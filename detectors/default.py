@@ -1,8 +1,9 @@
-"""The product's default detector (``"default"``): CAD OSE + all-time novelty + likelihood, with alarm rest.
+"""The product's default detector (``"default"``): CAD OSE + all-time novelty + seasonal novelty + likelihood.
 
 Every point gets two causal scores; the larger one (the *combined* score) is
-raised to its anomaly likelihood when that is larger, and the result is
-reported after a suppression of repeated alarms (every score is strictly below 1):
+raised to its anomaly likelihood or its seasonal novelty when either is larger,
+and the result is reported after a rest that follows every alarm (every score is
+strictly below 1):
 
 * **CAD OSE** (:mod:`detectors.cad`, NAB's settings: 3 value bits, left
   semi-contexts <= 7 facts, 15 active neurons). CAD asks "did the recent *sequence*
@@ -26,6 +27,24 @@ reported after a suppression of repeated alarms (every score is strictly below 1
   the previous ``LIK_LONG = 500`` ones; its Gaussian tail probability ``p`` scores
   ``log(p) / log(1e-5)`` (capped below 1). It catches a *sustained* rise of the
   scores (a changed regime that CAD keeps finding odd) that no single score shows.
+  It scores once it has ``LIK_MIN = 288`` combined scores (a day of 5-minute points).
+* **Seasonal novelty** (v5): is the last stretch unlike the same time yesterday
+  *and* the same time a week ago? The residual of a value is its difference from
+  the value one day back or the value one week back, whichever is closer (so a
+  holiday yesterday or last week does not make today odd); the mean of the last
+  ``SEASON_MEAN = 24`` residuals, in absolute value, is a novelty ``c = mean /
+  record`` against the largest such mean so far, scored like the other novelties
+  when ``c > 1`` (strictly: a tie is a repeat) and the mean is at least
+  ``SEASON_SCALE = 6`` times its usual level (a moving average over
+  ``SEASON_SPAN = 2000`` means; on plain noise the record creeps up to about 3
+  times the usual level now and then). It needs a regular stream: the interval is
+  the median of the first 29 intervals, a day must be a whole number of them, 4 to
+  288 a day (5 minutes to 6 hours; finer streams: aggregate them, the week of values
+  would not fit the state budget), and a residual needs the last week of points at
+  exactly that interval (a gap restarts the week), then ``SEASON_BURN_IN = 2`` days
+  of means before it scores. It is what finds NAB's holidays in the taxi series,
+  the missing daily jump of ``art_daily_nojump`` and the quieter days of the ad
+  exchanges, which no other part saw.
 
 Day one (v4). The first ``WARMUP = 30`` points are learnt but not scored. From
 the 30th point on, the *band* ``[value_lower_limit, value_upper_limit]`` is where
@@ -60,12 +79,16 @@ Rest of CAD (NAB's CAD wrapper does the same): after a raw CAD score of at least
 ``0.75`` the CAD score is reported as 0 for ``CAD_REST = 20`` points. CAD's scores
 come in bursts while it learns a new pattern; only the first point matters.
 
-Repeat-alarm suppression: for ``ALARM_REST = CAD_REST = 20`` points after a reported score
-of at least ``ALARM_LEVEL = 0.75`` (the level where CAD's own rest starts; also the
-floor of every novelty score), a score is reported as 0 unless it beats the
-score that opened the rest (a larger event still gets through and restarts the
-rest). NAB rewards only the first alarm in a window and charges every extra
-false alarm, and so does an operator.
+Rest after an alarm (v5): for ``ALARM_REST = CAD_REST = 20`` points after an alarm
+(a score at or above ``threshold``), every score is reported as 0, with one
+exception: the point that makes a run beyond the band a level shift (the
+``LEVEL_RUN``-th in a row) still alarms, as ``level_shift`` ("it stayed" is news
+after "it jumped"). NAB rewards only the first alarm in a window and charges every
+extra false alarm, and so does an operator. (v4 let any larger score through and
+opened a rest at any score >= 0.75, below the threshold too: the second alarm of a
+pair, often the likelihood catching up with an event already raised, was 16 of its
+false alarms.) So the scores depend on ``threshold``: ``bench/default_cv.py`` runs
+each threshold it scores.
 
 Cross-validated choices of v4 (``bench/default_cv.py``: each variant runs over
 all 31 series; "in-sample" optimises the threshold on all of them, "CV" holds
@@ -151,23 +174,29 @@ Contract details
   record, CAD contexts and the rests are updated after scoring).
 * Warm-up: the first ``WARMUP`` points return :meth:`AnomalyResult.warming_up`.
 * Bounds: the band described under *Day one*: a value outside it is an anomaly
-  unless it repeats, within ``ALARM_REST`` points, a larger alarm. CAD, the shape
-  novelty and the likelihood have no band; a sequence anomaly or an unlikely run
-  of scores can be flagged inside it.
+  unless it falls within ``ALARM_REST`` points after an alarm (and does not make
+  a level shift). CAD, the shape and seasonal novelties and the likelihood have no
+  band; a sequence anomaly, an odd day or an unlikely run of scores can be flagged
+  inside it.
 * Explanations (:mod:`detectors.explain`): ``by`` is the part that raised the
-  score (``range``, ``shape``, ``cad``, ``likelihood``); ``kind`` is ``spike`` /
-  ``dip`` beyond the band, ``level_shift`` for the second or later point in a row
-  beyond it on one side, ``new_range`` beyond the band and beyond all values so
-  far by more than their spread, else ``sustained`` (likelihood) or ``pattern``;
-  ``sigma`` against the mean and std of the last ``HISTORY`` values.
+  score (``range``, ``shape``, ``cad``, ``likelihood``, ``seasonal``); ``kind`` is
+  ``spike`` / ``dip`` beyond the band, ``level_shift`` for the second or later point
+  in a row beyond it on one side, ``new_range`` beyond the band and beyond all
+  values so far by more than their spread, else ``sustained`` (likelihood or
+  seasonal: a run unlike usual) or ``pattern``; ``sigma`` against the mean and std
+  of the last ``HISTORY`` values.
 * Any finite input is valid: values are kept halved (novelty) and quartered (CAD)
   so that no difference overflows; CAD's range is clipped to a quarter of the
   float range.
 * State: the last ``HISTORY`` values (12 KiB), the last ``LIK_LONG`` combined
-  scores (4 KiB), CAD's state (nested ``to_state`` blob; 15-40 KiB on most NAB
-  series, 31 KiB in all after NAB's longest, up to ~140 KiB on pure noise, where
-  CAD keeps learning contexts; capped by ``MAX_CONTEXTS = 20,000`` contexts) and
-  a few numbers. Version 4; states of versions 1-3 are refused with a message.
+  scores (4 KiB), the last week of values for the seasonal part (at most
+  ``SEASON_MAX_WEEK`` values, 16 KiB), CAD's state (nested ``to_state`` blob,
+  capped by ``MAX_CONTEXTS = 1,500`` contexts, least recently used evicted) and a
+  few numbers: 43.5 KiB median and 57.1 KiB at most over the 31 NAB series (with
+  v4's cap of 20,000 contexts: 168 KiB on pure noise, ``art_noisy``, where CAD
+  keeps learning; the cap changes no alarm on NAB). Version 5; a version-4 state
+  is continued (its seasonal part starts learning then), versions 1-3 are
+  refused with a message.
 """
 
 from __future__ import annotations
@@ -206,7 +235,7 @@ LIK_TAIL = 1e-5  # a tail probability of LIK_TAIL maps to 1 (log scale, as NAB's
 LIK_VAR_FLOOR = 1e-6  # smallest variance of the combined score
 LIK_TOP = 1.0 - 1e-9  # the likelihood score stays strictly below 1
 NOVELTY_FLOOR = 0.75  # a novelty c >= 1 scores NOVELTY_FLOOR + (1 - NOVELTY_FLOOR) * c / (1 + c)
-MAX_CONTEXTS = 20_000
+MAX_CONTEXTS = 1_500  # CAD contexts kept (least recently used go): state <= 64 KiB on NAB (see the docstring)
 LEVEL_RUN = 3  # points in a row beyond the band after which they join the range (a level shift)
 LEVEL_ALARM = True  # the LEVEL_RUN-th point in a row beyond the band alarms even within a rest
 RUN_CAP = 1_000_000  # |points in a row beyond the band| kept (only >= 2 matters)

@@ -11,8 +11,9 @@ it travels unchanged through Kafka JSON and a text column)::
   same side; ``new_range`` - beyond the band and beyond every value band the
   detector's model has learnt (``default``: CAD had to widen its range);
   ``pattern`` - inside the band, but the sequence or shape is new (CAD, or the
-  shape of the last 8 values); ``sustained`` - inside the band, but the recent run
-  of anomaly scores is unlikely (a likelihood).
+  shape of the last 8 values); ``sustained`` - inside the band, but a run of points
+  is unlike usual: their anomaly scores are unlikely (a likelihood), or their values
+  are unlike the same time yesterday and a week ago (``default``'s seasonal part).
 * ``sigma``: distance of the value from the centre of what was expected, in
   standard deviations of the detector's reference (EMA: its EW std; robust:
   MAD / 0.6745; ``default``: the std of its recent window), one decimal; ``null``
@@ -20,7 +21,7 @@ it travels unchanged through Kafka JSON and a text column)::
 * ``expected``: the detector's band ``[lower, upper]`` for this point (6 significant
   digits), ``null`` when it has none.
 * ``by``: what raised the alarm: the detector's name, or for ``default`` its part
-  (``range``, ``shape``, ``cad``, ``likelihood``).
+  (``range``, ``shape``, ``cad``, ``likelihood``, ``seasonal``).
 
 Keys always appear, in this order; normal points have no explanation (``None``).
 
