@@ -224,7 +224,7 @@ def test_a_version_4_state_is_continued() -> None:
     det = DefaultDetector()
     for a, b in zip(ts[:400], v[:400], strict=True):
         det.update(int(a), float(b))
-    header, fields = unpack_state(det.to_state())
+    _, fields = unpack_state(det.to_state())
     v4 = {k: fields[k] for k in ("recent", "count", "lo", "hi", "record", "cad", "rebuilds", "cad_hist",
                                   "since_alarm", "run", "lik")}
     v4["peak"] = 0.0
