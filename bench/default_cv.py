@@ -73,6 +73,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "alarm rest 30": {"ALARM_REST": 30},
     # the likelihood
     "likelihood from 20 scores (v4)": {"LIK_MIN": 20},
+    "likelihood alarms at any value (v4)": {"LIK_SIGMA": 0.0},
+    "likelihood alarms 2 sigma away": {"LIK_SIGMA": 2.0},
     "likelihood tail 1e-9": {"LIK_TAIL": 1e-9},
     "no likelihood": {"LIK_TAIL": 1e-300},
     # the range and CAD (v4)

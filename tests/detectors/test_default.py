@@ -233,3 +233,27 @@ def test_a_version_4_state_is_continued() -> None:
     for a, b in zip(ts[400:440], v[400:440], strict=True):
         old.update(int(a), float(b))
     assert old._interval == 3_600_000 and old._per_day == 24
+
+
+def test_a_likelihood_alarm_needs_the_value_away_from_its_usual_level() -> None:
+    """An unlikely run of scores while the value sits at its recent mean is CAD churning on
+    noise (LIK_SIGMA): no alarm. The same run with the value a few std away alarms."""
+    import detectors.default as dd
+
+    n = 9 * 97  # the cycle of _series crosses its mean here
+    series = _series(n + 1)
+
+    def primed() -> DefaultDetector:
+        det = DefaultDetector()
+        _run(det, series[:n])
+        det._likelihood = lambda combined: 0.99  # type: ignore[method-assign]  # an unlikely run, forced
+        return det
+
+    det = primed()
+    assert dd.LIK_SIGMA > 0 and det._sigma(float(series[n])) < dd.LIK_SIGMA
+    usual = det.update(n * 60_000, float(series[n]))
+    assert not usual.is_anomaly and usual.anomaly_probability < 0.9
+    det = primed()
+    away = float(det._recent().mean() * 2.0 + 2.5 * det._recent().std() * 2.0)
+    result = det.update(n * 60_000, away)
+    assert result.is_anomaly and result.anomaly_probability >= 0.99
