@@ -12,7 +12,8 @@ scores a detector reports depend on its threshold. Every candidate runs over all
 each folder ``f``:
 
 1. on the 4 other folders, the candidate with the best raw NAB score wins (ties go
-   to the earlier variant, then the lower threshold);
+   to the earlier variant, then to the detector's default threshold, then to the
+   thresholds in the order given);
 2. folder ``f`` is scored with the winner.
 
 The held-out raw scores (and null / perfect scores) of the 5 folds are summed and
@@ -146,41 +147,51 @@ class Tally:
 
 
 Candidate = tuple[str, float]  # (variant, threshold)
+Scored = dict[Candidate, list[tuple[ns.PreparedSeries, ns.SeriesOutcome]]]  # each series at its threshold
 
 
-def score_at(preps: Sequence[ns.PreparedSeries], threshold: float | None, cost: ns.CostMatrix) -> Tally:
-    """The series at ``threshold`` (None: the threshold optimised over them, for fixed scores)."""
-    if threshold is None:
-        threshold, _ = ns.optimize_threshold(preps, cost)
+def score_candidates(prepared: Mapping[Candidate, list[ns.PreparedSeries]], cost: ns.CostMatrix) -> Scored:
+    """Every series of every candidate scored once, at the candidate's threshold, for one profile:
+    the selections below only sum these."""
+    return {cand: [(p, ns.score_series(p, cand[1], cost)) for p in preps] for cand, preps in prepared.items()}
+
+
+def tally_of(pairs: Sequence[tuple[ns.PreparedSeries, ns.SeriesOutcome]], cost: ns.CostMatrix) -> Tally:
     tally = Tally()
-    tally.add([ns.score_series(p, threshold, cost) for p in preps], preps, cost)
+    tally.add([o for _, o in pairs], [p for p, _ in pairs], cost)
     return tally
 
 
-def best_on(prepared: Mapping[Candidate, list[ns.PreparedSeries]], cost: ns.CostMatrix,
-            keep: Any = lambda p: True) -> Candidate:
+def best_on(scored: Scored, keep: Any = lambda p: True) -> Candidate:
     """The candidate with the best raw score on the series ``keep`` selects (first wins ties)."""
     best: tuple[Candidate, float] | None = None
-    for cand, preps in prepared.items():
-        raw = score_at([p for p in preps if keep(p)], cand[1], cost).raw
+    for cand, pairs in scored.items():
+        raw = sum(o.raw for p, o in pairs if keep(p))
         if best is None or raw > best[1]:
             best = (cand, raw)
     assert best is not None
     return best[0]
 
 
-def cross_validate(prepared: Mapping[Candidate, list[ns.PreparedSeries]],
-                   cost: ns.CostMatrix) -> tuple[Tally, list[str]]:
+def cross_validate(scored: Scored, cost: ns.CostMatrix) -> tuple[Tally, list[str]]:
     """Leave-one-folder-out: the best candidate on 4 folders scores the 5th, for each folder."""
-    first = next(iter(prepared.values()))
-    folders = sorted({folder_of(p.name) for p in first})
+    first = next(iter(scored.values()))
+    folders = sorted({folder_of(p.name) for p, _ in first})
     tally, chosen = Tally(), []
     for held in folders:
-        cand = best_on(prepared, cost, lambda p, held=held: folder_of(p.name) != held)
-        test = [p for p in prepared[cand] if folder_of(p.name) == held]
-        tally.add([ns.score_series(p, cand[1], cost) for p in test], test, cost)
+        cand = best_on(scored, lambda p, held=held: folder_of(p.name) != held)
+        test = [(p, o) for p, o in scored[cand] if folder_of(p.name) == held]
+        tally.add([o for _, o in test], [p for p, _ in test], cost)
         chosen.append(f"{held}: {cand[0]} @ {cand[1]}")
     return tally, chosen
+
+
+def score_fixed(preps: list[ns.PreparedSeries], cost: ns.CostMatrix) -> Tally:
+    """Fixed scores (a published result) at the threshold optimised over them."""
+    threshold, _ = ns.optimize_threshold(preps, cost)
+    tally = Tally()
+    tally.add([ns.score_series(p, threshold, cost) for p in preps], preps, cost)
+    return tally
 
 
 def cross_validate_fixed(preps: list[ns.PreparedSeries], cost: ns.CostMatrix) -> Tally:
@@ -248,10 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     print("|---|" + "---:|" * (2 * len(PROFILES) + 2))
     default_t = thresholds[0]
-    rows: list[tuple[str, dict[Candidate, list[ns.PreparedSeries]] | None, list[ns.PreparedSeries] | None]] = [
-        (n, {c: prepared[c] for c in prepared if c[0] == n}, None) for n in names]
-    shipped = {("shipped", default_t): prepared[("shipped", default_t)]}
-    rows.append((f"shipped, at its default threshold {default_t} only", shipped, None))
+    scored = {prof: score_candidates(prepared, profiles[prof]) for prof in PROFILES}
+    rows: list[tuple[str, list[Candidate] | None, list[ns.PreparedSeries] | None]] = [
+        (n, [c for c in prepared if c[0] == n], None) for n in names]
+    rows.append((f"shipped, at its default threshold {default_t} only", [("shipped", default_t)], None))
     if ref:
         rows.append(("*contextOSE (published)*", None, ref))
     for name, cands, fixed in rows:
@@ -260,13 +271,14 @@ def main(argv: list[str] | None = None) -> int:
         for prof in PROFILES:
             cost = profiles[prof]
             if cands is not None:
-                cand = best_on(cands, cost)
-                whole = score_at(cands[cand], cand[1], cost)
-                cv, _ = cross_validate(cands, cost)
+                mine = {c: scored[prof][c] for c in cands}
+                cand = best_on(mine)
+                whole = tally_of(mine[cand], cost)
+                cv, _ = cross_validate(mine, cost)
                 t_used = f"{cand[1]}"
             else:
                 assert fixed is not None
-                whole = score_at(fixed, None, cost)
+                whole = score_fixed(fixed, cost)
                 cv = cross_validate_fixed(fixed, cost)
                 t_used = "optimised"
             cells += [f"{whole.score:.2f}", f"{cv.score:.2f}"]
@@ -278,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| profile | CV score | TP/FP/FN held out | chosen per held-out folder |")
     print("|---|---:|---:|---|")
     for prof in PROFILES:
-        cv, chosen = cross_validate(prepared, profiles[prof])
+        cv, chosen = cross_validate(scored[prof], profiles[prof])
         print(f"| {prof} | {cv.score:.2f} | {cv.tp}/{cv.fp}/{cv.fn} | {'; '.join(chosen)} |")
     return 0
 
