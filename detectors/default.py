@@ -464,8 +464,7 @@ class DefaultDetector(Detector):
             if len(self._gaps) >= WARMUP - 1:
                 self._fix_interval()
                 if self._per_day:
-                    self._week_pos = (self._week_pos + 1) % len(self._week)
-                    self._week[self._week_pos] = half
+                    self._push_week(half)
             return 0.0
         regular = self._regular + 1 if ts_ms - self._last_ts == self._interval else 0
         self._regular = min(regular, RUN_CAP)
@@ -501,9 +500,12 @@ class DefaultDetector(Detector):
                 self._season_seen = min(self._season_seen + 1, RUN_CAP)
         else:
             self._res_n = 0
-        self._week_pos = (self._week_pos + 1) % size
-        week[self._week_pos] = half
+        self._push_week(half)
         return c
+
+    def _push_week(self, half: float) -> None:
+        self._week_pos = (self._week_pos + 1) % len(self._week)
+        self._week[self._week_pos] = half
 
     # -- CAD ---------------------------------------------------------------------------------
     def _cad_score(self, quarter: float) -> float:
