@@ -117,6 +117,12 @@ def last_offset(checkpoint: Path, batch: int) -> int:
     return next(iter(json.loads(line).values()))["0"]
 
 
+def consumed_all(checkpoint: Path) -> bool:
+    """Whether the last committed batch ends at the input's last offset."""
+    committed = batch_ids(checkpoint / "commits")
+    return bool(committed) and last_offset(checkpoint, max(committed)) == TOTAL
+
+
 @pytest.mark.timeout(900)
 def test_cluster_run_equals_local_mode_with_executors_on_both_workers(
     kafka_broker, spark_cluster, local_reference, tmp_path
@@ -198,13 +204,15 @@ def test_worker_sigkilled_mid_batch_job_continues_and_table_equals(
         while sorted(app_cores_by_worker(state).values()) != [1, 1]:
             assert job.alive() and time.monotonic() < deadline, "the restarted worker got no executor"
             time.sleep(0.5)
-        # the whole input consumed and the results written: the table equals the uninterrupted run's
+        # the whole input consumed (a committed batch ends at the last offset) and the results written:
+        # the table equals the uninterrupted run's. Both are waited for: the sink writes a batch's rows
+        # before Spark writes its commit file, and the last messages may write no row at all.
         deadline = time.monotonic() + 400
-        while table_rows(tmp_path / "results.db") != local_reference.rows:
-            assert job.alive() and time.monotonic() < deadline, f"table never equal to the reference:\n{job.tail()}"
+        while not (consumed_all(checkpoint) and table_rows(tmp_path / "results.db") == local_reference.rows):
+            assert job.alive() and time.monotonic() < deadline, (
+                f"input consumed: {consumed_all(checkpoint)}; table never equal to the reference:\n{job.tail()}"
+            )
             time.sleep(1)
-        committed = max(batch_ids(checkpoint / "commits"))
-        assert last_offset(checkpoint, committed) == TOTAL
     finally:
         code = job.stop() if job.alive() else job.wait(10)
     assert code == 0, job.tail()
