@@ -19,6 +19,12 @@ import threading
 import time
 
 from pyspark.sql.streaming import StreamingQueryListener
+from pyspark.sql.streaming.listener import (
+    QueryIdleEvent,
+    QueryProgressEvent,
+    QueryStartedEvent,
+    QueryTerminatedEvent,
+)
 
 from jobs.sinks import BOARD, STATS_METRICS, BatchStats, StatsBoard
 
@@ -76,10 +82,10 @@ class ProgressListener(StreamingQueryListener):
                 self._changed.wait(left)
         return True
 
-    def onQueryStarted(self, event) -> None:
+    def onQueryStarted(self, event: QueryStartedEvent) -> None:
         log.info("[%s] started (id %s, run %s)", event.name, event.id, event.runId)
 
-    def onQueryProgress(self, event) -> None:
+    def onQueryProgress(self, event: QueryProgressEvent) -> None:
         progress = event.progress
         data = {
             "name": progress.name,
@@ -93,10 +99,10 @@ class ProgressListener(StreamingQueryListener):
         }
         log.info("%s", format_progress(data, self.stats_board))
 
-    def onQueryIdle(self, event) -> None:
+    def onQueryIdle(self, event: QueryIdleEvent) -> None:
         pass
 
-    def onQueryTerminated(self, event) -> None:
+    def onQueryTerminated(self, event: QueryTerminatedEvent) -> None:
         if event.exception:
             log.error("query %s failed: %s", event.id, event.exception.splitlines()[0])
         else:

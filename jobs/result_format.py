@@ -160,7 +160,7 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 def is_sql_identifier(name: str | None) -> bool:
     """A plain, unquoted SQL identifier of at most 63 characters (PostgreSQL's limit)."""
-    return bool(name) and _SQL_IDENTIFIER.match(name) is not None
+    return name is not None and _SQL_IDENTIFIER.match(name) is not None
 
 
 def mask_secret(text: str, secret: str | None) -> str:

@@ -57,7 +57,7 @@ import numpy as np
 import pandas as pd
 
 from detectors import get_detector_class
-from detectors.base import BatchResult, StateError, concat_results, pack_state, unpack_state, update_many
+from detectors.base import BatchResult, Detector, StateError, concat_results, pack_state, unpack_state, update_many
 from jobs import windows
 from jobs.result_format import (
     DEAD_LETTER_COLUMNS,
@@ -591,7 +591,7 @@ def _score_one(
         blobs[i] = blob
 
 
-def _restore(cls: type, params: dict[str, Any], blob: bytes | None) -> Any:
+def _restore(cls: type[Detector], params: dict[str, Any], blob: bytes | None) -> Any:
     """The application's detector: fresh before its first point, else rebuilt from its state blob."""
     return cls(**params) if blob is None else cls.from_state(blob, **params)
 
