@@ -25,13 +25,16 @@ strictly below 1):
   likelihood, applied to ``max(CAD, novelty)``): the mean of the last
   ``LIK_SHORT = 10`` combined scores is compared with the mean and variance of
   the previous ``LIK_LONG = 500`` ones; its Gaussian tail probability ``p`` scores
-  ``log(p) / log(1e-5)`` (capped below 1). It catches a *sustained* rise of the
+  ``log(p) / log(LIK_TAIL)`` with ``LIK_TAIL = 1e-8`` (capped below 1; NAB's
+  likelihood uses 1e-5: v6 asks for a rarer run). It catches a *sustained* rise of the
   scores (a changed regime that CAD keeps finding odd) that no single score shows.
   It scores once it has ``LIK_MIN = 288`` combined scores (a day of 5-minute points),
-  and its alarm needs the value at least ``LIK_SIGMA = 1`` standard deviation from
+  and its alarm needs the value at least ``LIK_SIGMA = 2`` standard deviations from
   the mean of the last ``HISTORY`` values: a run of odd scores while the value sits
-  at its usual level is CAD churning on noise (6 of its 16 false alarms on NAB,
-  none of its windows).
+  at its usual level is CAD churning on noise.
+* **The same gate for CAD** (v6): an alarm raised by CAD alone (its score above
+  every other part's) needs the value at least ``CAD_SIGMA = 1`` standard
+  deviation from that mean; otherwise the point reports the other parts' score.
 * **Seasonal novelty** (v5): is the last stretch unlike the same time yesterday
   *and* the same time a week ago? The residual of a value is its difference from
   the value one day back or the value one week back, whichever is closer (so a
@@ -262,10 +265,11 @@ LIK_LONG = 500  # likelihood: earlier combined scores that give the usual mean a
 LIK_SHORT = 10  # likelihood: the last scores averaged (NAB's anomaly likelihood uses 10)
 LIK_MIN = 288  # likelihood: combined scores it needs before it scores (a day of 5-minute points: on day two
 # a calm history made every small rise of the scores "unlikely"; 2 * LIK_SHORT before: +0.1 CV, 1 FP fewer)
-LIK_TAIL = 1e-5  # a tail probability of LIK_TAIL maps to 1 (log scale, as NAB's likelihood)
+LIK_TAIL = 1e-8  # a tail probability of LIK_TAIL maps to 1 (log scale; NAB's likelihood uses 1e-5)
 LIK_VAR_FLOOR = 1e-6  # smallest variance of the combined score
 LIK_TOP = 1.0 - 1e-9  # the likelihood score stays strictly below 1
-LIK_SIGMA = 1.0  # an alarm of the likelihood needs the value this many std from the recent mean
+LIK_SIGMA = 2.0  # an alarm of the likelihood needs the value this many std from the recent mean
+CAD_SIGMA = 1.0  # an alarm of CAD alone needs the value this many std from the recent mean
 NOVELTY_FLOOR = 0.75  # a novelty c >= 1 scores NOVELTY_FLOOR + (1 - NOVELTY_FLOOR) * c / (1 + c)
 MAX_CONTEXTS = 1_500  # CAD contexts kept (least recently used go): state <= 64 KiB on NAB (see the docstring)
 LEVEL_RUN = 3  # points in a row beyond the band after which they join the range (a level shift)
@@ -560,6 +564,14 @@ class DefaultDetector(Detector):
         # strictly above the record: a stretch as odd as the oddest so far (a repeat) is no news
         seas = NOVELTY_FLOOR + (1.0 - NOVELTY_FLOOR) * seasonal / (1.0 + seasonal) if seasonal > 1.0 else 0.0
         score = max(combined, lik, seas)
+        if (CAD_SIGMA > 0.0 and score >= self.config["threshold"] and cad >= score and cad > nov
+                and (sigma := self._sigma(value)) < CAD_SIGMA):
+            # CAD alone, the value at its usual level: CAD churning on noise. What is left is
+            # scored as if CAD had not spoken, the likelihood held to its own gate.
+            cad, combined = 0.0, nov
+            if lik >= self.config["threshold"] and lik > combined and sigma < LIK_SIGMA:
+                lik = 0.0
+            score = max(combined, lik, seas)
         e = (self._c_threshold - 1.0) * spread
         lower, upper = _unhalve(lo - e), _unhalve(hi + e)
         side = 1 if value > upper else -1 if value < lower else 0

@@ -257,3 +257,36 @@ def test_a_likelihood_alarm_needs_the_value_away_from_its_usual_level() -> None:
     away = float(det._recent().mean() * 2.0 + 2.5 * det._recent().std() * 2.0)
     result = det.update(n * 60_000, away)
     assert result.is_anomaly and result.anomaly_probability >= 0.99
+
+
+def test_a_cad_alarm_alone_needs_the_value_away_from_its_usual_level() -> None:
+    """CAD's raw score forced high: with the value at its recent mean (CAD_SIGMA) the point is
+    not an alarm; the same score with the value over CAD_SIGMA std away but inside the range
+    seen so far is an alarm, explained as raised by CAD."""
+    import json
+
+    import detectors.default as dd
+
+    n = 9 * 97  # the cycle of _series crosses its mean here
+    series = _series(n + 1)
+
+    def primed() -> DefaultDetector:
+        det = DefaultDetector()
+        _run(det, series[:n])
+        det._cad_score = lambda quarter: 0.99  # type: ignore[method-assign]  # CAD finds the context new
+        return det
+
+    det = primed()
+    assert dd.CAD_SIGMA > 0 and det._sigma(float(series[n])) < dd.CAD_SIGMA
+    usual = det.update(n * 60_000, float(series[n]))
+    assert not usual.is_anomaly and usual.anomaly_probability < det.config["threshold"]
+    # a likelihood alarm under CAD's score is held to the likelihood's own gate, not let through
+    det = primed()
+    det._likelihood = lambda combined: 0.95  # type: ignore[method-assign]
+    assert not det.update(n * 60_000, float(series[n])).is_anomaly
+    det = primed()
+    recent = det._recent() * 2.0
+    inside = float(recent.mean() + 1.2 * recent.std())  # a sine's values reach 1.41 std
+    assert dd.CAD_SIGMA < det._sigma(inside) and inside < float(recent.max())
+    result = det.update(n * 60_000, inside)
+    assert result.is_anomaly and json.loads(result.explanation)["by"] == "cad"
