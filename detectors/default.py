@@ -86,7 +86,7 @@ Rest of CAD (NAB's CAD wrapper does the same): after a raw CAD score of at least
 ``0.75`` the CAD score is reported as 0 for ``CAD_REST = 20`` points. CAD's scores
 come in bursts while it learns a new pattern; only the first point matters.
 
-Rest after an alarm (v5): for ``ALARM_REST = CAD_REST = 20`` points after an alarm
+Rest after an alarm (v5): for ``ALARM_REST = 20`` points after an alarm
 (a score at or above ``threshold``), every score is reported as 0, with one
 exception: the point that makes a run beyond the band a level shift (the
 ``LEVEL_RUN``-th in a row) still alarms, as ``level_shift`` ("it stayed" is news
@@ -97,32 +97,50 @@ pair, often the likelihood catching up with an event already raised, was 16 of i
 false alarms.) So the scores depend on ``threshold``: ``bench/default_cv.py`` runs
 each threshold it scores.
 
-Cross-validated choices of v5 (``bench/default_cv.py``, every variant run at each
+Cross-validated choices of v6 (``bench/default_cv.py``, every variant run at each
 threshold it is scored at; NAB standard / reward_low_FP / reward_low_FN in-sample,
-which equals the CV score with the threshold held out for every row; README,
-*Model selection*, has the whole table):
+which is also the CV score with the threshold held out, but for the row with
+"CV"; README, *Model selection*, has the whole table). v6 changed constants and
+added the CAD gate; its state is v5's (``state_version`` 5), so a v5 state continues:
 
 =====================================================  ===================  ========
-variant (one change against v5 as shipped)             in-sample            TP/FP/FN
+variant (one change against v6 as shipped)             in-sample            TP/FP/FN
 =====================================================  ===================  ========
-**v5 as shipped**                                      81.2 / 75.5 / 85.6   50/56/3
-no seasonal part (v4 + the new rest, gates and caps)   74.3 / 69.1 / 78.5   46/51/7
-SEASON_MEAN 12 / 48 (shipped 24)                       80.6 / 78.8 standard 50/59/3
-SEASON_BURN_IN 1 (shipped 2)                           80.6 / 74.2 / 85.1   50/62/3
-SEASON_SCALE 0: records at any scale (shipped 6)       80.9 / 74.8 / 85.4   50/60/3
-LEVEL_ALARM off: no level-shift alarm within a rest    81.4 / 75.9 / 85.7   50/54/3
-ALARM_REST 10 / 30 (shipped 20)                        80.6 / 79.6 standard 50/62/3
-LIK_MIN 20 (v4; shipped 288)                           81.1 / 75.3 / 85.5   50/57/3
-LIK_SIGMA 0 (v4) / 2 (shipped 1)                       80.6 / 81.3 standard 50/62/3
-LIK_TAIL 1e-9 (shipped 1e-5)                           78.0 / 73.0 / 82.2   48/50/5
-RANGE_DELAY 0: spikes join the range at once           81.6 / 76.3 / 85.8   50/52/3
-MAX_CONTEXTS 20,000 (v4; shipped 1,500)                81.0 / 75.1 / 85.4   50/58/3
+**v6 as shipped**                                      80.0 / 75.1 / 84.2   49/48/4
+v5: LIK_TAIL 1e-5, LIK_SIGMA 1, CAD_SIGMA 0            81.2 / 75.5 / 85.6   50/56/3
+LIK_TAIL 1e-5 (v5) / 1e-7 / 1e-9 (shipped 1e-8)        81.4 / 79.6 / 78.2   53 / 52 / 48 FP
+no likelihood                                          75.3 / 70.4 / 79.1   46/48/7
+LIK_SIGMA 1 (v5) / 0 (v4) (shipped 2; CV 79.9 / 79.4)  80.0 / 79.5 standard 49 / 53 FP
+CAD_SIGMA 0 (v5) / 1.5 (shipped 1)                     79.9 / 78.5 standard 50 / 48 FP
+LIK_MIN 20 (v4; shipped 288)                           80.0 / 74.9 / 84.1   49/49/4
+LEVEL_ALARM off: no level-shift alarm within a rest    80.3 / 75.6 / 84.3   49/46/4
+ALARM_REST 10 / 30 (shipped 20)                        79.7 / 80.2 standard 51 / 46 FP
+no seasonal part                                       69.7 / 65.3 / 73.5   43/43/10
+SEASON_MEAN 12 / 48 (shipped 24)                       79.5 / 77.7 standard 51 / 53 FP
+SEASON_BURN_IN 1 (shipped 2)                           79.4 / 73.9 / 83.8   49/54/4
+SEASON_SCALE 0: records at any scale (shipped 6)       79.8 / 74.4 / 84.0   49/52/4
+RANGE_DELAY 0: spikes join the range at once           80.4 / 75.9 / 84.4   49/44/4
+MAX_CONTEXTS 20,000 (v4; shipped 1,500)                80.0 / 74.9 / 84.1   49/49/4
 =====================================================  ===================  ========
 
-Leave-one-folder-out selection among these variants x 4 thresholds: 79.6 / 74.2 /
-83.9. RANGE_DELAY 0 and LEVEL_ALARM off score a little higher and are not shipped:
-the first misses the demo's level shift 2.5 hours after a spike (as in v4), the
-second would leave an operator with "spike" and never "it stayed".
+Leave-one-folder-out selection among these variants x 4 thresholds: 80.2 / 75.4 /
+84.3, with 47 false alarms held out (49 / 47 / 4); the same selection restricted,
+on the 4 training folders, to candidates within 1.5 x contextOSE's false alarms
+there: 80.1 / 75.4 / 84.2, 46 held out. The issue's cap is 1.5 x contextOSE's 33
+= 49 false alarms at the standard threshold: v5 raised 56, v6 48. By score alone
+the selection prefers NAB's LIK_TAIL 1e-5 (81.4 in-sample, 53 false alarms); 1e-8
+is what keeps the cap on all 31 series. Three variants raise fewer false alarms
+and are not shipped, for the operator: ALARM_REST 30 misses the demo's dip 22
+points after a spike of the same application, RANGE_DELAY 0 the demo's level
+shift 2.5 hours after a spike (as in v4), and LEVEL_ALARM off would leave an
+operator with "spike" and never "it stayed". Where v6's 48 false alarms come from
+(each alarm's explanation): range novelty 16, CAD 12, shape novelty 8, seasonal 8,
+likelihood 4 (v5: 16 / 14 / 8 / 8 / 10); ``machine_temperature`` 9 -> 3.
+
+v5 (one change against v5 as shipped, in-sample, standard): no seasonal part
+74.3; LEVEL_ALARM off 81.4; ALARM_REST 10 / 30 80.6 / 79.6; LIK_MIN 20 81.1;
+LIK_SIGMA 0 / 2 80.6 / 81.3; LIK_TAIL 1e-9 78.0; RANGE_DELAY 0 81.6; the
+selection 79.6 / 74.2 / 83.9 (53 false alarms held out).
 
 Cross-validated choices of v4 (``bench/default_cv.py``: each variant runs over
 all 31 series; "in-sample" optimises the threshold on all of them, "CV" holds
@@ -260,7 +278,7 @@ REPLAY = 1000  # points replayed into a rebuilt CAD
 CAD_REST = 20  # points the CAD score is silenced after a raw score >= CAD_BASE
 CAD_BASE = 0.75  # NAB's base threshold of CAD
 CAD_MATURE = 288  # CAD's score counts from this point on (a day of 5-minute points: a cycle seen once)
-ALARM_REST = CAD_REST  # points after an alarm (score >= threshold) in which the score is reported as 0
+ALARM_REST = 20  # points after an alarm (score >= threshold) in which the score is reported as 0
 LIK_LONG = 500  # likelihood: earlier combined scores that give the usual mean and spread
 LIK_SHORT = 10  # likelihood: the last scores averaged (NAB's anomaly likelihood uses 10)
 LIK_MIN = 288  # likelihood: combined scores it needs before it scores (a day of 5-minute points: on day two

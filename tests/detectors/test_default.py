@@ -287,6 +287,6 @@ def test_a_cad_alarm_alone_needs_the_value_away_from_its_usual_level() -> None:
     det = primed()
     recent = det._recent() * 2.0
     inside = float(recent.mean() + 1.2 * recent.std())  # a sine's values reach 1.41 std
-    assert dd.CAD_SIGMA < det._sigma(inside) and inside < float(recent.max())
+    assert det._sigma(inside) > dd.CAD_SIGMA and inside < float(recent.max())
     result = det.update(n * 60_000, inside)
     assert result.is_anomaly and json.loads(result.explanation)["by"] == "cad"
