@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import re
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-_spec = importlib.util.spec_from_file_location(
-    "bench_throughput", Path(__file__).resolve().parent.parent / "bench" / "throughput.py"
-)
-assert _spec is not None and _spec.loader is not None
-bench = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = bench  # dataclasses look their module up while the class is built
-_spec.loader.exec_module(bench)
+from tests.bench_module import load_bench
+
+bench = load_bench("throughput")
 
 
 def test_fit_recovers_per_key_per_event_and_fixed_costs():

@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 from evaluation import nab_scoring as ns
+from tests.bench_module import load_bench
 
-_spec = importlib.util.spec_from_file_location(
-    "bench_default_cv", Path(__file__).resolve().parent.parent / "bench" / "default_cv.py"
-)
-assert _spec is not None and _spec.loader is not None
-cv = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = cv  # dataclasses look their module up while the class is built
-_spec.loader.exec_module(cv)
+cv = load_bench("default_cv")
 
 COST = ns.CostMatrix(tp_weight=1.0, fp_weight=0.11, fn_weight=1.0)
 FOLDERS = ("f1", "f2", "f3")
