@@ -576,19 +576,16 @@ class DefaultDetector(Detector):
             cad = CAD_TOP + (1.0 - CAD_TOP) * graded
         combined = max(cad, nov)
         lik = self._likelihood(combined) if self._count >= CAD_MATURE else 0.0
-        if (LIK_SIGMA > 0.0 and lik >= self.config["threshold"] and lik > combined
-                and self._sigma(value) < LIK_SIGMA):
-            lik = 0.0  # odd scores while the value sits at its usual level: CAD churning on noise
+        lik = self._gate_likelihood(lik, combined, value)
         # strictly above the record: a stretch as odd as the oddest so far (a repeat) is no news
         seas = NOVELTY_FLOOR + (1.0 - NOVELTY_FLOOR) * seasonal / (1.0 + seasonal) if seasonal > 1.0 else 0.0
         score = max(combined, lik, seas)
         if (CAD_SIGMA > 0.0 and score >= self.config["threshold"] and cad >= score and cad > nov
-                and (sigma := self._sigma(value)) < CAD_SIGMA):
+                and self._sigma(value) < CAD_SIGMA):
             # CAD alone, the value at its usual level: CAD churning on noise. What is left is
             # scored as if CAD had not spoken, the likelihood held to its own gate.
             cad, combined = 0.0, nov
-            if lik >= self.config["threshold"] and lik > combined and sigma < LIK_SIGMA:
-                lik = 0.0
+            lik = self._gate_likelihood(lik, combined, value)
             score = max(combined, lik, seas)
         e = (self._c_threshold - 1.0) * spread
         lower, upper = _unhalve(lo - e), _unhalve(hi + e)
@@ -628,6 +625,15 @@ class DefaultDetector(Detector):
         else:
             kind = "sustained" if by in ("likelihood", "seasonal") else "pattern"
         return explanation(kind, by, sigma=self._sigma(value), expected=(lower, upper))
+
+    def _gate_likelihood(self, lik: float, combined: float, value: float) -> float:
+        """The likelihood's score, or 0 when it alone would alarm while the value sits less than
+        LIK_SIGMA std from its recent mean (odd scores at the usual level: CAD churning on noise).
+        The std is only computed for such a point."""
+        if (LIK_SIGMA > 0.0 and lik >= self.config["threshold"] and lik > combined
+                and self._sigma(value) < LIK_SIGMA):
+            return 0.0
+        return lik
 
     def _sigma(self, value: float) -> float:
         """Distance of ``value`` from the mean of the last HISTORY values, in their standard

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -235,19 +236,27 @@ def test_a_version_4_state_is_continued() -> None:
     assert old._interval == 3_600_000 and old._per_day == 24
 
 
+_MEAN_CROSSING = 9 * 97  # the cycle of _series crosses its mean here
+
+
+def _primed(series: np.ndarray, **forced: Any) -> DefaultDetector:
+    """A detector fed ``series`` up to its last point, then with the given methods forced."""
+    det = DefaultDetector()
+    _run(det, series[:-1])
+    for name, method in forced.items():
+        setattr(det, name, method)
+    return det
+
+
 def test_a_likelihood_alarm_needs_the_value_away_from_its_usual_level() -> None:
     """An unlikely run of scores while the value sits at its recent mean is CAD churning on
     noise (LIK_SIGMA): no alarm. The same run with the value a few std away alarms."""
     import detectors.default as dd
 
-    n = 9 * 97  # the cycle of _series crosses its mean here
-    series = _series(n + 1)
+    n, series = _MEAN_CROSSING, _series(_MEAN_CROSSING + 1)
 
     def primed() -> DefaultDetector:
-        det = DefaultDetector()
-        _run(det, series[:n])
-        det._likelihood = lambda combined: 0.99  # type: ignore[method-assign]  # an unlikely run, forced
-        return det
+        return _primed(series, _likelihood=lambda combined: 0.99)  # an unlikely run, forced
 
     det = primed()
     assert dd.LIK_SIGMA > 0 and det._sigma(float(series[n])) < dd.LIK_SIGMA
@@ -263,18 +272,12 @@ def test_a_cad_alarm_alone_needs_the_value_away_from_its_usual_level() -> None:
     """CAD's raw score forced high: with the value at its recent mean (CAD_SIGMA) the point is
     not an alarm; the same score with the value over CAD_SIGMA std away but inside the range
     seen so far is an alarm, explained as raised by CAD."""
-    import json
-
     import detectors.default as dd
 
-    n = 9 * 97  # the cycle of _series crosses its mean here
-    series = _series(n + 1)
+    n, series = _MEAN_CROSSING, _series(_MEAN_CROSSING + 1)
 
     def primed() -> DefaultDetector:
-        det = DefaultDetector()
-        _run(det, series[:n])
-        det._cad_score = lambda quarter: 0.99  # type: ignore[method-assign]  # CAD finds the context new
-        return det
+        return _primed(series, _cad_score=lambda quarter: 0.99)  # CAD finds the context new
 
     det = primed()
     assert dd.CAD_SIGMA > 0 and det._sigma(float(series[n])) < dd.CAD_SIGMA
