@@ -184,26 +184,14 @@ def best_on(scored: Scored, keep: Any = lambda p: True) -> Candidate:
     return best[0]
 
 
-def cross_validate(scored: Scored, cost: ns.CostMatrix) -> tuple[Tally, list[str]]:
-    """Leave-one-folder-out: the best candidate on 4 folders scores the 5th, for each folder."""
-    first = next(iter(scored.values()))
-    folders = sorted({folder_of(p.name) for p, _ in first})
-    tally, chosen = Tally(), []
-    for held in folders:
-        cand = best_on(scored, lambda p, held=held: folder_of(p.name) != held)
-        test = [(p, o) for p, o in scored[cand] if folder_of(p.name) == held]
-        tally.add([o for _, o in test], [p for p, _ in test], cost)
-        chosen.append(f"{held}: {cand[0]} @ {cand[1]}")
-    return tally, chosen
-
-
-def cross_validate_capped(
-    scored: Scored, cost: ns.CostMatrix, caps: Mapping[str, int]
+def cross_validate(
+    scored: Scored, cost: ns.CostMatrix, caps: Mapping[str, int] | None = None
 ) -> tuple[Tally, list[str]]:
-    """Leave-one-folder-out under a false-alarm cap: on the 4 other folders, the best candidate among
-    those raising at most ``caps[held]`` false alarms there scores the 5th. (A candidate's alarms, and
-    so its false alarms, are the same under every profile: its threshold is part of it.) No candidate
-    under the cap: the one with the fewest false alarms there."""
+    """Leave-one-folder-out: the best candidate on 4 folders scores the 5th, for each folder.
+
+    With ``caps``, only candidates raising at most ``caps[held]`` false alarms on the 4 folders
+    compete (a candidate's alarms, and so its false alarms, are the same under every profile: its
+    threshold is part of it); with none under the cap, the one with the fewest false alarms there."""
     first = next(iter(scored.values()))
     folders = sorted({folder_of(p.name) for p, _ in first})
     tally, chosen = Tally(), []
@@ -211,13 +199,17 @@ def cross_validate_capped(
         def train(p: ns.PreparedSeries, held: str = held) -> bool:
             return folder_of(p.name) != held
 
-        fps = {c: sum(o.fp for p, o in pairs if train(p)) for c, pairs in scored.items()}
-        under = {c: pairs for c, pairs in scored.items() if fps[c] <= caps[held]}
-        cand = best_on(under, train) if under else min(scored, key=lambda c: fps[c])
+        if caps is None:
+            cand = best_on(scored, train)
+            chosen.append(f"{held}: {cand[0]} @ {cand[1]}")
+        else:
+            fps = {c: sum(o.fp for p, o in pairs if train(p)) for c, pairs in scored.items()}
+            under = {c: pairs for c, pairs in scored.items() if fps[c] <= caps[held]}
+            cand = best_on(under, train) if under else min(scored, key=lambda c: fps[c])
+            chosen.append(f"{held}: {cand[0]} @ {cand[1]} ({fps[cand]} <= {caps[held]})" if under
+                          else f"{held}: none under {caps[held]}, fewest: {cand[0]} @ {cand[1]} ({fps[cand]})")
         test = [(p, o) for p, o in scored[cand] if folder_of(p.name) == held]
         tally.add([o for _, o in test], [p for p, _ in test], cost)
-        chosen.append(f"{held}: {cand[0]} @ {cand[1]} ({fps[cand]} <= {caps[held]})" if under
-                      else f"{held}: none under {caps[held]}, fewest: {cand[0]} @ {cand[1]} ({fps[cand]})")
     return tally, chosen
 
 
@@ -354,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         print("| profile | CV score | TP/FP/FN held out | chosen per held-out folder (its false alarms <= cap) |")
         print("|---|---:|---:|---|")
         for prof in PROFILES:
-            cv, chosen = cross_validate_capped(scored[prof], profiles[prof], caps)
+            cv, chosen = cross_validate(scored[prof], profiles[prof], caps)
             print(f"| {prof} | {cv.score:.2f} | {cv.tp}/{cv.fp}/{cv.fn} | {'; '.join(chosen)} |")
         # the procedure on all 31 series: what it would ship
         corpus_cap = int(args.fp_cap * ref_fp)

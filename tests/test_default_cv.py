@@ -25,7 +25,7 @@ def candidate(raw: float, fp: int) -> list[tuple[ns.PreparedSeries, ns.SeriesOut
 def test_the_cap_excludes_the_better_scoring_noisier_candidate():
     scored = {("loud", 0.87): candidate(0.9, fp=5), ("quiet", 0.87): candidate(0.6, fp=2)}
     free, chosen_free = cv.cross_validate(scored, COST)
-    capped, chosen = cv.cross_validate_capped(scored, COST, {f: 6 for f in FOLDERS})  # 2 folders: 10 vs 4
+    capped, chosen = cv.cross_validate(scored, COST, {f: 6 for f in FOLDERS})  # 2 folders: 10 vs 4
     assert all("loud" in c for c in chosen_free) and all("quiet" in c for c in chosen)
     assert (free.fp, capped.fp) == (15, 6)
     assert capped.score < free.score
@@ -33,7 +33,7 @@ def test_the_cap_excludes_the_better_scoring_noisier_candidate():
 
 def test_without_a_candidate_under_the_cap_the_fewest_false_alarms_win_and_it_says_so():
     scored = {("loud", 0.87): candidate(0.9, fp=5), ("less loud", 0.87): candidate(0.6, fp=3)}
-    tally, chosen = cv.cross_validate_capped(scored, COST, {f: 1 for f in FOLDERS})
+    tally, chosen = cv.cross_validate(scored, COST, {f: 1 for f in FOLDERS})
     assert tally.fp == 9 and all("none under 1, fewest: less loud" in c for c in chosen)
 
 
