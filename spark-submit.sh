@@ -8,7 +8,7 @@
 #   --master local[*]          unless you give --master (standalone, yarn, k8s://...)
 #   --jars  .jars/spark/*.jar  Kafka connector + SQLite/PostgreSQL JDBC drivers (from Maven Central,
 #                              resolved by scripts/bootstrap.sh); shipped to the cluster by Spark
-#   --py-files build/anomaly_job.zip   the jobs/ and detectors/ packages (the query), rebuilt on every submit
+#   --py-files build/anomaly_job.zip   the jobs/, detectors/ and incidents/ packages (the query), rebuilt on every submit
 #   log4j2 config (conf/log4j2.properties) for a quiet driver log in local mode
 #   on a cluster master (spark://, yarn, k8s://): the venv packed with venv-pack (build/anomaly-env.tar.gz,
 #                              rebuilt when its packages change) as --archives ...#env, with
@@ -43,7 +43,7 @@ if [[ ! -x "$VENV/bin/spark-submit" ]] || ! compgen -G "$ROOT/.jars/spark/*.jar"
   exit 1
 fi
 
-# Package the Python code the driver and executors import: jobs/ and detectors/ only (tools/ and
+# Package the Python code the driver and executors import: jobs/, detectors/, incidents/ only (tools/ and
 # evaluation/ run around the query, never in it); rebuilt on every submit.
 (cd "$ROOT" && "$VENV/bin/python" -m tools.cluster code-zip >/dev/null)
 

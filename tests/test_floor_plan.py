@@ -38,7 +38,7 @@ def test_the_shipped_zip_holds_the_query_only(tmp_path):
     with zipfile.ZipFile(code_zip(tmp_path / "job.zip")) as z:
         names = z.namelist()
         sources = {name: z.read(name).decode() for name in names}
-    assert SHIPPED_PACKAGES == ("jobs", "detectors")
+    assert SHIPPED_PACKAGES == ("jobs", "detectors", "incidents")
     assert {n.split("/")[0] for n in names} == set(SHIPPED_PACKAGES), sorted(names)[:20]
     assert "jobs/stateful_operator.py" in names and "detectors/cad.py" in names
     # nothing shipped imports what stays behind

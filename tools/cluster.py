@@ -352,7 +352,7 @@ def pack_env(venv: Path | None = None, output: Path = ENV_ARCHIVE) -> Path:
 
 
 # What runs inside the query, on the driver and the executors; tools/ and evaluation/ stay behind.
-SHIPPED_PACKAGES = ("jobs", "detectors")
+SHIPPED_PACKAGES = ("jobs", "detectors", "incidents")
 
 
 def code_zip(output: Path = REPO_ROOT / "build" / "anomaly_job.zip") -> Path:
