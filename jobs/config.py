@@ -40,20 +40,9 @@ from pathlib import Path
 from typing import Any, Literal, overload
 
 from detectors import ParamError, get_detector_class
+from jobs import aggregations
 from jobs.result_format import ENV_NAME, is_sql_identifier
 
-AGG_FUNCTIONS = (
-    "none",
-    "sum",
-    "avg",
-    "count",
-    "min",
-    "max",
-    "percentile50",
-    "percentile75",
-    "percentile95",
-    "percentile99",
-)
 STARTING_OFFSETS = ("earliest", "latest")
 DEFAULT_DETECTOR = "default"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -460,7 +449,7 @@ def _aggregation(raw: Any, name: str) -> AggregationConfig:
     section = _mapping(raw, name)
     _check_keys(section, ("agg_function", "agg_window_millis", "allowed_lateness_millis", "deduplicate"), name)
     defaults = AggregationConfig
-    function = _choice(section.get("agg_function"), f"{name}.agg_function", AGG_FUNCTIONS, defaults.agg_function)
+    function = _choice(section.get("agg_function"), f"{name}.agg_function", aggregations.NAMES, defaults.agg_function)
     window = _int(section.get("agg_window_millis"), f"{name}.agg_window_millis", 0, default=defaults.agg_window_millis)
     if function != "none" and window <= 0:
         raise ConfigError(f"{name}.agg_window_millis", f"must be > 0 when agg_function is {function!r}")

@@ -58,7 +58,7 @@ import pandas as pd
 
 from detectors import get_detector_class
 from detectors.base import BatchResult, Detector, StateError, concat_results, pack_state, unpack_state, update_many
-from jobs import windows
+from jobs import aggregations, windows
 from jobs.result_format import (
     DEAD_LETTER_COLUMNS,
     KIND_DEAD_LETTER,
@@ -80,14 +80,7 @@ _INT64_MAX = int(np.iinfo(np.int64).max)
 # aggregates). Seen: the counted events of open windows (non-raw functions with
 # deduplicate). Every row carries its application's index ("app").
 _RAW_ROWS = (("app", np.int64), ("start", np.int64), ("ts", np.int64), ("value", np.float64))
-_PARTIAL_ROWS = (
-    ("app", np.int64),
-    ("start", np.int64),
-    ("count", np.int64),
-    ("sum", np.float64),
-    ("min", np.float64),
-    ("max", np.float64),
-)
+_PARTIAL_ROWS = (("app", np.int64), ("start", np.int64), *((p.name, p.dtype) for p in aggregations.PARTIALS))
 _SEEN_ROWS = (("app", np.int64), ("ts", np.int64), ("value", np.float64))
 
 
@@ -176,7 +169,7 @@ class BucketState:
         elif self.agg_function != agg_function:
             raise StateError(f"bucket state holds {self.agg_function!r} windows, not {agg_function!r}")
         if not self.windows:
-            raw = agg_function in windows.RAW_VALUE_FUNCTIONS
+            raw = aggregations.get(agg_function).raw
             self.windows = _table(_RAW_ROWS if raw else _PARTIAL_ROWS)
             self.seen = _table(_SEEN_ROWS)
 
@@ -450,13 +443,14 @@ def _close_windows(step: _Step) -> tuple[np.ndarray, np.ndarray, np.ndarray] | N
     value), sorted by application, then event time; None if nothing closed.
     """
     state, fn, length = step.state, step.settings.agg_function, step.length
+    agg = aggregations.get(fn)
     w = state.windows
     done = w["start"] + length <= state.closed_until[w["app"]]
     if not done.any():
         return None
     d = _take(w, done)
     state.windows = _take(w, ~done)
-    if fn not in windows.RAW_VALUE_FUNCTIONS and len(state.seen["app"]):
+    if not agg.raw and len(state.seen["app"]):
         seen = state.seen
         still_open = (
             windows.window_starts(seen["ts"], fn, step.settings.window_ms) + length
@@ -466,34 +460,19 @@ def _close_windows(step: _Step) -> tuple[np.ndarray, np.ndarray, np.ndarray] | N
     if fn == "none":
         order = np.lexsort((d["ts"], d["app"]))
         return d["app"][order], d["ts"][order], d["value"][order]
-    if fn in windows.PERCENTILES:
+    if agg.reduce is not None:
         order = np.lexsort((d["value"], d["start"], d["app"]))
         app, start, values = d["app"][order], d["start"][order], d["value"][order]
         first = np.flatnonzero(_group_starts(app, start))
         sizes = np.diff(np.append(first, len(values)))
-        q = windows.PERCENTILES[fn]
         out_values = np.empty(len(first))
-        # windows of equal size as the rows of one matrix: numpy's percentile per row
-        # takes the same steps as on each window alone (same bits)
+        # windows of equal size as the rows of one matrix, reduced in one call
         for size in np.unique(sizes).tolist():
             which = np.flatnonzero(sizes == size)
-            matrix = values[first[which][:, None] + np.arange(size)]
-            out_values[which] = np.percentile(matrix, q, axis=1, method="linear")
+            out_values[which] = agg.reduce(values[first[which][:, None] + np.arange(size)])
         return app[first], start[first], out_values
-    counts = d["count"]
-    if fn == "sum":
-        values = d["sum"]
-    elif fn == "avg":
-        values = d["sum"] / counts
-    elif fn == "count":
-        values = counts.astype(np.float64)
-    elif fn == "min":
-        values = d["min"]
-    elif fn == "max":
-        values = d["max"]
-    else:  # pragma: no cover - config validation rejects unknown functions
-        raise ValueError(f"unknown agg_function {fn!r}")
-    return d["app"], d["start"], np.asarray(values, dtype=np.float64)
+    assert agg.finish is not None
+    return d["app"], d["start"], np.asarray(agg.finish(d), dtype=np.float64)
 
 
 def _group_starts(*keys: np.ndarray) -> np.ndarray:
@@ -619,7 +598,7 @@ def _add_events(step: _Step, codes: np.ndarray, events: dict[str, np.ndarray]) -
     """Repeats, late events and the counting of the rest, for every application's events at once."""
     state, settings, length = step.state, step.settings, step.length
     fn, window_ms = settings.agg_function, settings.window_ms
-    raw = fn in windows.RAW_VALUE_FUNCTIONS
+    raw = aggregations.get(fn).raw
     ts = events["ts_ms"].astype(np.int64, copy=False)
     values = events["value"].astype(np.float64, copy=False)
     starts = windows.window_starts(ts, fn, window_ms)
@@ -665,9 +644,16 @@ def _add_events(step: _Step, codes: np.ndarray, events: dict[str, np.ndarray]) -
         new = {"app": a_app, "start": a_starts, "ts": a_ts, "value": a_values}
         state.windows = _by_app(_cat(state.windows, new))
         return
-    # Merge this batch's events into the open windows of the applications that got any:
-    # per (application, window), the old partials first, then the events in arrival
-    # order -- the same additions, in the same order, as a per-application merge.
+    _merge_partials(state, a_app, a_starts, a_values)
+
+
+def _merge_partials(state: BucketState, a_app: np.ndarray, a_starts: np.ndarray, a_values: np.ndarray) -> None:
+    """Merge accepted events into the open windows' partial aggregates of the applications that got any.
+
+    Per (application, window): the old partials first, then the events in
+    arrival order -- the same operations, in the same order, as a
+    per-application merge.
+    """
     added = np.zeros(len(state), dtype=bool)
     added[a_app] = True
     w = state.windows
@@ -680,22 +666,14 @@ def _add_events(step: _Step, codes: np.ndarray, events: dict[str, np.ndarray]) -
     group = np.empty(len(order), dtype=np.int64)
     group[order] = np.cumsum(group_starts) - 1
     n = int(group_starts.sum())
-    counts = np.zeros(n, dtype=np.int64)
-    sums = np.zeros(n)
-    mins = np.full(n, np.inf)
-    maxs = np.full(n, -np.inf)
     old_idx, new_idx = group[:n_old], group[n_old:]
-    counts[old_idx] += old["count"]
-    sums[old_idx] += old["sum"]
-    np.minimum.at(mins, old_idx, old["min"])
-    np.maximum.at(maxs, old_idx, old["max"])
-    np.add.at(counts, new_idx, 1)
-    np.add.at(sums, new_idx, a_values)
-    np.minimum.at(mins, new_idx, a_values)
-    np.maximum.at(maxs, new_idx, a_values)
     first = order[group_starts]
-    merged = {"app": all_app[first], "start": all_start[first], "count": counts, "sum": sums, "min": mins,
-              "max": maxs}
+    merged = {"app": all_app[first], "start": all_start[first]}
+    for p in aggregations.PARTIALS:
+        column: np.ndarray = np.full(n, p.identity, dtype=p.dtype)
+        p.merge.at(column, old_idx, old[p.name])
+        p.merge.at(column, new_idx, p.of_event(a_values))
+        merged[p.name] = column
     both = _cat(rest, merged)
     state.windows = _take(both, np.lexsort((both["start"], both["app"])))
 

@@ -22,8 +22,8 @@ Semantics:
   in the same batch, is dead-lettered as a duplicate instead of being counted
   twice. A duplicate that arrives after its window closed is late, like any
   event of that window.
-* Percentiles are exact, with linear interpolation between closest ranks (the
-  same definition as Spark's ``percentile``); they keep the window's raw values.
+* What an open window keeps (raw values or partial aggregates) and how it is
+  closed into one value is the aggregation function's (jobs/aggregations.py).
 
 >>> window_starts(np.array([1_000, 9_999, 10_000]), "avg", 10_000).tolist()
 [0, 0, 10000]
@@ -34,10 +34,6 @@ Semantics:
 from __future__ import annotations
 
 import numpy as np
-
-PERCENTILES = {"percentile50": 50.0, "percentile75": 75.0, "percentile95": 95.0, "percentile99": 99.0}
-# functions that keep every raw value of an open window; the rest keep partials
-RAW_VALUE_FUNCTIONS = frozenset({"none", *PERCENTILES})
 
 
 def window_starts(ts: np.ndarray, agg_function: str, window_ms: int) -> np.ndarray:

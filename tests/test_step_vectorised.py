@@ -17,13 +17,13 @@ import pytest
 import tests.failing_detector  # noqa: F401 - registers "fail_on_value"
 from detectors import get_detector_class
 from detectors.base import StateError, _update_many_loop, update_many
-from jobs import main
+from jobs import aggregations, main
 from jobs import stateful_step as new
 from jobs.result_format import OPERATOR_COLUMNS
 from tests import stateful_step_oracle as old
 from tests import windows_oracle
 
-FUNCTIONS = ("avg", "sum", "count", "min", "max", "none", "percentile50", "percentile95")
+FUNCTIONS = aggregations.NAMES
 
 
 def _detectors(failing: bool, fail_value: float = 13.0) -> tuple:

@@ -1,11 +1,18 @@
-"""Windowing and aggregation functions (jobs/windows.py), without Spark."""
+"""Windowing and aggregation functions (jobs/windows.py, jobs/aggregations.py), without Spark.
+
+Every registered function has its expected values here, computed by hand on
+two windows; the window oracle (tests/windows_oracle.py) must give them.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from jobs import aggregations
+from jobs.config import ConfigError, parse_config
 from tests import windows_oracle as agg
+from tests.test_config import config_with
 
 W = 10_000
 # events: window [0,10s) gets 1, 2, 4 (9.999 s is still inside); 10 s opens [10s,20s): 8, 16
@@ -22,7 +29,33 @@ EXPECTED = {
     "percentile75": [3.0, 14.0],
     "percentile95": [3.8, 15.6],
     "percentile99": [3.96, 15.92],
+    # population: [1,2,4] has mean 7/3 and squared deviations 16/9, 1/9, 25/9; [8,16] deviates by 4
+    "stddev": [np.sqrt(14 / 9), 4.0],
 }
+
+
+def test_every_registered_function_has_expected_values_and_passes_config_validation():
+    assert set(EXPECTED) | {"none"} == set(aggregations.NAMES)
+    for name in aggregations.NAMES:
+        window = 0 if name == "none" else W
+        job = parse_config(config_with(aggregation={"agg_function": name, "agg_window_millis": window}))
+        assert job.streams[0].aggregation.agg_function == name
+    with pytest.raises(ConfigError, match=r"agg_function.*must be one of.*stddev"):
+        parse_config(config_with(aggregation={"agg_function": "variance"}))
+    with pytest.raises(ValueError, match="unknown agg_function 'variance'"):
+        aggregations.get("variance")
+
+
+def test_stddev_keeps_the_spread_of_large_close_values_and_one_event_has_none():
+    ts = np.array([0, 1, 2, 10_000])
+    values = 1e9 + np.array([0.0, 1.0, 2.0, 5.0])
+    state, _ = agg.add_events(agg.WindowState.empty("stddev"), ts, values, "stddev", W)
+    _, starts, out = agg.close_windows(state, 20_000, "stddev", W)
+    assert starts.tolist() == [0, 10_000]
+    assert out.tolist() == [np.sqrt(2 / 3), 0.0]
+    # what a running sum of squares would have said: the spread is lost in the rounding
+    n, s, sq = 3, values[:3].sum(), (values[:3] ** 2).sum()
+    assert abs(np.sqrt(max(sq / n - (s / n) ** 2, 0.0)) - np.sqrt(2 / 3)) > 0.1
 
 
 @pytest.mark.parametrize("function", sorted(EXPECTED))

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from jobs.windows import PERCENTILES, RAW_VALUE_FUNCTIONS, window_length, window_starts
+from jobs.aggregations import RAW_VALUE_FUNCTIONS, get
+from jobs.windows import window_length, window_starts
 
 __all__ = [
-    "PERCENTILES",
     "RAW_VALUE_FUNCTIONS",
     "WindowState",
     "add_events",
@@ -217,31 +217,23 @@ def close_windows(
     if agg_function == "none":
         order = np.argsort(state.ts[done], kind="stable")
         out_starts, out_values = state.ts[done][order], state.sums[done][order]
-    elif agg_function in PERCENTILES:
+    elif get(agg_function).raw:
+        # window by window, each window's values sorted ascending, as one row
+        reduce = get(agg_function).reduce
+        assert reduce is not None
         starts, values = state.starts[done], state.sums[done]
         order = np.lexsort((values, starts))
         starts, values = starts[order], values[order]
         out_starts, first = np.unique(starts, return_index=True)
         bounds = [*first[1:], len(values)]
-        q = PERCENTILES[agg_function]
-        out_values = np.array(
-            [np.percentile(values[a:b], q, method="linear") for a, b in zip(first, bounds, strict=True)]
-        )
+        out_values = np.array([reduce(values[None, a:b])[0] for a, b in zip(first, bounds, strict=True)])
     else:
         out_starts = state.starts[done]  # np.unique kept them sorted
-        counts = state.counts[done]
-        if agg_function == "sum":
-            out_values = state.sums[done]
-        elif agg_function == "avg":
-            out_values = state.sums[done] / counts
-        elif agg_function == "count":
-            out_values = counts.astype(np.float64)
-        elif agg_function == "min":
-            out_values = state.mins[done]
-        elif agg_function == "max":
-            out_values = state.maxs[done]
-        else:  # pragma: no cover - config validation rejects unknown functions
-            raise ValueError(f"unknown agg_function {agg_function!r}")
+        partials = {"count": state.counts[done], "sum": state.sums[done], "min": state.mins[done],
+                    "max": state.maxs[done]}
+        finish = get(agg_function).finish
+        assert finish is not None
+        out_values = finish(partials)
     if agg_function in RAW_VALUE_FUNCTIONS:
         new = replace(
             state, closed_until=closed_until, starts=state.starts[keep], ts=state.ts[keep], sums=state.sums[keep]
