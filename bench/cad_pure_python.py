@@ -1,8 +1,8 @@
-"""The previous, pure-Python CAD OSE (``detectors/cad.py`` before its selection was vectorised).
+"""A pure-Python CAD OSE: the same algorithm as ``detectors/cad.py``, without its vectorised selection.
 
-Kept only as the benchmark's anchor (``bench/detector_speed.py``: a CAD written the way
-the seed framework's was, one Python loop over the stored contexts per step) and as an
-independent oracle: ``tests/detectors/test_cad_speed_equivalence.py`` checks that the
+Used as the benchmark's anchor (``bench/detector_speed.py``: CAD written the plain
+way, one Python loop over the stored contexts per step) and as an independent
+oracle: ``tests/detectors/test_cad_speed_equivalence.py`` checks that the
 vectorised detector gives the same scores and the same state bytes. Not registered as
 a detector; see ``detectors/cad.py`` for the algorithm.
 """

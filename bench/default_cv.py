@@ -19,7 +19,7 @@ each folder ``f``:
 
 The held-out raw scores (and null / perfect scores) of the 5 folds are summed and
 normalised: the **CV score**, what the selection procedure is worth on series it
-did not see. The selection runs a second time under the issue's false-alarm cap
+did not see. The selection runs a second time under a false-alarm cap
 (``--fp-cap``, 1.5 x contextOSE's): in step 1 only candidates raising at most
 1.5 x contextOSE's false alarms on the 4 folders compete (contextOSE at the
 threshold that gives its 33 on the whole corpus), so the cap is chosen for, not

@@ -4,9 +4,9 @@
 
 For every built-in detector (``ema``, ``robust``, ``cad`` with NAB's settings and a
 fixed range, ``cad`` with default parameters and the range learned online,
-``likelihood`` over EMA, ``default``) and, as the anchor, the previous pure-Python
-CAD (:mod:`bench.cad_pure_python`, written like the seed framework's: one Python
-loop over the stored contexts per step) with the same NAB settings, on NAB's
+``likelihood`` over EMA, ``default``) and, as the anchor, a pure-Python CAD
+(:mod:`bench.cad_pure_python`, written the plain way: one Python loop over the
+stored contexts per step) with the same NAB settings, on NAB's
 longest series (``realKnownCause/machine_temperature_system_failure``, 22,695
 points; with ``--synthetic`` or without the NAB data: a seeded synthetic series of
 ``--points`` 5-minute points, daily sine + Gaussian noise + a few spikes), prints a
@@ -27,8 +27,8 @@ same scorer). The fixed-range CAD gets each series' own min/max there (NAB's
 setting; a look-ahead a stream cannot have). Without the NAB data the NAB part is
 skipped with a message.
 
-A detector that fails to import or run (``detectors/default.py`` is being
-rewritten) gets an ``error`` row instead of stopping the benchmark.
+A detector that fails to import or run gets an ``error`` row instead of stopping
+the benchmark.
 """
 
 from __future__ import annotations

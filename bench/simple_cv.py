@@ -58,8 +58,8 @@ _EMA_PEAK = "detectors.ema:EMADetector:PEAK_SHARE"
 
 def _variants(fine: bool) -> dict[str, dict[str, Variant]]:
     """The grids. Coarse (default): 2-3 values per constant; ``--fine`` adds the values
-    between (72 EMA and 28 robust variants: the selection then chases noise, see the
-    README)."""
+    between (72 EMA and 28 robust variants: the selection then chases noise, see
+    docs/detectors.md)."""
     ema = {"shipped": Variant("ema")}
     windows = (30, 100, 300) if fine else (100, 300)
     peaks = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5) if fine else (0.0, 0.3, 0.5)

@@ -1,4 +1,4 @@
-"""The stateful operator's per-bucket step alone, without Spark: the old step (the anchor) against the new.
+"""The per-bucket step alone, without Spark: a per-application step (old, the anchor) against the job's (new).
 
     .venv/bin/python bench/step_profile.py                      # 1,000 and 100,000 applications, avg and none
     .venv/bin/python bench/step_profile.py --apps 1000 --cases none --profile new   # + a cProfile of the new step

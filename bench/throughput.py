@@ -57,7 +57,7 @@ that was not measured (case or phase not run) prints as ``nan``.
 
 A short warm-up query (not reported) runs first so that the JVM's JIT and the
 Python workers' start-up are not charged to whichever case comes first.
-Not run in CI; the README records a run.
+Not run in CI; docs/benchmarks.md records the latest run.
 """
 
 from __future__ import annotations

@@ -45,8 +45,8 @@ Details
   window/1000/3000/10000, PEAK_SHARE 0/0.1/0.2/0.3): ``window = 300``,
   ``spread_window = 10000``, ``PEAK_SHARE = 0.3`` score 47.8 / 43.0 / 51.2
   in-sample (NAB standard / low-FP / low-FN) and 44.9 / 39.1 / 48.2 with the
-  threshold cross-validated; the previous defaults (window 100, one span, no
-  floor) 35.8 / 23.8 / 42.7 and 23.0 / 6.9 / 26.3. The README has the table.
+  threshold cross-validated; window 100 with one span and no floor scores
+  35.8 / 23.8 / 42.7 and 23.0 / 6.9 / 26.3. docs/detectors.md has the table.
 * The first point initialises the mean; its weight then decays like every other
   point's, so (equal spans) the estimate is an exactly weighted mean/variance with
   weights ``(1-a)^(n-1), a(1-a)^(n-2), ..., a``. Early on those few points give a

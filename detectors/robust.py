@@ -26,8 +26,8 @@ Details
 -------
 * Quantised data: MAD is taken as at least half the smallest step between
   distinct values of the window (MAD = 0 whenever half the window sits on the
-  median, as with counts or rounded readings; the previous fallback, the mean
-  absolute deviation, then flagged ~10 % of a rounded noise series). A window of
+  median, as with counts or rounded readings; the mean absolute deviation as a
+  fallback would flag ~10 % of a rounded noise series). A window of
   one value only has the floor ``max(REL_SCALE_FLOOR * |median|,
   ABS_SCALE_FLOOR)`` (1e-9 relative, 1e-12 absolute): a constant window followed
   by the same constant is never anomalous, by a clearly different value it is.
@@ -46,7 +46,7 @@ Details
   Chosen by leave-one-folder-out CV on the 31 shared NAB series
   (``bench/simple_cv.py``): the selection picks window 100 / 0.5 / 30,000 in 4
   of 5 folds and scores 42.6 (standard) on the held-out folders; in-sample
-  49.5 / 47.6 / 51.9. The README has the table.
+  49.5 / 47.6 / 51.9. docs/detectors.md has the table.
 * Warm-up: the first ``warmup`` points return :meth:`AnomalyResult.warming_up`;
   until ``window`` points are seen the statistics use all points so far.
 * Huge values: when the window holds magnitudes above ``1.8e308 / 4`` the

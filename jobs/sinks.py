@@ -3,8 +3,8 @@
 Runs as ``foreachBatch``. The batch becomes, in ONE Kafka write (a ``topic``
 column routes each record):
 
-* results -> the output topic, JSON shaped like the seed framework's
-  OutputMessage (``anomaly_results`` holds the four detector fields), with a
+* results -> the output topic, JSON with the detector's fields (bounds,
+  probability, flag, explanation) nested in ``anomaly_results``, with a
   deterministic key ``{"application","detector","agg_function",
   "agg_window_millis","ts"}`` so a consumer can drop the duplicates that
   at-least-once delivery produces after a restart;

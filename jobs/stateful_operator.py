@@ -135,9 +135,10 @@ class BucketProcessor(StatefulProcessor):
         Each move costs two calls to the JVM state server (delete, register),
         about once per bucket per batch on a steady stream: a few ms per batch
         at the default 32 buckets. Rounding up to :data:`TIMER_GRANULARITY_MS`
-        skips the moves that would not change which batch fires it. (It was a
-        minute once; then an idle bucket's windows waited up to a minute of event
-        time, and a busy one's for its next data batch, a whole trigger later.)
+        skips the moves that would not change which batch fires it. (A coarser
+        granularity, such as a minute, would make an idle bucket's windows wait up
+        to a minute of event time, and a busy one's until its next data batch, a
+        whole trigger later.)
         """
         target = NO_TIMER
         if len(state):

@@ -6,7 +6,8 @@ trip for ``get`` and ``update``, a timer, an Arrow frame out -- are paid once
 per bucket per micro-batch instead of once per application. Everything that
 happens inside a bucket is here, and it is done for all the bucket's
 applications at once, over numpy arrays, not application by application
-(issue #8: the per-application Python loop was most of the job's cost):
+(a Python loop over applications would cost its overhead for every application
+in every batch, more than the rest of the job):
 
 * :class:`BucketState` -- the bucket's one state value, *columnar*: its
   applications' names, per application the event time at which it next needs
@@ -27,7 +28,7 @@ applications at once, over numpy arrays, not application by application
 
 Per application the rules are exactly those of a per-application operator,
 bit for bit: tests/test_step_vectorised.py runs random input through this step
-and through the former application-by-application step
+and through a plain application-by-application reference step
 (tests/stateful_step_oracle.py) and compares every output column and the
 state; tests/test_stateful_step.py runs the same input through 1 and many
 applications per bucket. Which events are late depends only on the watermark

@@ -1,6 +1,6 @@
 """Read API over the job's JDBC result table, without Spark.
 
-The seed framework's repository, for users and tests::
+The repository API, for users and tests::
 
     repo = ResultsRepository.from_config(job.streams[0].sinks.jdbc)
     repo.get_applications()                      # ['db', 'web']
