@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -283,3 +285,73 @@ def test_score_only_reproduces_published_numenta_scores(capsys):
     out = capsys.readouterr().out
     assert "31 series, 53 windows" in out
     assert " 69.52 " in out and " 62.88 " in out and " 74.02 " in out
+
+
+def gzip_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with open(src, "rb") as fin, gzip.open(dst, "wb") as fout:
+        shutil.copyfileobj(fin, fout)
+
+
+def test_gz_series_reads_as_its_csv(tmp_path: Path):
+    plain = tmp_path / "x.csv"
+    write_series(plain, 40, spike_at=30, seed=4)
+    gzip_copy(plain, tmp_path / "gz" / "x.csv.gz")
+    a, b = backtest.read_series(plain), backtest.read_series(tmp_path / "gz" / "x.csv.gz")
+    assert a.timestamps == b.timestamps and a.values_text == b.values_text and len(a.timestamps) == 40
+    assert np.array_equal(a.ts_ms, b.ts_ms) and np.array_equal(a.values, b.values)
+
+
+def test_gz_keys_drop_gz_and_results_are_plain_csv(data: Path, tmp_path: Path):
+    mixed = tmp_path / "mixed"
+    gzip_copy(data / "group" / "a.csv", mixed / "group" / "a.csv.gz")
+    write_series(mixed / "top.csv", 60, spike_at=40, seed=1)
+    (mixed / "group" / "notes.csv.txt").write_text("not a series")
+    files = backtest.find_csvs(mixed)
+    assert [backtest.series_key(p, mixed) for p in files] == ["group/a.csv", "top.csv"]
+    out = tmp_path / "out"
+    assert run(["--data", mixed, "--out", out, "--detector", NAME, "--quiet"]) == 0
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == ["group/a.csv", "top.csv"]
+    # the same series uncompressed gives the same result file, byte for byte
+    assert run(["--data", data, "--out", tmp_path / "plain", "--detector", NAME, "--quiet"]) == 0
+    assert (out / "group" / "a.csv").read_bytes() == (tmp_path / "plain" / "group" / "a.csv").read_bytes()
+
+
+def test_same_series_compressed_and_not_is_refused(tmp_path: Path, capsys):
+    write_series(tmp_path / "d" / "x.csv", 10)
+    gzip_copy(tmp_path / "d" / "x.csv", tmp_path / "d" / "x.csv.gz")
+    assert run(["--data", tmp_path / "d", "--out", tmp_path / "o", "--detector", NAME, "--quiet"]) == 1
+    assert "the same series twice (compressed and not)" in capsys.readouterr().err
+
+
+def test_labelled_gz_corpus_scores_like_its_csv(data: Path, tmp_path: Path, capsys):
+    labels = tmp_path / "windows.json"
+    labels.write_text(
+        json.dumps(
+            {
+                "top.csv": [["2020-01-01 03:15:00", "2020-01-01 03:40:00"]],  # rows 39..44: the spike at 40
+                "group/a.csv": [["2020-01-01 05:45:00", "2020-01-01 06:00:00"]],  # rows 69..72: the spike at 70
+                "group/deeper/b.csv": [],
+            }
+        )
+    )
+    gz = tmp_path / "gz"
+    for path in data.rglob("*.csv"):
+        gzip_copy(path, gz / (path.relative_to(data).as_posix() + ".gz"))
+    argv = ["--detector", NAME, "--labels", labels, "--quiet"]
+    assert run(["--data", gz, "--out", tmp_path / "o-gz", *argv]) == 0
+    printed = capsys.readouterr().out
+    assert "NAB scores: 3 series, 2 windows" in printed
+    # both spikes are found, in their windows, and nothing else is flagged
+    standard = next(line for line in printed.splitlines() if line.startswith("standard")).split()
+    assert standard[-3:] == ["2", "0", "0"] and float(standard[2]) > 90.0
+    assert run(["--data", data, "--out", tmp_path / "o-csv", *argv]) == 0
+    assert capsys.readouterr().out == printed
+    # results of a gz corpus score by --score-only, and gzipped results too
+    assert run(["--score-only", tmp_path / "o-gz", "--labels", labels]) == 0
+    assert capsys.readouterr().out == printed
+    for path in list((tmp_path / "o-gz").rglob("*.csv")):
+        gzip_copy(path, path.with_name(path.name + ".gz"))
+        path.unlink()
+    assert run(["--score-only", tmp_path / "o-gz", "--labels", labels]) == 0
+    assert capsys.readouterr().out == printed

@@ -5,11 +5,13 @@
     python -m tools.backtest --score-only ../shared/data/nab/reference_results/numenta \\
         --labels ../shared/data/nab/labels/combined_windows.json
 
-Every ``*.csv`` (``timestamp,value``) under ``--data`` is one series, run separately
-in time order through ``update_batch`` in chunks. Between chunks the detector goes
-through ``to_state()`` / ``detector_from_state()``, exactly what the Spark job's
-stateful operator does between micro-batches, so the backtest exercises the state
-path too. Results go to ``--out`` under the same relative path, with columns
+Every ``*.csv`` or gzip-compressed ``*.csv.gz`` (``timestamp,value``) under
+``--data`` is one series, keyed by its path relative to ``--data`` without ``.gz``
+(the key labels use, e.g. ``aiopsKPI/<kpi>.csv``), run separately in time order
+through ``update_batch`` in chunks. Between chunks the detector goes through
+``to_state()`` / ``detector_from_state()``, exactly what the Spark job's stateful
+operator does between micro-batches, so the backtest exercises the state path too.
+Results go to ``--out`` under the series' key (uncompressed), with columns
 ``timestamp,value,anomaly_score,is_anomaly,value_lower_limit,value_upper_limit``
 (``anomaly_score`` is the detector's anomaly probability; a missing bound is empty).
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gzip
 import multiprocessing
 import os
 import sys
@@ -72,16 +75,54 @@ class Series:
     values: np.ndarray
 
 
+SERIES_SUFFIXES = (".csv", ".csv.gz")
+
+
+def is_series_file(path: Path) -> bool:
+    """A ``*.csv`` or gzip-compressed ``*.csv.gz`` file."""
+    return path.name.endswith(SERIES_SUFFIXES) and path.is_file()
+
+
+def series_key(path: Path, root: Path) -> str:
+    """The series' key: its path relative to ``root``, ``.gz`` dropped (``a/b.csv.gz`` -> ``a/b.csv``).
+
+    Labels name series by their CSV (NAB's ``combined_windows.json`` keys), whether
+    the file on disk is compressed or not; results are written under the same key.
+
+    >>> series_key(Path("data/aiopsKPI/k.csv.gz"), Path("data"))
+    'aiopsKPI/k.csv'
+    """
+    rel = path.relative_to(root).as_posix()
+    return rel[: -len(".gz")] if rel.endswith(".gz") else rel
+
+
 def find_csvs(root: Path) -> list[Path]:
-    """Every ``*.csv`` under ``root``, recursively, in a stable order."""
+    """Every ``*.csv`` and ``*.csv.gz`` under ``root``, recursively, in a stable order.
+
+    A series present both compressed and not (``x.csv`` beside ``x.csv.gz``) is an
+    error: the two would share one key and one result file.
+    """
     if not root.exists():
         raise BacktestError(f"{root}: no such directory")
     if not root.is_dir():
         raise BacktestError(f"{root}: not a directory")
-    files = sorted(p for p in root.rglob("*.csv") if p.is_file())
+    files = sorted(p for p in root.rglob("*.csv*") if is_series_file(p))
     if not files:
-        raise BacktestError(f"{root}: no *.csv files found (searched recursively)")
+        raise BacktestError(f"{root}: no *.csv files found (nor *.csv.gz; searched recursively)")
+    seen: dict[str, Path] = {}
+    for path in files:
+        key = series_key(path, root)
+        if key in seen:
+            raise BacktestError(f"{seen[key]} and {path}: the same series twice (compressed and not); keep one")
+        seen[key] = path
     return files
+
+
+def open_text(path: Path) -> TextIO:
+    """A CSV for reading as text; ``*.gz`` is decompressed on the fly."""
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rt", newline="", encoding="utf-8")
+    return open(path, newline="", encoding="utf-8")
 
 
 def _columns(path: Path, header: Sequence[str] | None, needed: Sequence[str]) -> list[int]:
@@ -93,12 +134,12 @@ def _columns(path: Path, header: Sequence[str] | None, needed: Sequence[str]) ->
 
 
 def read_series(path: Path) -> Series:
-    """A ``timestamp,value`` CSV, stably sorted by time if it is not already."""
+    """A ``timestamp,value`` CSV (``*.csv.gz``: gzip-compressed), stably sorted by time if it is not already."""
     timestamps: list[str] = []
     values_text: list[str] = []
     ts_ms: list[int] = []
     values: list[float] = []
-    with open(path, newline="", encoding="utf-8") as fh:
+    with open_text(path) as fh:
         reader = csv.reader(fh)
         t_col, v_col = _columns(path, next(reader, None), ("timestamp", "value"))
         for line, row in enumerate(reader, start=2):
@@ -290,8 +331,8 @@ def run_backtest(
     for src in files:
         if out_resolved in src.resolve().parents:
             continue  # --out inside --data: do not feed earlier results back in
-        rel = src.relative_to(data)
-        tasks.append(_Task(src, out / rel, rel.as_posix(), detector, dict(params), roundtrip_every, keep_scores))
+        key = series_key(src, data)  # x.csv.gz -> x.csv, written uncompressed
+        tasks.append(_Task(src, out / key, key, detector, dict(params), roundtrip_every, keep_scores))
     # Largest first, so parallel workers finish together.
     tasks.sort(key=lambda t: -t.source.stat().st_size)
     progress = progress or Progress(len(tasks), enabled=False)
@@ -351,7 +392,7 @@ def label_key_for(rel: str, label_keys: Sequence[str]) -> str | None:
 def read_result_scores(path: Path) -> nab_scoring.SeriesScores:
     """``timestamp`` and ``anomaly_score`` columns of a result CSV, in file order."""
     timestamps, scores = [], []
-    with open(path, newline="", encoding="utf-8") as fh:
+    with open_text(path) as fh:
         reader = csv.reader(fh)
         t_col, s_col = _columns(path, next(reader, None), ("timestamp", "anomaly_score"))
         for line, row in enumerate(reader, start=2):
@@ -396,7 +437,7 @@ def score_results_dir(
     warn: TextIO | None = None,
 ) -> dict[str, nab_scoring.ProfileScore]:
     """NAB scores of existing result CSVs (``anomaly_score`` column) under ``results_dir``."""
-    scores = {p.relative_to(results_dir).as_posix(): read_result_scores(p) for p in find_csvs(results_dir)}
+    scores = {series_key(p, results_dir): read_result_scores(p) for p in find_csvs(results_dir)}
     return _score(scores, windows, profiles, warn)
 
 
@@ -441,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
-            "Run a detector over every timestamp,value CSV under --data (each file one series,\n"
+            "Run a detector over every timestamp,value CSV (or .csv.gz) under --data (each file one series,\n"
             "in time order, with a state round-trip every N points like the streaming job),\n"
             "write one result CSV per series under --out, and print NAB scores with --labels.\n"
             "--score-only DIR scores existing result CSVs instead of running a detector."
@@ -452,7 +493,9 @@ def build_parser() -> argparse.ArgumentParser:
         "  anomaly-backtest --score-only ../shared/data/nab/reference_results/numenta \\\n"
         "      --labels ../shared/data/nab/labels/combined_windows.json",
     )
-    parser.add_argument("--data", type=Path, metavar="DIR", help="folder of input *.csv (searched recursively)")
+    parser.add_argument(
+        "--data", type=Path, metavar="DIR", help="folder of input *.csv / *.csv.gz (searched recursively)"
+    )
     parser.add_argument("--out", type=Path, metavar="DIR", help="folder for the result CSVs")
     parser.add_argument("--detector", metavar="NAME", help="detector name (see below)")
     parser.add_argument(
