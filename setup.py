@@ -82,6 +82,8 @@ setup(
             "anomaly-backtest=tools.backtest:main",
             "anomaly-dashboard=tools.dashboard:main",
             "anomaly-report=tools.report:main",
+            "anomaly-notify=tools.notify:main",
+            "anomaly-feedback=tools.feedback:main",
         ],
         # Built-in detectors register in code; third-party packages add theirs here:
         #   entry_points={"streaming_anomaly.detectors": ["mine = mypkg.mod:MyDetector"]}

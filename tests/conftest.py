@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.alertmanager_fixture import alertmanager  # noqa: F401 - session fixture: a real Alertmanager
 from tests.browser_fixture import browser, chromium_path, dashboard, demo_run  # noqa: F401 - session fixtures
 from tests.postgres_fixture import postgres  # noqa: F401 - session fixture: a real PostgreSQL server
 

@@ -1,0 +1,143 @@
+"""The notifier's pure parts: incident records, their Alertmanager alert, maintenance windows and
+their silences, feedback records. No broker, no Alertmanager."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+from datetime import datetime, timezone
+
+import pytest
+
+from jobs.config import ConfigError
+from tests.test_notify import record
+from tools.feedback import feedback_record
+from tools.maintenance import glob_to_regex, occurrence, parse_maintenance, silence_for
+from tools.notify_targets import InvalidIncident, parse_incident, to_alert
+
+T0 = 1_709_287_200_000  # 2024-03-01T10:00:00Z
+NOW = datetime(2026, 12, 6, 16, 0, tzinfo=timezone.utc)  # a Sunday
+
+
+def encoded(**changes) -> bytes:
+    r = record("checkout", T0, 1, "opened", "open")
+    r.update(changes)
+    return json.dumps(r).encode()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (None, "value: the record has no value"),
+        (b"\xff", "value: not UTF-8 JSON"),
+        (b"[1]", "value: not a JSON object"),
+        (encoded(seq="1"), "seq: missing or not a int"),
+        (encoded(seq=True), "seq: missing or not a int"),
+        (encoded(seq=0), "seq: must be 1 or more"),
+        (encoded(incident_id="ABC"), "incident_id: must be 32 lowercase hex"),
+        (encoded(state="closed"), "state: must be one of open, flapping, no_data, resolved"),
+        (encoded(severity="page"), "severity: must be one of info, warning, critical"),
+        (encoded(opened_at="yesterday"), "opened_at: not an ISO-8601 timestamp"),
+        (encoded(state="resolved", resolved_at=None), "resolved_at: required when state is resolved"),
+        (encoded(application=""), "application: empty"),
+    ],
+)
+def test_a_record_that_is_not_an_incident_is_refused_naming_the_field(value, message):
+    with pytest.raises(InvalidIncident, match=re.escape(message)):
+        parse_incident(value)
+
+
+def test_alert_of_an_open_and_a_resolved_incident():
+    opened = parse_incident(encoded(severity="critical"))
+    alert = to_alert(opened, "warning", "http://dash:8050/", NOW, 300)
+    assert alert["labels"]["severity"] == "warning"  # the label given, never the record's current one
+    assert alert["annotations"]["severity_now"] == "critical"
+    assert alert["startsAt"] == "2024-03-01T10:00:00.000Z"
+    assert alert["endsAt"] == "2026-12-06T16:05:00.000Z"  # now + ttl while open
+    assert alert["generatorURL"] == f"http://dash:8050/incidents/{opened['incident_id']}"
+    resolved = parse_incident(json.dumps(record("checkout", T0, 3, "resolved", "resolved")).encode())
+    alert = to_alert(resolved, "warning", "http://dash:8050", NOW, 300)
+    assert alert["endsAt"] == resolved["resolved_at"]
+    assert "resolved: clean" in alert["annotations"]["summary"]
+    future = dict(resolved, resolved_at="2030-01-01T00:00:00.000Z")  # never a future end: it would keep firing
+    assert to_alert(future, "warning", "http://dash", NOW, 300)["endsAt"] == "2026-12-06T16:00:00.000Z"
+
+
+@pytest.mark.parametrize("glob", ["checkout*", "db-?", "a.b+c(d)", "[!x]y*", "[a-c]pp", "exact", "*-prod-*"])
+def test_glob_becomes_a_regex_matching_the_same_names(glob):
+    names = ["checkout", "checkout-eu", "db-1", "db-12", "a.b+c(d)", "axb+c(d)", "zy", "xy", "app", "dpp",
+             "exact", "exactly", "web-prod-1", "web-dev-1", "y"]
+    regex = re.compile(glob_to_regex(glob))
+    assert [n for n in names if regex.fullmatch(n)] == [n for n in names if fnmatch.fnmatchcase(n, glob)]
+
+
+def windows(*entries):
+    return parse_maintenance({"streams": [{"name": "s", "incidents": {"maintenance": list(entries)}}]})
+
+
+def test_recurring_window_occurrence_in_its_time_zone_across_midnight_and_dst():
+    (w,) = windows({"name": "backup", "applications": "db-*", "weekdays": ["mon", "sun"],
+                    "start": "23:30", "end": "01:00", "timezone": "Europe/Berlin"})
+    # Sunday 16:00 UTC = 17:00 Berlin (CET): the next one starts Sunday 23:30 Berlin = 22:30 UTC
+    assert occurrence(w, NOW) == (datetime(2026, 12, 6, 22, 30, tzinfo=timezone.utc),
+                                 datetime(2026, 12, 7, 0, 0, tzinfo=timezone.utc))
+    # inside it (Monday 00:30 Berlin): the one going on
+    inside = datetime(2026, 12, 6, 23, 30, tzinfo=timezone.utc)
+    assert occurrence(w, inside)[0] == datetime(2026, 12, 6, 22, 30, tzinfo=timezone.utc)
+    # summer time: 23:30 CEST = 21:30 UTC
+    summer = datetime(2026, 7, 5, 12, 0, tzinfo=timezone.utc)  # a Sunday
+    assert occurrence(w, summer)[0] == datetime(2026, 7, 5, 21, 30, tzinfo=timezone.utc)
+
+
+def test_one_off_window_and_its_silence():
+    (w,) = windows({"name": "deploy", "applications": "checkout*", "from": "2026-12-06T15:00:00Z",
+                    "to": "2026-12-06T17:00:00+00:00"})
+    assert occurrence(w, NOW) == (datetime(2026, 12, 6, 15, tzinfo=timezone.utc),
+                                 datetime(2026, 12, 6, 17, tzinfo=timezone.utc))
+    assert occurrence(w, datetime(2026, 12, 6, 17, tzinfo=timezone.utc)) is None  # over
+    silence = silence_for(w, *occurrence(w, NOW))
+    assert silence["matchers"] == [
+        {"name": "alertname", "value": "AnomalyIncident", "isRegex": False, "isEqual": True},
+        {"name": "application", "value": "checkout.*", "isRegex": True, "isEqual": True},
+    ]
+    assert silence["comment"] == (
+        "maintenance window deploy (checkout*): 2026-12-06T15:00:00.000Z - 2026-12-06T17:00:00.000Z")
+
+
+@pytest.mark.parametrize(
+    ("entry", "field"),
+    [
+        ({"name": "x", "applications": "a", "from": "2026-01-02T00:00:00Z", "to": "2026-01-01T00:00:00Z"},
+         "streams[0].incidents.maintenance[0].to: must be after from"),
+        ({"name": "x", "applications": "a", "weekdays": ["mon"], "start": "25:00", "end": "02:00"},
+         "streams[0].incidents.maintenance[0].start"),
+        ({"name": "x", "applications": "a", "weekdays": ["mon"], "start": "01:00", "end": "02:00",
+          "timezone": "Mars/Olympus"}, "streams[0].incidents.maintenance[0].timezone"),
+    ],
+)
+def test_malformed_maintenance_window_is_refused_naming_the_field(entry, field):
+    """The job's own parser (incidents.rules) reads the windows: the same errors, the same field names."""
+    with pytest.raises(ValueError, match=re.escape(field)):
+        windows(entry)
+
+
+def test_window_ending_at_midnight_and_a_window_in_two_streams():
+    entry = {"name": "late", "applications": "*", "weekdays": ["sun"], "start": "22:00", "end": "24:00"}
+    (w,) = parse_maintenance({"streams": [{"incidents": {"maintenance": [entry]}},
+                                          {"incidents": {"maintenance": [entry]}}]})
+    assert occurrence(w, NOW) == (datetime(2026, 12, 6, 22, tzinfo=timezone.utc),
+                                  datetime(2026, 12, 7, 0, tzinfo=timezone.utc))
+    assert parse_maintenance({"streams": [{"name": "no incidents section"}]}) == ()
+
+
+def test_feedback_record_is_validated():
+    rec = feedback_record("checkout", "0" * 32, "false_positive", by="me", now=NOW)
+    assert rec == {"application": "checkout", "incident_id": "0" * 32, "label": "false_positive",
+                   "ts": "2026-12-06T16:00:00.000Z", "by": "me", "comment": None}
+    with pytest.raises(ConfigError, match="label: must be one of false_positive, expected, true_positive"):
+        feedback_record("checkout", "0" * 32, "bogus")
+    with pytest.raises(ConfigError, match="incident: must be the incident's id"):
+        feedback_record("checkout", "xyz", "expected")
+    with pytest.raises(ConfigError, match="application: must be a non-empty name"):
+        feedback_record(" ", "0" * 32, "expected")

@@ -1,0 +1,591 @@
+"""The notifier: ``python -m tools.notify`` (or ``anomaly-notify``) -- incidents to Alertmanager and webhooks.
+
+It consumes the job's ``incidents`` topic (one record per transition, key = incident_id) with
+kafka-python in a consumer group, with manual commits, and hands every transition on:
+
+* to **Prometheus Alertmanager** (``--alertmanager-url``): the incident's alert through the v2 API
+  (see :mod:`tools.notify_targets` for the mapping). Alertmanager keeps alerts in memory and ends
+  one that nobody re-posts, so every open incident is re-posted every ``--repost-seconds`` with an
+  ``endsAt`` ``--alert-ttl-seconds`` ahead; routing, grouping, silencing and receivers are
+  Alertmanager's. A resolve is held until ``--resolve-hold-seconds`` after the notifier first
+  posted the incident as firing: Alertmanager sends nothing for a group whose alerts all resolved
+  before its ``group_wait`` ran out, which would lose the page of a short incident (or of a
+  replayed one), so the hold must exceed the route's ``group_wait``;
+* to a **JSON webhook** (``--webhook-url``): the record itself, once per transition, with
+  ``Idempotency-Key: <incident_id>:<seq>``.
+
+Offsets are committed only after every target accepted the record (or it was dead-lettered), so
+a crash re-sends at most the uncommitted tail, which Alertmanager deduplicates (same labels) and a
+webhook receiver can drop by its key. A target that is down, times out or answers 5xx is retried
+with exponential backoff (up to ``--max-backoff-seconds``), never skipped; a 4xx answer (or a record
+that is not an incident) goes to the dead-letter topic with a reason and the notifier goes on.
+
+**State after a restart.** The open incidents live in memory. When the group assigns a partition,
+the notifier rebuilds them from the topic: it reads the partition from the first record younger
+than ``--replay-hours`` up to the group's committed offset (already delivered: applied, not sent),
+then re-posts every open one (idempotent for Alertmanager). The replay must reach back further
+than the job's longest incident (its ``max_duration``), so that every open incident's first
+record -- the one whose severity becomes its label -- is read again. A partition the group never
+committed starts at that same point, not at the topic's beginning. Records with a ``seq`` at or
+below the one already handled are repeats from the job's at-least-once topic and are not sent again.
+
+Maintenance windows of the job's config (``--config``, each stream's ``incidents.maintenance``) become
+Alertmanager silences for their current or next occurrence (:mod:`tools.maintenance`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+from incidents.rules import Maintenance
+from jobs.config import ConfigError
+from tools.maintenance import load_maintenance, sync_silences
+from tools.notify_targets import (
+    AlertmanagerTarget,
+    InvalidIncident,
+    TargetRejected,
+    TargetUnavailable,
+    WebhookTarget,
+    is_resolved,
+    parse_incident,
+    to_alert,
+)
+
+T = TypeVar("T")
+PREFIX = "[notify]"
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    """Everything the notifier needs; :func:`validate` names the field of any error."""
+
+    bootstrap_servers: str
+    topic: str = "incidents"
+    group_id: str = "anomaly-notify"
+    alertmanager_url: str | None = None
+    webhook_url: str | None = None
+    dead_letter_topic: str = "incidents-dead-letters"
+    dashboard_url: str = "http://127.0.0.1:8050"
+    repost_s: float = 60.0
+    alert_ttl_s: float = 300.0
+    resolve_hold_s: float = 60.0
+    replay_hours: float = 168.0
+    timeout_s: float = 10.0
+    max_backoff_s: float = 60.0
+    silence_refresh_s: float = 300.0
+    maintenance: tuple[Maintenance, ...] = ()
+
+
+def _url(value: str | None, name: str) -> None:
+    if value is None:
+        return
+    parsed = urlparse(value)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ConfigError(name, f"must be an http:// or https:// URL, got {value!r}")
+
+
+def validate(config: NotifyConfig) -> NotifyConfig:
+    """Check the config before anything connects; errors name the option."""
+    if not config.bootstrap_servers.strip():
+        raise ConfigError("--bootstrap-servers", "is required")
+    for name, text in (("--topic", config.topic), ("--group", config.group_id)):
+        if not text.strip():
+            raise ConfigError(name, "must not be empty")
+    if config.alertmanager_url is None and config.webhook_url is None:
+        raise ConfigError("--alertmanager-url", "give --alertmanager-url, --webhook-url or both: nothing to notify")
+    _url(config.alertmanager_url, "--alertmanager-url")
+    _url(config.webhook_url, "--webhook-url")
+    _url(config.dashboard_url, "--dashboard-url")
+    for name, value in (
+        ("--repost-seconds", config.repost_s),
+        ("--timeout-seconds", config.timeout_s),
+        ("--max-backoff-seconds", config.max_backoff_s),
+        ("--replay-hours", config.replay_hours),
+        ("--silence-refresh-seconds", config.silence_refresh_s),
+    ):
+        if not value > 0:
+            raise ConfigError(name, f"must be > 0, got {value}")
+    if config.resolve_hold_s < 0:
+        raise ConfigError("--resolve-hold-seconds", f"must be >= 0, got {config.resolve_hold_s}")
+    if config.alert_ttl_s < 3 * config.repost_s:
+        raise ConfigError(
+            "--alert-ttl-seconds",
+            f"must be at least 3 x --repost-seconds ({3 * config.repost_s:g}), got {config.alert_ttl_s:g}: "
+            "an alert would end between two re-posts",
+        )
+    if config.maintenance and config.alertmanager_url is None:
+        raise ConfigError("--config", "maintenance windows become Alertmanager silences: give --alertmanager-url")
+    return config
+
+
+@dataclass
+class Tracked:
+    """What the notifier knows of one incident: its latest handled record and its fixed labels."""
+
+    record: dict[str, Any]
+    label_severity: str  # the severity of the first record seen; the alert's label for life
+    partition: Any  # TopicPartition
+    fired_at: float | None = None  # monotonic time of this process's first firing post
+    resolved_wall: float | None = None  # wall time the resolve was handled (pruned after the replay window)
+
+
+@dataclass
+class _Pending:
+    """A record waiting behind a held resolve of the same incident."""
+
+    partition: Any
+    offset: int
+    message: Any
+    record: dict[str, Any]
+    due: float
+
+
+class _Stop(Exception):
+    """A stop was requested while waiting for a target."""
+
+
+@dataclass
+class Stats:
+    delivered: int = 0
+    repeats: int = 0
+    dead_letters: int = 0
+    reposts: int = 0
+    rebuilt: int = 0
+    by_reason: dict[str, int] = field(default_factory=dict)
+
+
+def say(text: str) -> None:
+    print(f"{PREFIX} {text}", flush=True)
+
+
+class Notifier:
+    """The consume -> deliver -> commit loop (see the module docstring)."""
+
+    def __init__(self, config: NotifyConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.clock = clock
+        self.am = (
+            AlertmanagerTarget("alertmanager", config.alertmanager_url, config.timeout_s)
+            if config.alertmanager_url
+            else None
+        )
+        self.webhook = WebhookTarget("webhook", config.webhook_url, config.timeout_s) if config.webhook_url else None
+        self.incidents: dict[str, Tracked] = {}
+        self.pending: dict[str, deque[_Pending]] = {}
+        self.done: dict[Any, int] = {}  # partition -> next offset whose record is not handled yet
+        self.committed: dict[Any, int] = {}
+        self.stats = Stats()
+        self.stopping = False
+        self.next_repost = 0.0
+        self.repost_failures = 0
+        self.next_silences = 0.0
+        self.consumer: Any = None
+        self.producer: Any = None
+        self.assigned: list[Any] = []  # noted by the rebalance callback, rebuilt after the poll
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def connect(self) -> None:
+        from kafka import KafkaConsumer, KafkaProducer
+
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=self.config.bootstrap_servers,
+            group_id=self.config.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            # a long backoff keeps the loop from polling: stay in the group meanwhile
+            max_poll_interval_ms=3_600_000,
+            session_timeout_ms=10_000,
+            client_id="anomaly-notify",
+        )
+        self.producer = KafkaProducer(
+            bootstrap_servers=self.config.bootstrap_servers, acks="all", client_id="anomaly-notify-dlq"
+        )
+        self.consumer.subscribe([self.config.topic], listener=_Listener(self))
+
+    def run(self) -> int:
+        """Until SIGTERM/SIGINT (or :attr:`stopping`); returns the exit code."""
+        self.connect()
+        targets = ", ".join(f"{t.name} {t.url}" for t in (self.am, self.webhook) if t is not None)
+        say(f"consuming topic {self.config.topic!r} as group {self.config.group_id!r}; notifying {targets}")
+        try:
+            while not self.stopping:
+                self.tick()
+                self.flush_due()
+                batch = self.consumer.poll(timeout_ms=300)
+                fresh = self.rebuild()
+                for partition in sorted(batch, key=lambda p: p.partition):
+                    if partition in fresh:  # read before the seek to the replay window: fetched again
+                        continue
+                    for message in batch[partition]:
+                        self.handle(partition, message)
+                self.commit()
+        except _Stop:
+            pass
+        finally:
+            self.close()
+        s = self.stats
+        say(f"stopped: {s.delivered} transitions delivered, {s.repeats} repeats skipped, {s.dead_letters} dead letters")
+        return 0
+
+    def close(self) -> None:
+        if self.consumer is not None:
+            if not self.stopping:
+                self.commit()
+            self.consumer.close(autocommit=False)
+        if self.producer is not None:
+            self.producer.close(timeout=10)
+
+    # -- rebuild on assignment --------------------------------------------------------------------
+    def rebuild(self) -> set[Any]:
+        """Rebuild the incidents of the partitions assigned since the last poll (the rebalance
+        callbacks run on kafka-python's IO thread, where no blocking call is allowed, so they only
+        note them); returns the partitions of a new group, which were moved to the replay window."""
+        from kafka import KafkaConsumer
+
+        partitions, self.assigned = self.assigned, []
+        if not partitions:
+            return set()
+        since_ms = int((time.time() - self.config.replay_hours * 3600) * 1000)
+        reader = KafkaConsumer(
+            bootstrap_servers=self.config.bootstrap_servers, group_id=None, enable_auto_commit=False
+        )
+        moved: set[Any] = set()
+        try:
+            reader.assign(partitions)
+            starts = reader.offsets_for_times({p: since_ms for p in partitions})
+            ends = reader.end_offsets(partitions)
+            for p in partitions:
+                start = starts[p].offset if starts.get(p) is not None else ends[p]
+                committed = self.consumer.committed(p)
+                if committed is None:  # a new group: from the replay window on, not the whole history
+                    self.consumer.seek(p, start)
+                    self.done[p] = start
+                    moved.add(p)
+                    continue
+                self.done[p] = self.committed[p] = committed
+                if start < committed:
+                    self._replay(reader, p, start, committed)
+        finally:
+            reader.close()
+        opened = sum(1 for t in self.incidents.values() if not is_resolved(t.record))
+        say(
+            f"partitions {sorted(p.partition for p in partitions)} assigned; rebuilt {self.stats.rebuilt} "
+            f"transitions from the last {self.config.replay_hours:g} h: {opened} open incidents"
+        )
+        now = self.clock()
+        for tracked in self.incidents.values():  # posted by an earlier run, maybe moments ago: hold their resolve
+            if tracked.fired_at is None and not is_resolved(tracked.record):
+                tracked.fired_at = now
+        self.next_repost = 0.0
+        return moved
+
+    def _replay(self, reader: Any, partition: Any, start: int, end: int) -> None:
+        reader.seek(partition, start)
+        while reader.position(partition) < end:
+            for message in reader.poll(timeout_ms=1000).get(partition, []):
+                if message.offset >= end:
+                    break
+                try:
+                    record = parse_incident(message.value)
+                except InvalidIncident:
+                    continue  # dead-lettered when it was first handled
+                self.apply(partition, record)
+                self.stats.rebuilt += 1
+
+    def on_revoked(self, partitions: list[Any]) -> None:
+        """Forget the partitions' incidents (their new owner rebuilds them); what was handled but not
+        committed yet is handled again there, which both targets tolerate."""
+        gone = set(partitions)
+        self.assigned = [p for p in self.assigned if p not in gone]
+        self.incidents = {k: v for k, v in self.incidents.items() if v.partition not in gone}
+        self.pending = {k: q for k, q in self.pending.items() if q[0].partition not in gone}
+        for p in gone:
+            self.done.pop(p, None)
+            self.committed.pop(p, None)
+
+    # -- records --------------------------------------------------------------------------------
+    def apply(self, partition: Any, record: dict[str, Any]) -> bool:
+        """Make ``record`` the incident's latest; False when it is a repeat of one already handled."""
+        tracked = self.incidents.get(record["incident_id"])
+        if tracked is None:
+            tracked = Tracked(record, record["severity"], partition)
+            self.incidents[record["incident_id"]] = tracked
+        elif record["seq"] <= tracked.record["seq"]:
+            return False
+        tracked.record = record
+        tracked.resolved_wall = time.time() if is_resolved(record) else None
+        return True
+
+    def handle(self, partition: Any, message: Any) -> None:
+        self.done[partition] = message.offset + 1
+        try:
+            record = parse_incident(message.value)
+        except InvalidIncident as err:
+            self.dead_letter(partition, message, "invalid_incident", str(err))
+            return
+        incident_id = record["incident_id"]
+        tracked = self.incidents.get(incident_id)
+        if tracked is not None and record["seq"] <= tracked.record["seq"]:
+            self.stats.repeats += 1
+            return
+        queue = self.pending.get(incident_id)
+        due = self._hold_until(tracked, record)
+        if queue or due is not None:
+            entry = _Pending(partition, message.offset, message, record, due or 0.0)
+            self.pending.setdefault(incident_id, deque()).append(entry)
+            if due is not None:
+                say(f"{_name(record)}: resolve held {due - self.clock():.0f} s (Alertmanager's group_wait)")
+            return
+        self.deliver(partition, message, record)
+
+    def _hold_until(self, tracked: Tracked | None, record: dict[str, Any]) -> float | None:
+        if self.am is None or tracked is None or tracked.fired_at is None or not is_resolved(record):
+            return None
+        due = tracked.fired_at + self.config.resolve_hold_s
+        return due if due > self.clock() else None
+
+    def flush_due(self) -> None:
+        now = self.clock()
+        for incident_id in list(self.pending):
+            queue = self.pending[incident_id]
+            while queue and queue[0].due <= now:
+                entry = queue.popleft()
+                if entry.record["seq"] > self.incidents[incident_id].record["seq"]:
+                    self.deliver(entry.partition, entry.message, entry.record)
+            if not queue:
+                del self.pending[incident_id]
+
+    def deliver(self, partition: Any, message: Any, record: dict[str, Any]) -> None:
+        """Send one transition to every target (retrying what may pass), then make it the latest."""
+        tracked = self.incidents.get(record["incident_id"])
+        label = tracked.label_severity if tracked is not None else record["severity"]
+        sent = []
+        if self.am is not None:
+            alert = to_alert(record, label, self.config.dashboard_url, _utcnow(), self.config.alert_ttl_s)
+            am = self.am
+            try:
+                self.retry(f"{_name(record)} to alertmanager", lambda: am.post_alerts([alert]))
+                sent.append("alertmanager")
+            except TargetRejected as err:
+                self.dead_letter(partition, message, "alertmanager_rejected", str(err))
+                return  # not applied: the incident keeps the state Alertmanager last accepted
+        if self.webhook is not None:
+            hook = self.webhook
+            try:
+                self.retry(f"{_name(record)} to webhook", lambda: hook.post_transition(record))
+                sent.append("webhook")
+            except TargetRejected as err:
+                self.dead_letter(partition, message, "webhook_rejected", str(err))
+        self.apply(partition, record)
+        tracked = self.incidents[record["incident_id"]]
+        if self.am is not None and tracked.fired_at is None and not is_resolved(record):
+            tracked.fired_at = self.clock()
+        self.stats.delivered += 1
+        say(
+            f"{_name(record)}: {record['transition']} (seq {record['seq']}, {record['state']}, "
+            f"severity {record['severity']}) -> {', '.join(sent) or 'dead letter only'}"
+        )
+
+    def retry(self, what: str, action: Callable[[], T]) -> T:
+        """``action()`` until it stops raising TargetUnavailable: 1, 2, 4 ... s apart, at most the cap."""
+        delay, attempts = 1.0, 0
+        while True:
+            try:
+                out = action()
+            except TargetUnavailable as err:
+                attempts += 1
+                say(f"{what}: {err}; attempt {attempts} failed, next in {delay:.0f} s")
+                self.wait(delay)
+                delay = min(delay * 2, self.config.max_backoff_s)
+                continue
+            if attempts:
+                say(f"{what}: delivered after {attempts} failed attempts")
+            return out
+
+    def wait(self, seconds: float) -> None:
+        """Sleep, still re-posting open incidents when their time comes; raise _Stop on a stop request."""
+        end = self.clock() + seconds
+        while self.clock() < end:
+            if self.stopping:
+                raise _Stop
+            self.tick(quiet=True)
+            time.sleep(min(0.2, max(0.0, end - self.clock())))
+
+    def dead_letter(self, partition: Any, message: Any, reason: str, detail: str) -> None:
+        source = json.dumps({"topic": partition.topic, "partition": partition.partition, "offset": message.offset})
+        headers = [
+            ("anomaly.reason", reason.encode()),
+            ("anomaly.detail", detail.encode("utf-8", "replace")),
+            ("anomaly.source", source.encode()),
+        ]
+        future = self.producer.send(self.config.dead_letter_topic, value=message.value, key=message.key,
+                                    headers=headers)
+        future.get(timeout=60)  # before the offset is committed: raise (and restart) rather than lose it
+        self.stats.dead_letters += 1
+        self.stats.by_reason[reason] = self.stats.by_reason.get(reason, 0) + 1
+        say(f"dead letter ({reason}) to {self.config.dead_letter_topic!r}: offset {message.offset} of "
+            f"{partition.topic}[{partition.partition}]: {detail}")
+
+    def commit(self) -> None:
+        from kafka.structs import OffsetAndMetadata
+
+        heads: dict[Any, int] = {}
+        for queue in self.pending.values():
+            for entry in queue:
+                heads[entry.partition] = min(heads.get(entry.partition, entry.offset), entry.offset)
+        offsets = {}
+        for partition, done in self.done.items():
+            upto = min(done, heads.get(partition, done))
+            if self.committed.get(partition) != upto:
+                offsets[partition] = OffsetAndMetadata(upto, "", -1)
+        if offsets:
+            self.consumer.commit(offsets)
+            self.committed.update({p: o.offset for p, o in offsets.items()})
+
+    # -- periodic work --------------------------------------------------------------------------
+    def tick(self, quiet: bool = False) -> None:
+        """Re-post the open incidents when due; keep the maintenance silences; forget old resolves."""
+        now = self.clock()
+        if self.am is not None and now >= self.next_repost:
+            self.repost(now)
+        if self.am is not None and self.config.maintenance and now >= self.next_silences:
+            try:
+                for line in sync_silences(self.am, self.config.maintenance, _utcnow()):
+                    say(line)
+                self.next_silences = now + self.config.silence_refresh_s
+            except (TargetUnavailable, TargetRejected) as err:
+                say(f"maintenance silences: {err}; next try in 30 s")
+                self.next_silences = now + 30
+        horizon = time.time() - self.config.replay_hours * 3600
+        stale = [k for k, t in self.incidents.items() if t.resolved_wall is not None and t.resolved_wall < horizon]
+        for key in stale:
+            if key not in self.pending:
+                del self.incidents[key]
+
+    def repost(self, now: float) -> None:
+        assert self.am is not None
+        open_now = [t for t in self.incidents.values() if not is_resolved(t.record)]
+        alerts = [
+            to_alert(t.record, t.label_severity, self.config.dashboard_url, _utcnow(), self.config.alert_ttl_s)
+            for t in open_now
+        ]
+        try:
+            self.am.post_alerts(alerts)
+        except (TargetUnavailable, TargetRejected) as err:
+            self.repost_failures += 1
+            delay = min(2.0**self.repost_failures, self.config.max_backoff_s, self.config.repost_s)
+            say(f"re-post of {len(alerts)} open incidents failed ({err}); next try in {delay:.0f} s")
+            self.next_repost = now + delay
+            return
+        if self.repost_failures:
+            say(f"re-posted {len(alerts)} open incidents after {self.repost_failures} failed attempts")
+        self.repost_failures = 0
+        self.stats.reposts += 1
+        for tracked in open_now:
+            if tracked.fired_at is None:
+                tracked.fired_at = now
+        self.next_repost = now + self.config.repost_s
+
+
+class _Listener:
+    """kafka-python's rebalance callbacks, forwarded to the notifier."""
+
+    def __new__(cls, notifier: Notifier) -> Any:
+        from kafka import ConsumerRebalanceListener
+
+        class Listener(ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked: Any) -> None:
+                notifier.on_revoked(list(revoked))
+
+            def on_partitions_assigned(self, assigned: Any) -> None:
+                notifier.assigned.extend(assigned)
+
+        return Listener()
+
+
+def _name(record: dict[str, Any]) -> str:
+    return f"{record['application']}/{record['detector']} incident {record['incident_id'][:8]}"
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="anomaly-notify",
+        description="Hand the job's incidents to Prometheus Alertmanager (v2 API) and/or a JSON webhook.",
+    )
+    add = parser.add_argument
+    add("--bootstrap-servers", required=True, help="Kafka bootstrap servers, e.g. 127.0.0.1:9092")
+    add("--topic", default="incidents", help="incidents topic (the job's sinks.kafka.incidents_topic)")
+    add("--group", default="anomaly-notify", help="consumer group (default anomaly-notify)")
+    add("--alertmanager-url", help="Alertmanager base URL, e.g. http://127.0.0.1:9093")
+    add("--webhook-url", help="generic JSON webhook: each transition POSTed once with an Idempotency-Key")
+    add("--dead-letter-topic", default="incidents-dead-letters", help="where rejected records go")
+    add("--dashboard-url", default="http://127.0.0.1:8050", help="base of the alerts' generatorURL")
+    add("--repost-seconds", type=float, default=60.0, help="re-post open incidents this often (default 60)")
+    add("--alert-ttl-seconds", type=float, default=300.0, help="endsAt of a firing alert ahead of now (300)")
+    add("--resolve-hold-seconds", type=float, default=60.0,
+        help="hold a resolve this long after the first firing post; > the route's group_wait (60)")
+    add("--replay-hours", type=float, default=168.0,
+        help="rebuild open incidents from this far back; > the job's incident max_duration (168)")
+    add("--timeout-seconds", type=float, default=10.0, help="HTTP timeout per request (default 10)")
+    add("--max-backoff-seconds", type=float, default=60.0, help="retry backoff cap (default 60)")
+    add("--silence-refresh-seconds", type=float, default=300.0, help="check maintenance silences this often")
+    add("--config", help="the job's YAML config: its incidents.maintenance windows become silences")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> NotifyConfig:
+    maintenance = load_maintenance(args.config) if args.config else ()
+    return validate(
+        NotifyConfig(
+            bootstrap_servers=args.bootstrap_servers,
+            topic=args.topic,
+            group_id=args.group,
+            alertmanager_url=args.alertmanager_url,
+            webhook_url=args.webhook_url,
+            dead_letter_topic=args.dead_letter_topic,
+            dashboard_url=args.dashboard_url,
+            repost_s=args.repost_seconds,
+            alert_ttl_s=args.alert_ttl_seconds,
+            resolve_hold_s=args.resolve_hold_seconds,
+            replay_hours=args.replay_hours,
+            timeout_s=args.timeout_seconds,
+            max_backoff_s=args.max_backoff_seconds,
+            silence_refresh_s=args.silence_refresh_seconds,
+            maintenance=maintenance,
+        )
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except (ConfigError, OSError) as err:
+        print(f"anomaly-notify: {err}", file=sys.stderr)
+        return 2
+    notifier = Notifier(config)
+
+    def stop(signum: int, frame: Any) -> None:
+        notifier.stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    return notifier.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
