@@ -15,6 +15,11 @@ function of its own (same arguments):
 * :func:`check_batch_equals_update`: ``update_batch`` in uneven chunks (an empty
   one included) equals ``update`` point by point, bit for bit, and leaves the same
   state.
+* :func:`check_update_many_equals_update_batch`: one ``update_many`` call over
+  several series (fresh and restored from states cut at different points, of
+  different lengths) gives, per series, what ``from_state`` + ``update_batch``
+  + ``to_state`` give, bit for bit, results and new states; a NaN in one
+  series makes the call raise (the job then isolates the failing points).
 * :func:`check_bounded_state`: over two passes of the series the state stays within
   the bound the detector declares (:meth:`Detector.max_state_bytes`); without one,
   within :data:`DEFAULT_MAX_STATE_BYTES` and it levels off (the second pass adds
@@ -88,10 +93,9 @@ from detectors.base import (
     BatchResult,
     Detector,
     StateError,
-    pack_state,
-    unpack_state,
 )
 from detectors.params import Param, ParamError
+from detectors.state import pack_state, unpack_state
 
 __all__ = [
     "CHECKS",
@@ -104,6 +108,7 @@ __all__ = [
     "check_probabilities",
     "check_state_round_trip",
     "check_state_versioning",
+    "check_update_many_equals_update_batch",
     "default_series",
 ]
 
@@ -255,6 +260,60 @@ def check_batch_equals_update(run: _Run) -> None:
     assert batched.to_state() == pointwise.to_state(), "the state after update_batch differs from update's"
 
 
+def _update_many_plan(n: int) -> list[tuple[int, int, int]]:
+    """Series of a length-``n`` series: (first point, points learned before the call, points in it)."""
+    return [
+        (0, 0, n // 3),  # fresh
+        (0, 1, 2),  # restored after one point
+        (n // 7, n // 3, 1),  # one point after a long history
+        (n // 5, 0, n // 4 + 1),  # fresh, from the middle
+        (n // 2, n // 4, n - n // 2 - n // 4),  # restored, to the end
+        (n // 10, n // 10 + 2, n // 10 + 1),
+    ]
+
+
+@_check
+def check_update_many_equals_update_batch(run: _Run) -> None:
+    """update_many over several series equals per-series from_state + update_batch + to_state, bit for bit."""
+    blobs: list[bytes | None] = []
+    ts, values, want = [], [], []
+    for start, history, points in _update_many_plan(len(run.values)):
+        cut, stop = start + history, start + history + points
+        blob = None
+        if history:
+            det = run.new()
+            det.update_batch(run.ts[start:cut], run.values[start:cut])
+            blob = det.to_state()
+        reference = run.new() if blob is None else run.restore(blob)
+        want.append((reference.update_batch(run.ts[cut:stop], run.values[cut:stop]), reference.to_state()))
+        blobs.append(blob)
+        ts.append(run.ts[cut:stop])
+        values.append(run.values[cut:stop])
+    offsets = np.cumsum([0, *(len(v) for v in values)])
+    all_ts, all_values = np.concatenate(ts), np.concatenate(values)
+    states, got = run.cls.update_many(blobs, all_ts, all_values, offsets, **run.params)
+    assert len(states) == len(blobs), f"update_many returned {len(states)} states for {len(blobs)} series"
+    assert len(got) == len(all_values), f"update_many returned {len(got)} results for {len(all_values)} points"
+    for k, ((expected, state), (a, b)) in enumerate(zip(want, itertools.pairwise(offsets.tolist()), strict=True)):
+        for column in ("value_lower_limit", "value_upper_limit", "anomaly_probability"):
+            mine, theirs = getattr(got, column)[a:b], getattr(expected, column)
+            if not _same_floats(mine, theirs):
+                i = next(i for i in range(b - a) if _bits(mine[i]) != _bits(theirs[i]))
+                raise AssertionError(f"{column} of series {k}, point {i}: update_many {mine[i]!r}, "
+                                     f"update_batch {theirs[i]!r}")
+        flags, expected_flags = np.asarray(got.is_anomaly[a:b], dtype=bool), np.asarray(expected.is_anomaly, dtype=bool)
+        assert np.array_equal(flags, expected_flags), f"is_anomaly of series {k} differs from update_batch's"
+        assert list(got.explanation[a:b]) == list(expected.explanation), f"explanations of series {k} differ"
+        assert states[k] == state, f"the state of series {k} after update_many differs from update_batch's"
+    bad = all_values.copy()
+    bad[offsets[2]] = np.nan
+    try:
+        run.cls.update_many(blobs, all_ts, bad, offsets, **run.params)
+    except Exception:  # any exception: the job then scores series by series
+        return
+    raise AssertionError("a NaN in series 2 was accepted: update_many must raise, so the job isolates the point")
+
+
 @_check
 def check_bounded_state(run: _Run) -> None:
     """The state stays within max_state_bytes() (or the default bound, and levels off)."""
@@ -400,7 +459,7 @@ def check_state_versioning(run: _Run) -> None:
     det = run.new()
     run.feed(det, 0, min(len(run.values), 300))
     blob = det.to_state()
-    header, fields = unpack_state(blob)
+    header, fields = unpack_state(blob, f"detector {run.cls.name!r}")
     assert header["name"] == run.cls.name, f"the state is tagged {header['name']!r}, not {run.cls.name!r}"
     assert header["version"] == run.cls.state_version, "the state is not tagged with state_version"
     other = run.cls.name + "_other"
@@ -423,6 +482,7 @@ CHECKS: tuple[Check, ...] = (
     check_probabilities,
     check_bounds,
     check_batch_equals_update,
+    check_update_many_equals_update_batch,
     check_state_round_trip,
     check_state_versioning,
     check_bounded_state,

@@ -86,11 +86,11 @@ from detectors.base import (
     AnomalyResult,
     BatchResult,
     Detector,
-    FixedStateLayout,
     NonFiniteValueError,
     StateError,
 )
 from detectors.params import Param, ParamSchema
+from detectors.state import FixedStateLayout
 
 SPREAD_WINDOW = 10_000  # default span of the spread; cross-validated on NAB (bench/simple_cv.py)
 

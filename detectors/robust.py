@@ -74,11 +74,11 @@ from detectors.base import (
     AnomalyResult,
     BatchResult,
     Detector,
-    FixedStateLayout,
     NonFiniteValueError,
     StateError,
 )
 from detectors.params import Param, ParamSchema
+from detectors.state import FixedStateLayout
 
 MAD_TO_SIGMA = 0.6745  # MAD of N(0, 1); z = 0.6745 * (x - median) / MAD
 _SCALE_DOWN_ABOVE = FLOAT_MAX / 4.0  # beyond this, work on values / 4

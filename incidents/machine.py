@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from detectors.base import StateError, pack_state, unpack_state
+from detectors.state import StateError, pack_state, unpack_state
 from incidents.rules import SEVERITIES, IncidentSettings, Maintenance, Rules
 
 STATE_VERSION = 1
@@ -209,7 +209,7 @@ class IncidentState:
 
     @staticmethod
     def decode(blob: bytes) -> IncidentState:
-        header, fields = unpack_state(blob)
+        header, fields = unpack_state(blob, "incident state")
         if header["name"] != "incident_state" or header["version"] != STATE_VERSION:
             raise StateError(f"unsupported incident state {header} (this version reads {STATE_VERSION})")
         n = int(fields["n"])

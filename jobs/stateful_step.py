@@ -58,7 +58,8 @@ import numpy as np
 import pandas as pd
 
 from detectors import get_detector_class
-from detectors.base import BatchResult, Detector, StateError, concat_results, pack_state, unpack_state, update_many
+from detectors.base import BatchResult, Detector, concat_results
+from detectors.state import StateError, pack_state, unpack_state
 from jobs import aggregations, windows
 from jobs.result_format import (
     DEAD_LETTER_COLUMNS,
@@ -92,7 +93,7 @@ class StepSettings:
     agg_function: str
     window_ms: int
     # (label, detector class, validated params)
-    detectors: tuple[tuple[str, type, dict[str, Any]], ...]
+    detectors: tuple[tuple[str, type[Detector], dict[str, Any]], ...]
     idle_timeout_ms: int
     deduplicate: bool
 
@@ -238,7 +239,7 @@ class BucketState:
 
     @staticmethod
     def decode(blob: bytes) -> BucketState:
-        header, fields = unpack_state(blob)
+        header, fields = unpack_state(blob, "bucket state")
         if header["name"] != "bucket_state" or header["version"] != BUCKET_STATE_VERSION:
             raise StateError(
                 f"unsupported bucket state {header} (this version reads version {BUCKET_STATE_VERSION}, "
@@ -494,7 +495,7 @@ def _score(step: _Step, app: np.ndarray, ts: np.ndarray, values: np.ndarray, out
     for d, (label, cls, params) in enumerate(step.settings.detectors):
         blobs = step.state.detector_blobs(label)
         try:
-            new_blobs, result = update_many(cls, [blobs[i] or None for i in app_list], ts, values, offsets, params)
+            new_blobs, result = cls.update_many([blobs[i] or None for i in app_list], ts, values, offsets, **params)
             if len(new_blobs) != len(app_list) or len(result) != len(ts):
                 raise ValueError(f"{label}: update_many returned {len(new_blobs)} states, {len(result)} results")
         except Exception:

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from detectors import get_detector_class
-from detectors.base import BatchResult, StateError, pack_state, unpack_state
+from detectors.base import BatchResult
+from detectors.state import StateError, pack_state, unpack_state
 from tests import windows_oracle as windows
 
 KIND_RESULT = "result"
@@ -198,7 +199,7 @@ class BucketState:
 
     @staticmethod
     def decode(blob: bytes) -> BucketState:
-        header, fields = unpack_state(blob)
+        header, fields = unpack_state(blob, "bucket state")
         if header["name"] != "bucket_state" or header["version"] != BUCKET_STATE_VERSION:
             raise StateError(f"unsupported bucket state {header}; start from a new checkpoint")
         due = fields["due"]

@@ -16,7 +16,8 @@ import pytest
 
 import tests.failing_detector  # noqa: F401 - registers "fail_on_value"
 from detectors import get_detector_class
-from detectors.base import StateError, _update_many_loop, update_many
+from detectors.base import _update_many_loop
+from detectors.state import StateError
 from jobs import aggregations, main
 from jobs import stateful_step as new
 from jobs.result_format import OPERATOR_COLUMNS
@@ -200,8 +201,8 @@ def test_update_many_equals_update_batch_per_series_bit_for_bit(name, params, mo
             "state fields (adapt it after a change of the detector's state or recursion)"
         )
         monkeypatch.setattr(cls, "from_state", classmethod(lambda *a, **k: pytest.fail(message)))
-    blobs, result = update_many(cls, [b for b, _ in series], ts, values, offsets, params)
-    fresh_blobs, fresh = update_many(cls, [None] * len(series), ts, values, offsets, params)
+    blobs, result = cls.update_many([b for b, _ in series], ts, values, offsets, **params)
+    fresh_blobs, fresh = cls.update_many([None] * len(series), ts, values, offsets, **params)
     monkeypatch.undo()
     for k, (blob, points) in enumerate(series):
         detector = cls(**params) if blob is None else cls.from_state(blob, **params)
@@ -219,7 +220,7 @@ def test_update_many_equals_update_batch_per_series_bit_for_bit(name, params, mo
     bad = values.copy()
     bad[offsets[3]] = np.inf
     with pytest.raises(ValueError):
-        update_many(cls, [b for b, _ in series], ts, bad, offsets, params)
+        cls.update_many([b for b, _ in series], ts, bad, offsets, **params)
 
 
 def test_a_bucket_state_of_the_previous_layout_is_refused_with_a_clear_message():

@@ -19,6 +19,7 @@ from detectors.checks import (
     check_probabilities,
     check_state_round_trip,
     check_state_versioning,
+    check_update_many_equals_update_batch,
     default_series,
 )
 from detectors.registry import BUILTIN_DETECTORS, get_detector_class
@@ -159,12 +160,35 @@ class Unversioned(Step):
 
     @classmethod
     def from_state(cls, blob: bytes, **params: Any) -> Detector:
-        from detectors.base import unpack_state
+        from detectors.state import unpack_state
 
         det = cls(**params)
-        _, fields = unpack_state(blob)
+        _, fields = unpack_state(blob, "test")
         det._set_state(fields, 1)
         return det
+
+
+class ManyDiffers(Step):
+    """A vectorised update_many that drifts from update_batch in the last bit."""
+
+    name = "many_differs"
+
+    @classmethod
+    def update_many(cls, states, ts_ms, values, offsets, **params):  # type: ignore[override]
+        new_states, result = super().update_many(states, ts_ms, values, offsets, **params)
+        return new_states, BatchResult(result.value_lower_limit, result.value_upper_limit,
+                                       np.nextafter(result.anomaly_probability, 1.0), result.is_anomaly)
+
+
+class ManySwallows(Step):
+    """An update_many that scores a NaN instead of raising."""
+
+    name = "many_swallows"
+
+    @classmethod
+    def update_many(cls, states, ts_ms, values, offsets, **params):  # type: ignore[override]
+        clean = np.nan_to_num(np.asarray(values, dtype=np.float64))
+        return super().update_many(states, ts_ms, clean, offsets, **params)
 
 
 SHORT = default_series(400)
@@ -175,6 +199,8 @@ SHORT = default_series(400)
     [
         (Forgetful, check_state_round_trip, "the restored detector's state differs from the blob"),
         (BatchDiffers, check_batch_equals_update, "anomaly_probability of point"),
+        (ManyDiffers, check_update_many_equals_update_batch, "anomaly_probability of series 0, point 0"),
+        (ManySwallows, check_update_many_equals_update_batch, "a NaN in series 2 was accepted"),
         (Hoarder, check_bounded_state, "grows with the stream"),
         (OverItsBound, check_bounded_state, "above the declared bound of 20"),
         (Saturating, check_probabilities, "is not in [0, 1)"),
@@ -208,7 +234,7 @@ def test_a_declared_saturating_probability_is_checked_against_0_to_1() -> None:
 
 def test_check_detector_runs_every_check_and_names_the_first_failure() -> None:
     check_detector(Step, {"tolerance": 2.0}, SHORT)
-    assert len(CHECKS) == 7 and len({c.__name__ for c in CHECKS}) == 7
+    assert len(CHECKS) == 8 and len({c.__name__ for c in CHECKS}) == 8
     with pytest.raises(AssertionError, match=r"^check_bounds failed for detector 'inverted'"):
         check_detector(Inverted, None, SHORT)
 

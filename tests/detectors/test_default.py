@@ -219,13 +219,13 @@ def test_no_seasonal_part_for_fine_or_irregular_streams() -> None:
 
 def test_a_version_4_state_is_continued() -> None:
     """A state from before the seasonal part: the rest continues, that part starts learning."""
-    from detectors.base import pack_state, unpack_state
+    from detectors.state import pack_state, unpack_state
 
     ts, v = _hourly()
     det = DefaultDetector()
     for a, b in zip(ts[:400], v[:400], strict=True):
         det.update(int(a), float(b))
-    _, fields = unpack_state(det.to_state())
+    _, fields = unpack_state(det.to_state(), "default")
     v4 = {k: fields[k] for k in ("recent", "count", "lo", "hi", "record", "cad", "rebuilds", "cad_hist",
                                   "since_alarm", "run", "lik")}
     v4["peak"] = 0.0

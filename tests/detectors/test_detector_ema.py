@@ -205,7 +205,7 @@ def test_the_spread_remembers_longer_than_the_mean() -> None:
 
 
 def test_state_of_version_1_is_refused() -> None:
-    from detectors.base import StateError, pack_state
+    from detectors.state import StateError, pack_state
 
     det = EMADetector()
     blob = pack_state("ema", 1, det.config, {"mean": 1.0, "std": 0.5, "w2": 0.1, "count": 50})

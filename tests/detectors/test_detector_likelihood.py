@@ -244,9 +244,9 @@ def test_base_params_spelling_does_not_change_the_state_identity() -> None:
 def test_corrupt_base_blob_is_a_state_error() -> None:
     det = LikelihoodDetector(**SMALL)
     det.update(0, 1.0)
-    from detectors.base import pack_state, unpack_state
+    from detectors.state import pack_state, unpack_state
 
-    _, fields = unpack_state(det.to_state())
+    _, fields = unpack_state(det.to_state(), "likelihood")
     fields["base"] = b"not a state"
     with pytest.raises(StateError):
         LikelihoodDetector.from_state(pack_state("likelihood", 1, det.config, fields), **SMALL)

@@ -188,7 +188,7 @@ def test_peak_floor_repeated_spikes() -> None:
 
 def test_state_of_version_1_is_migrated() -> None:
     # version 1 had no peak: it continues as a detector that has seen no excursion yet
-    from detectors.base import pack_state
+    from detectors.state import pack_state
 
     det = RobustDetector(window=5, warmup=3)
     for i, v in enumerate([1.0, 2.0, 3.0, 2.0, 1.0, 2.0]):
