@@ -215,7 +215,7 @@ def cross_validate(
 
 def reference_fp_caps(preps: list[ns.PreparedSeries], cost: ns.CostMatrix, factor: float) -> dict[str, int]:
     """Per held-out folder: ``factor`` x the reference's false alarms on the 4 other folders, at the
-    reference's threshold optimised on the whole corpus (the one the issue's cap, 1.5 x CAD OSE's 33,
+    reference's threshold optimised on the whole corpus (the one the target cap, 1.5 x CAD OSE's 33,
     is stated at), so the 5 training caps are the corpus cap applied to what each fold sees."""
     threshold, _ = ns.optimize_threshold(preps, cost)
     fp = {p.name: ns.score_series(p, threshold, cost).fp for p in preps}

@@ -147,7 +147,7 @@ def fmt_ratio(value: float) -> str:
 
 
 def summary_line(avg_native: float, none_ingest: float, keys: float, p99_latency_s: float) -> str:
-    """The benchmark's last line (the issue's exact format)."""
+    """The benchmark's last line (a fixed format, one line, for scripts to compare)."""
     return (
         f"throughput: avg/native={fmt_ratio(avg_native)} none/ingest={fmt_ratio(none_ingest)} "
         f"keys={fmt_ratio(keys)} p99_latency_s={fmt_ratio(p99_latency_s)}"
