@@ -1,4 +1,4 @@
-"""The benchmark's pure helpers (bench/throughput.py): cost fit, ratios, the verdict line. No Spark."""
+"""Pure helpers of the benchmarks (throughput.py, step_profile.py): fits, ratios, verdict, breakdown. No Spark."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 
+from detectors import get_detector_class
 from tests.bench_module import load_bench
 
 bench = load_bench("throughput")
@@ -63,3 +64,16 @@ def test_application_names_never_truncate_and_keys_per_batch():
     assert bench.keys_in_batch(100_000, 500_000) == 100_000
     assert bench.keys_in_batch(100_000, 20_000) == 20_000
     assert bench.parse_apps("100000,1000, 10000") == [1_000, 10_000, 100_000]
+
+
+def test_step_profile_breakdown_names_every_part_and_the_state_size():
+    step_profile = load_bench("step_profile")
+    blobs = step_profile.warm_states(get_detector_class("ema"), 3, 40, 300_000)
+    assert len(blobs) == 3 and len(set(blobs)) == 3  # three distinct warmed series
+    row = step_profile.breakdown("ema", blobs, 5, 1_700_000_000_000 + 40 * 300_000, 300_000, repeat=1)
+    parts = [part for part, _ in step_profile.BREAKDOWN_PARTS]
+    assert set(row.us) == {*parts, "loop", "update_many"}
+    assert row.us["loop"] == sum(row.us[p] for p in parts)
+    assert row.state_bytes == sum(map(len, blobs)) / 3
+    table = step_profile.breakdown_table([row], 5).splitlines()
+    assert len(table) == 2 + len(parts) + 3 and all(line.count("|") == 4 for line in table)
