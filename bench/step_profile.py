@@ -68,8 +68,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from detectors import get_detector_class
-from detectors.base import unpack_state, update_many
 from detectors.params import ParamError
+from detectors.state import unpack_state
 from jobs import stateful_step as new_step
 from tests import stateful_step_oracle as old_step
 
@@ -249,7 +249,7 @@ def breakdown(label: str, blobs: list[bytes], k: int, start_ts: int, step_ms: in
     fresh = [cls.from_state(b) for b in blobs]
     us = {
         "bucket": _cpu_per_app(lambda: new_step.BucketState.decode(encoded).encode(), apps, repeat),
-        "unpack": _cpu_per_app(lambda: [unpack_state(b) for b in blobs], apps, repeat),
+        "unpack": _cpu_per_app(lambda: [unpack_state(b, label) for b in blobs], apps, repeat),
         "construct": _cpu_per_app(lambda: [cls() for _ in blobs], apps, repeat),
         "from_state": _cpu_per_app(lambda: [cls.from_state(b) for b in blobs], apps, repeat),
         "call": _cpu_per_app(lambda: [d.update_batch(none_ts, none_values) for d in fresh], apps, repeat),
@@ -268,7 +268,7 @@ def breakdown(label: str, blobs: list[bytes], k: int, start_ts: int, step_ms: in
     us["pack"] = us.pop("to_state") - us["get_state"]
     del us["from_state"]
     us["loop"] = sum(us[part] for part, _ in BREAKDOWN_PARTS)
-    us["update_many"] = _cpu_per_app(lambda: update_many(cls, list(blobs), ts, values, offsets, {}), apps, repeat)
+    us["update_many"] = _cpu_per_app(lambda: cls.update_many(list(blobs), ts, values, offsets), apps, repeat)
     return Breakdown(label, us, sum(map(len, blobs)) / apps)
 
 
