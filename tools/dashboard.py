@@ -7,6 +7,8 @@ A small Starlette app served by uvicorn. It reads the job's result table through
 * ``/app?name=A``   one chart per (agg_function, agg_window_millis): value, a band and markers per
                     detector (toggle each), date range, zoom; new rows arrive over Server-Sent Events
 * ``/sandbox``      a backtest of one CSV with a form generated from the detector's ParamSchema
+* ``/incidents``    the job's incidents, one incident's timeline on its chart, feedback buttons
+                    (:mod:`tools.dashboard_incidents`)
 * ``/api/...``      the JSON behind those pages; ``/api/live`` is the event stream
 
 Charts are drawn by plotly.js, served from the plotly Python package: no page
@@ -35,6 +37,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from tools.dashboard_incidents import incident_routes
+from tools.feedback import DEFAULT_TOPIC as FEEDBACK_TOPIC
+from tools.incidents_repository import IncidentsRepository
 from tools.repository import ResultsRepository, SeriesView, to_utc
 from tools.sandbox import SandboxConfig, detector_forms, list_data_files, run_sandbox
 
@@ -58,6 +63,9 @@ class Settings:
     token: str | None = None
     live_poll_s: float = LIVE_POLL_S
     sandbox_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
+    incidents: IncidentsRepository | None = None
+    bootstrap_servers: str | None = None  # where feedback goes (None: the buttons say it cannot be sent)
+    feedback_topic: str = FEEDBACK_TOPIC
 
 
 def series_json(view: SeriesView) -> dict[str, Any]:
@@ -140,17 +148,19 @@ def plotly_js() -> bytes:
     return get_plotlyjs().encode("utf-8")
 
 
-def page(title: str, script: str, body: str) -> str:
-    """A page shell; the body is fixed markup, data arrive as JSON and are set as text."""
+def page(title: str, script: str, body: str, root: str = "") -> str:
+    """A page shell; the body is fixed markup, data arrive as JSON and are set as text.
+    ``root`` leads back to the dashboard's base from a page one level down (``../``)."""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<link rel="stylesheet" href="static/style.css"></head>
-<body><nav><a href="./">Applications</a> <a href="sandbox">Sandbox</a>
+<link rel="stylesheet" href="{root}static/style.css"></head>
+<body><nav><a href="{root or './'}">Applications</a> <a href="{root}incidents">Incidents</a>
+<a href="{root}sandbox">Sandbox</a>
 <span id="status" class="status"></span></nav>
 <main>{body}</main>
-<script src="static/plotly.min.js"></script><script src="static/charts.js"></script>
-<script src="static/{script}"></script></body></html>"""
+<script src="{root}static/plotly.min.js"></script><script src="{root}static/charts.js"></script>
+<script src="{root}static/{script}"></script></body></html>"""
 
 
 APPS_BODY = """<h1>Applications</h1>
@@ -350,13 +360,14 @@ def create_app(settings: Settings) -> Any:
         Route("/api/live", api_live),
         Route("/api/detectors", api_detectors),
         Route("/api/sandbox", api_sandbox, methods=["POST"]),
+        *incident_routes(settings, page, series_json),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(routes=routes)
     return _Guard(app, settings.token)
 
 
-PAGES = ("/", "/app", "/sandbox")
+PAGES = ("/", "/app", "/sandbox", "/incidents")
 
 
 def _without_token(scope: dict) -> bytes:
@@ -472,6 +483,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--labels", help="NAB combined_windows.json for the sandbox's NAB score (keys relative to --data-dir)"
     )
     parser.add_argument("--sandbox-timeout", type=float, default=60.0, help="seconds per sandbox run (default 60)")
+    parser.add_argument("--bootstrap-servers", help="Kafka bootstrap servers for the incidents' feedback buttons")
+    parser.add_argument(
+        "--feedback-topic", default=FEEDBACK_TOPIC, help=f"the job's feedback topic (default {FEEDBACK_TOPIC})"
+    )
     return parser
 
 
@@ -489,6 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     password = os.environ.get(args.password_env) if args.password_env else None
     try:
         repo = ResultsRepository(args.jdbc, args.table, args.user, password)
+        incidents = IncidentsRepository(args.jdbc, args.user, password)
     except ValueError as err:
         print(f"anomaly-dashboard: {err}", file=sys.stderr)
         return 2
@@ -498,7 +514,9 @@ def main(argv: list[str] | None = None) -> int:
         guess = data_dir.parent / "labels" / "combined_windows.json"
         labels = guess if guess.is_file() else None
     sandbox = SandboxConfig(data_dir, labels, timeout_s=args.sandbox_timeout)
-    app = create_app(Settings(repo, sandbox, token))
+    settings = Settings(repo, sandbox, token, incidents=incidents, bootstrap_servers=args.bootstrap_servers,
+                        feedback_topic=args.feedback_topic)
+    app = create_app(settings)
     import uvicorn
 
     where = f"http://{args.host if ':' not in args.host else f'[{args.host}]'}:{args.port}/"
