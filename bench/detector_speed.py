@@ -4,9 +4,7 @@
 
 For every built-in detector (``ema``, ``robust``, ``cad`` with NAB's settings and a
 fixed range, ``cad`` with default parameters and the range learned online,
-``likelihood`` over EMA, ``default``) and, as the anchor, a pure-Python CAD
-(:mod:`bench.cad_pure_python`, written the plain way: one Python loop over the
-stored contexts per step) with the same NAB settings, on NAB's
+``likelihood`` over EMA, ``default``; ``ema``, the simplest, is the anchor) on NAB's
 longest series (``realKnownCause/machine_temperature_system_failure``, 22,695
 points; with ``--synthetic`` or without the NAB data: a seeded synthetic series of
 ``--points`` 5-minute points, daily sine + Gaussian noise + a few spikes), prints a
@@ -51,7 +49,6 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.cad_pure_python import PurePythonCAD  # noqa: E402
 from detectors.registry import build_detector, detector_from_state  # noqa: E402
 from evaluation import nab_scoring  # noqa: E402
 from tools import backtest as bt  # noqa: E402
@@ -75,14 +72,11 @@ class Case:
     detector: str
     params: Mapping[str, Any] = field(default_factory=dict)
     fixed_range: bool = False
-    factory: Callable[..., Any] | None = None  # a detector class outside the registry
 
     def build(self, params: Mapping[str, Any]) -> Any:
-        return self.factory(**params) if self.factory else build_detector(self.detector, params)
+        return build_detector(self.detector, params)
 
     def restore(self, params: Mapping[str, Any], blob: bytes) -> Any:
-        if self.factory:
-            return self.factory.from_state(blob, **params)
         return detector_from_state(self.detector, params, blob)
 
     def params_for(self, values: np.ndarray) -> dict[str, Any]:
@@ -95,9 +89,8 @@ class Case:
 # NAB's CAD settings (contextOSE) for a series of NAB's longest kind (rest = 750 / 5)
 CAD_NAB = {"max_left_semi_contexts_length": 7, "max_active_neurons_num": 15, "rest_period": 150}
 CASES = (
-    Case("ema", "ema"),
+    Case("*anchor*: ema", "ema"),
     Case("robust", "robust"),
-    Case("*anchor*: pure-Python CAD (NAB settings, fixed min/max)", "cad", CAD_NAB, True, PurePythonCAD),
     Case("cad (NAB settings, fixed min/max)", "cad", CAD_NAB, fixed_range=True),
     Case("cad (online range)", "cad"),
     Case("likelihood (base ema)", "likelihood"),
@@ -276,8 +269,6 @@ def nab_table(nab: Path, cases: tuple[Case, ...]) -> str:
             lines.append(f"| *published {name}* | not found under {ref} | | | | |")
     with tempfile.TemporaryDirectory(prefix="bench_detectors_") as tmp:
         for i, case in enumerate(cases):
-            if case.factory is not None:  # the speed anchor: same scores as cad, only slower
-                continue
             print(f"NAB: {case.label} ...", file=sys.stderr, flush=True)
             start = time.monotonic()
             try:

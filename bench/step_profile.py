@@ -1,11 +1,11 @@
-"""The per-bucket step alone, without Spark: a per-application step (old, the anchor) against the job's (new).
+"""The per-bucket step alone, without Spark: one application per bucket (the anchor) against 32 buckets.
 
     .venv/bin/python bench/step_profile.py                      # 1,000 and 100,000 applications, avg and none
-    .venv/bin/python bench/step_profile.py --apps 1000 --cases none --profile new   # + a cProfile of the new step
+    .venv/bin/python bench/step_profile.py --apps 1000 --events-per-app 20 --cases none --profile bucketed  # + cProfile
     .venv/bin/python bench/step_profile.py --breakdown default,ema --step-ms 300000 --events-per-app 20 \
         --breakdown-only                 # where a detector's cost per application goes, EMA beside it
     .venv/bin/python bench/step_profile.py --detector default --apps 200 --events-per-app 20 --step-ms 300000 \
-        --warm-batches 130 --cases none --skip-old   # the step with default, every part of it active
+        --warm-batches 130 --cases none --skip-anchor   # the step with default, every part of it active
 
 What it runs, per case (``avg``: 10 s windows, EMA + Robust; ``none``: EMA), with
 the detectors and buckets the job uses by default (32 buckets, EMA and Robust
@@ -20,12 +20,14 @@ at their default parameters, a 2 s watermark delay):
   decode the bucket's state from bytes, step it at the batch's watermark (the
   previous batch's largest event time minus 2 s, as Spark's watermark lags one
   batch), encode the state back, build the output columns;
-* the same batches through the old per-application step
-  (tests/stateful_step_oracle.py, the anchor) and the new vectorised one
-  (jobs/stateful_step.py), in this process, one after the other; the output
-  rows are compared (count and a checksum), and the table prints CPU seconds,
-  events/s and µs per application per batch of each, new/old speed-up, and
-  the bytes of all buckets' encoded states per application after the last batch.
+* the same batches through the job's step (jobs/stateful_step.py) twice, in
+  this process: with one application per bucket (the anchor: what a
+  per-application operator pays, a state decode, step and encode per
+  application and batch) and with the job's 32 buckets; the output rows are
+  compared (count and an order-independent checksum), and the table prints
+  CPU seconds, events/s and µs per application per batch of each, the
+  speed-up of bucketing, and the bytes of the encoded states per application
+  after the last batch.
 
 ``--detector NAME`` scores every case with that detector alone; ``--step-ms`` sets
 the event time between an application's events (a detector's seasonal parts
@@ -61,7 +63,6 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 
@@ -70,8 +71,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from detectors import get_detector_class
 from detectors.params import ParamError
 from detectors.state import unpack_state
-from jobs import stateful_step as new_step
-from tests import stateful_step_oracle as old_step
+from jobs import stateful_step
 
 BUCKETS = 32
 WATERMARK_DELAY_MS = 2_000
@@ -102,55 +102,57 @@ def detectors_for(agg_function: str, detector: str | None = None) -> tuple[tuple
     return tuple((label, get_detector_class(label), {}) for label in labels)
 
 
-def make_batches(case: Case, seed: int = 7) -> list[tuple[list[dict[str, np.ndarray] | None], int]]:
-    """Per batch: the events of each bucket (None: no events) and the batch's watermark."""
+def make_batches(case: Case, buckets: int, seed: int = 7) -> list[tuple[list[dict[str, np.ndarray] | None], int]]:
+    """Per batch: the events of each bucket (None: no events) and the batch's watermark.
+
+    ``buckets == case.apps`` puts application ``i`` alone in bucket ``i``; otherwise
+    applications are hashed into ``buckets`` buckets.
+    """
     rng = np.random.default_rng(seed)
     names = np.array([f"app-{i:06d}" for i in range(case.apps)], dtype=object)
-    bucket_of = np.array([zlib.crc32(n.encode()) % BUCKETS for n in names])
+    if buckets == case.apps:
+        bucket_of = np.arange(case.apps)
+    else:
+        bucket_of = np.array([zlib.crc32(n.encode()) % buckets for n in names])
     out = []
     max_ts = None
     offset = 0
     for b in range(case.warm_batches + case.batches):
         k = case.events_per_app
-        step = np.arange(b * k, (b + 1) * k, dtype=np.int64)
+        ticks = np.arange(b * k, (b + 1) * k, dtype=np.int64)
         # round-robin over applications, in event-time order
         apps = np.tile(np.arange(case.apps), k)
-        ts = np.repeat(1_700_000_000_000 + step * case.step_ms, case.apps)
+        ts = np.repeat(1_700_000_000_000 + ticks * case.step_ms, case.apps)
         ids = np.arange(offset, offset + len(ts))
         values = np.round(100 + 10 * np.sin(ids / 997.0) + rng.random(len(ts)) * 5, 3)
         watermark = -(2**63) if max_ts is None else max_ts - WATERMARK_DELAY_MS
-        per_bucket: list[dict[str, np.ndarray] | None] = []
-        for bucket in range(BUCKETS):
-            sel = np.flatnonzero(bucket_of[apps] == bucket)
-            if not len(sel):
-                per_bucket.append(None)
-                continue
-            per_bucket.append(
-                {
-                    "application": names[apps[sel]],
-                    "ts_ms": ts[sel],
-                    "value": values[sel],
-                    "src_topic": np.full(len(sel), "bench", dtype=object),
-                    "src_partition": (sel % 4).astype(np.int32),
-                    "src_offset": ids[sel],
-                }
-            )
+        per_bucket: list[dict[str, np.ndarray] | None] = [None] * buckets
+        order = np.argsort(bucket_of[apps], kind="stable")
+        bucket_ids, first = np.unique(bucket_of[apps][order], return_index=True)
+        for bucket, sel in zip(bucket_ids.tolist(), np.split(order, first[1:]), strict=True):
+            per_bucket[bucket] = {
+                "application": names[apps[sel]],
+                "ts_ms": ts[sel],
+                "value": values[sel],
+                "src_topic": np.full(len(sel), "bench", dtype=object),
+                "src_partition": (sel % 4).astype(np.int32),
+                "src_offset": ids[sel],
+            }
         out.append((per_bucket, watermark))
         max_ts = int(ts.max())
         offset += len(ts)
     return out
 
 
-def run(module: ModuleType, case: Case, batches: list) -> tuple[float, int, str, float]:
-    """CPU seconds of stepping every batch of every bucket, output rows, checksum of the outputs,
-    state bytes per application at the end."""
+def run(case: Case, batches: list) -> tuple[float, int, str, float]:
+    """CPU seconds of stepping every batch of every bucket, output rows, checksum of the outputs
+    (independent of the bucketing), state bytes per application at the end."""
     # idle timeout: an hour, or two events' spacing if longer (no application is evicted between its events)
-    settings = module.StepSettings(case.agg_function, 10_000 if case.agg_function == "avg" else 0,
-                                   detectors_for(case.agg_function, case.detector),
-                                   max(3_600_000, 2 * case.step_ms), True)
+    settings = stateful_step.StepSettings(case.agg_function, 10_000 if case.agg_function == "avg" else 0,
+                                          detectors_for(case.agg_function, case.detector),
+                                          max(3_600_000, 2 * case.step_ms), True)
     stored: dict[int, bytes] = {}
-    digest = hashlib.sha1()
-    rows = 0
+    keys: list[tuple] = []
     cpu = 0.0
     for b, (per_bucket, watermark) in enumerate(batches):
         timed = b >= case.warm_batches
@@ -158,23 +160,20 @@ def run(module: ModuleType, case: Case, batches: list) -> tuple[float, int, str,
             if events is None and bucket not in stored:
                 continue
             t0 = time.process_time()
-            state = module.BucketState.decode(stored[bucket]) if bucket in stored else module.BucketState.empty()
-            out = module.step_bucket(state, events if events is not None else module.empty_events(), watermark,
-                                     settings)
+            state = (stateful_step.BucketState.decode(stored[bucket]) if bucket in stored
+                     else stateful_step.BucketState.empty())
+            out = stateful_step.step_bucket(state, events if events is not None else stateful_step.empty_events(),
+                                            watermark, settings)
             if len(state):
                 stored[bucket] = state.encode()
             columns = out.columns(settings.agg_function, settings.window_ms)
             cpu += time.process_time() - t0 if timed else 0.0
-            n = len(columns["kind"])
-            rows += n
-            if n:
-                # order-independent: the rows of a bucket as a sorted list of reprs
-                keys = sorted(zip(columns["application"].tolist(), columns["ts_ms"].tolist(),
-                                  columns["detector"].tolist(), columns["agg_value"].tolist(),
-                                  columns["anomaly_probability"].tolist(), columns["value_upper_limit"].tolist(),
-                                  columns["reason"].tolist(), strict=True), key=repr)
-                digest.update(repr(keys).encode())
-    return cpu, rows, digest.hexdigest()[:12], sum(map(len, stored.values())) / case.apps
+            keys.extend(zip(columns["application"].tolist(), columns["ts_ms"].tolist(),
+                            columns["detector"].tolist(), columns["agg_value"].tolist(),
+                            columns["anomaly_probability"].tolist(), columns["value_upper_limit"].tolist(),
+                            columns["reason"].tolist(), strict=True))
+    digest = hashlib.sha1(repr(sorted(keys, key=repr)).encode()).hexdigest()[:12]
+    return cpu, len(keys), digest, sum(map(len, stored.values())) / case.apps
 
 
 def profile(fn: Callable[[], object], top: int) -> None:
@@ -242,13 +241,13 @@ def breakdown(label: str, blobs: list[bytes], k: int, start_ts: int, step_ms: in
     values = 100 + rng.random(apps * k) * 5
     offsets = np.arange(apps + 1) * k
     none_ts, none_values = np.zeros(0, dtype=np.int64), np.zeros(0)
-    bucket = new_step.BucketState.empty("none")
+    bucket = stateful_step.BucketState.empty("none")
     bucket.add_all([f"app-{i:06d}" for i in range(apps)])
     bucket.detectors[label] = list(blobs)
     encoded = bucket.encode()
     fresh = [cls.from_state(b) for b in blobs]
     us = {
-        "bucket": _cpu_per_app(lambda: new_step.BucketState.decode(encoded).encode(), apps, repeat),
+        "bucket": _cpu_per_app(lambda: stateful_step.BucketState.decode(encoded).encode(), apps, repeat),
         "unpack": _cpu_per_app(lambda: [unpack_state(b, label) for b in blobs], apps, repeat),
         "construct": _cpu_per_app(lambda: [cls() for _ in blobs], apps, repeat),
         "from_state": _cpu_per_app(lambda: [cls.from_state(b) for b in blobs], apps, repeat),
@@ -328,9 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"event time between an application's events (default {EVENT_EVERY_MS})")
     parser.add_argument("--warm-batches", type=int, default=0,
                         help="batches stepped before the timed ones, not timed (a detector's later parts active)")
-    parser.add_argument("--profile", choices=("old", "new"), help="print a cProfile of that step (first case)")
+    parser.add_argument("--profile", choices=("per-app", "bucketed"), help="print a cProfile of that run (first case)")
     parser.add_argument("--top", type=int, default=25)
-    parser.add_argument("--skip-old", action="store_true", help="time the new step only (no anchor, no ratio)")
+    parser.add_argument("--skip-anchor", "--skip-old", dest="skip_anchor", action="store_true",
+                        help="time the bucketed step only (no per-application anchor, no ratio)")
     parser.add_argument("--breakdown", metavar="DETECTORS",
                         help="comma list (e.g. default,ema): where each one's cost per application goes, a table")
     parser.add_argument("--breakdown-apps", type=int, default=200, help="applications of the breakdown (200)")
@@ -369,22 +369,22 @@ def main(argv: list[str] | None = None) -> int:
     print(f"buckets {BUCKETS}, batches {args.batches} timed, events {args.step_ms / 1000:g} s apart, "
           f"watermark delay {WATERMARK_DELAY_MS} ms; "
           "CPU seconds of decode + step + encode + output columns over all batches and buckets")
-    print("| case | events | old s (anchor) | new s | old ev/s | new ev/s | old µs/app/batch | new µs/app/batch "
-          "| new/old speed | same output | state B/app old/new |")
+    print("| case | events | per-app s (anchor) | bucketed s | per-app ev/s | bucketed ev/s | per-app µs/app/batch "
+          "| bucketed µs/app/batch | speed-up | same output | state B/app per-app/bucketed |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
     for i, case in enumerate(cases):
-        batches = make_batches(case)
+        bucketed = make_batches(case, BUCKETS)
         events = case.apps * case.events_per_app * case.batches  # timed ones
         app_batches = case.apps * case.batches
         if args.profile and i == 0:
-            module = old_step if args.profile == "old" else new_step
-            profile(lambda module=module, case=case, batches=batches: run(module, case, batches), args.top)
-        new_s, new_rows, new_sum, new_bytes = run(new_step, case, batches)
-        if args.skip_old:
+            batches = bucketed if args.profile == "bucketed" else make_batches(case, case.apps)
+            profile(lambda case=case, batches=batches: run(case, batches), args.top)
+        new_s, new_rows, new_sum, new_bytes = run(case, bucketed)
+        if args.skip_anchor:
             print(f"| {case.name} | {events:,} | - | {new_s:.2f} | - | {events / new_s:,.0f} | - | "
                   f"{1e6 * new_s / app_batches:.1f} | - | - | - / {new_bytes:,.0f} |")
             continue
-        old_s, old_rows, old_sum, old_bytes = run(old_step, case, batches)
+        old_s, old_rows, old_sum, old_bytes = run(case, make_batches(case, case.apps))
         same = "yes" if (old_rows, old_sum) == (new_rows, new_sum) else f"NO ({old_rows} vs {new_rows} rows)"
         print(f"| {case.name} | {events:,} | {old_s:.2f} | {new_s:.2f} | {events / old_s:,.0f} | "
               f"{events / new_s:,.0f} | {1e6 * old_s / app_batches:.1f} | {1e6 * new_s / app_batches:.1f} | "

@@ -29,7 +29,7 @@ in every batch, more than the rest of the job):
 Per application the rules are exactly those of a per-application operator,
 bit for bit: tests/test_step_vectorised.py runs random input through this step
 and through a plain application-by-application reference step
-(tests/stateful_step_oracle.py) and compares every output column and the
+(tests/oracles/stateful_step_oracle.py) and compares every output column and the
 state; tests/test_stateful_step.py runs the same input through 1 and many
 applications per bucket. Which events are late depends only on the watermark
 of the batch, not on when a window happened to be closed.
@@ -70,7 +70,7 @@ from jobs.result_format import (
 )
 
 # 2: columnar (tables of windows and seen events over all the bucket's applications);
-# 1 kept one blob per application (see tests/stateful_step_oracle.py) and is refused (start from a new checkpoint)
+# 1 kept one blob per application (tests/oracles/stateful_step_oracle.py) and is refused (start from a new checkpoint)
 BUCKET_STATE_VERSION = 2
 NO_TIMER = -1
 DUPLICATE_DETAIL = "an event with the same application, ts and value is already counted"

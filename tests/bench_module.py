@@ -1,4 +1,8 @@
-"""Import a script of ``bench/`` (not a package) as a module, for tests of its pure helpers."""
+"""Import a script of ``bench/`` (not a package) as a module, for tests of its pure helpers.
+
+The one way tests reach bench/: nothing in tests/ imports ``bench`` and nothing
+in bench/ imports ``tests`` (tests/test_floor_plan.py checks both).
+"""
 
 from __future__ import annotations
 

@@ -52,3 +52,33 @@ def test_the_shipped_zip_holds_the_query_only(tmp_path):
                 continue
             for module in imported:
                 assert module.split(".")[0] not in ("tools", "evaluation", "tests"), f"{name} imports {module}"
+
+
+def _imported_modules(path: Path) -> list[str]:
+    names: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.append(node.module)
+        elif isinstance(node, ast.Import):
+            names.extend(a.name for a in node.names)
+    return names
+
+
+def test_bench_and_tests_do_not_import_each_other():
+    """bench/ never imports tests/ (the oracles are tests/oracles/, test code); tests/ reaches bench
+    scripts' pure helpers only through tests/bench_module.py's load_bench, which loads them by path."""
+    bench_files = sorted((REPO / "bench").glob("*.py"))
+    test_files = sorted((REPO / "tests").rglob("*.py"))
+    assert bench_files and len(test_files) > 20
+    for path in bench_files:
+        bad = [m for m in _imported_modules(path) if m.split(".")[0] == "tests"]
+        assert not bad, f"{path.relative_to(REPO)} imports {bad}: bench/ must not import tests/"
+    for path in test_files:
+        bad = [m for m in _imported_modules(path) if m.split(".")[0] == "bench"]
+        assert not bad, f"{path.relative_to(REPO)} imports {bad}: use tests.bench_module.load_bench"
+        if path.name != "bench_module.py":
+            assert "spec_from_file_location" not in path.read_text() or path.name == "test_floor_plan.py", (
+                f"{path.relative_to(REPO)} loads a file by path: bench scripts go through tests/bench_module.py"
+            )
+    oracles = {p.name for p in (REPO / "tests" / "oracles").glob("*.py")}
+    assert {"windows_oracle.py", "stateful_step_oracle.py", "cad_pure_python.py"} <= oracles

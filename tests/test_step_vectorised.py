@@ -1,6 +1,6 @@
-"""The vectorised per-bucket step equals the former application-by-application step, bit for bit.
+"""The vectorised per-bucket step equals the application-by-application step, bit for bit.
 
-The oracle is tests/stateful_step_oracle.py (the step as it was before issue #8).
+The oracle is tests/oracles/stateful_step_oracle.py.
 Random batches -- late events, exact repeats, same-instant conflicts, -0.0,
 idle applications, empty (timer) batches, a detector failing on some points --
 go through both, bucket by bucket, with every bucket's state encoded and
@@ -21,8 +21,8 @@ from detectors.state import StateError
 from jobs import aggregations, main
 from jobs import stateful_step as new
 from jobs.result_format import OPERATOR_COLUMNS
-from tests import stateful_step_oracle as old
-from tests import windows_oracle
+from tests.oracles import stateful_step_oracle as old
+from tests.oracles import windows_oracle
 
 FUNCTIONS = aggregations.NAMES
 

@@ -1,7 +1,7 @@
 """Windowing and aggregation functions (jobs/windows.py, jobs/aggregations.py), without Spark.
 
 Every registered function has its expected values here, computed by hand on
-two windows; the window oracle (tests/windows_oracle.py) must give them.
+two windows; the window oracle (tests/oracles/windows_oracle.py) must give them.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 
 from jobs import aggregations
 from jobs.config import ConfigError, parse_config
-from tests import windows_oracle as agg
+from tests.oracles import windows_oracle as agg
 from tests.test_config import config_with
 
 W = 10_000

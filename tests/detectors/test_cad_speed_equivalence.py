@@ -1,4 +1,4 @@
-"""The vectorised CAD (detectors.cad) against the previous pure-Python one (bench/cad_pure_python.py).
+"""The vectorised CAD (detectors.cad) against the pure-Python one (tests/oracles/cad_pure_python.py).
 
 The selection of contexts runs on numpy columns with a cache between learning steps;
 these tests pin that it changes nothing: same score for every point and the same learnt
@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.cad_pure_python import PurePythonCAD
 from detectors.cad import CADDetector
+from tests.oracles.cad_pure_python import PurePythonCAD
 
 
 def _series(n: int, seed: int) -> np.ndarray:

@@ -1,10 +1,10 @@
-"""The per-bucket step as it was before the vectorised rewrite (issue #8), kept as the oracle.
+"""The per-bucket step, application by application (one KeyState blob each): the step's oracle.
 
-A frozen copy of jobs/stateful_step.py at commit cd57f5b (module names as
-after the floor-plan move: jobs/windows.py; application by
-application, one KeyState blob each). tests/test_step_vectorised.py runs random
-input through it and through the vectorised step and compares every output;
-bench/step_profile.py times both in one run. Not used by the job.
+The same rules as jobs/stateful_step.py, applied to one application at a time
+over tests/oracles/windows_oracle.py instead of to all the applications of a
+bucket at once as segmented numpy. tests/test_step_vectorised.py runs random
+input through both and compares every output column and the state. Not used
+by the job.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 from detectors import get_detector_class
 from detectors.base import BatchResult
 from detectors.state import StateError, pack_state, unpack_state
-from tests import windows_oracle as windows
+from tests.oracles import windows_oracle as windows
 
 KIND_RESULT = "result"
 KIND_DEAD_LETTER = "dead_letter"

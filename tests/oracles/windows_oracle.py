@@ -1,10 +1,12 @@
-"""Windowing of one application, as it was before the vectorised step (issue #8): the oracle's half.
+"""Windowing of one application at a time: the window half of the step's oracle.
 
-tests/stateful_step_oracle.py steps applications one at a time over these
+tests/oracles/stateful_step_oracle.py steps applications one at a time over these
 functions; the vectorised step (jobs/stateful_step.py) must give the same
 results (tests/test_step_vectorised.py). Raw-value functions keep their open
 events' values in ``sums`` (the field's name from the partial-aggregate
-functions). Not used by the job; the semantics are jobs/windows.py's.
+functions); closing a window reads the aggregation registry
+(jobs/aggregations.py), partial merges keep its four partials by name. Not used
+by the job; the semantics are jobs/windows.py's.
 
 >>> state = WindowState.empty("avg")
 >>> state, late = add_events(state, np.array([1_000, 4_000, 11_000]), np.array([1.0, 3.0, 10.0]), "avg", 10_000)

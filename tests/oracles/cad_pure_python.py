@@ -1,8 +1,7 @@
 """A pure-Python CAD OSE: the same algorithm as ``detectors/cad.py``, without its vectorised selection.
 
-Used as the benchmark's anchor (``bench/detector_speed.py``: CAD written the plain
-way, one Python loop over the stored contexts per step) and as an independent
-oracle: ``tests/detectors/test_cad_speed_equivalence.py`` checks that the
+CAD written the plain way, one Python loop over the stored contexts per step: an
+independent oracle. ``tests/detectors/test_cad_speed_equivalence.py`` checks that the
 vectorised detector gives the same scores and the same state bytes. Not registered as
 a detector; see ``detectors/cad.py`` for the algorithm.
 """
