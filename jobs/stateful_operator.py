@@ -11,7 +11,9 @@ Per bucket and micro-batch the processor makes one state ``get`` and one
 ``update`` (each a round trip to the JVM state server), keeps at most one
 event-time timer, and yields one frame; the windowing, repeats, late events,
 detectors and eviction of every application in the bucket are
-:func:`jobs.stateful_step.step_bucket`, pure and unit-tested without Spark.
+:func:`jobs.stateful_step.step_bucket`, pure and unit-tested without Spark. The
+processor itself (timers, rejects, state, the double step below) is run in
+memory by PySpark's ``TwsTester`` in tests/test_stateful_operator.py.
 
 Results leave as soon as they are final. Spark hands a batch the watermark
 computed at the end of the previous one, so the windows (or ``none`` points)
