@@ -8,7 +8,8 @@ broker (tools/local_kafka.py) and one local-mode SparkSession:
 
 1. **Input.** For each application count, ``--events`` synthetic JSON events
    into their own topic (``--partitions`` partitions), produced in event-time
-   order: application ``i % apps`` gets one event every 500 ms of event time.
+   order: application ``i % apps`` gets one event every 500 ms of event time
+   (``--step-ms``).
    (So the more applications, the shorter the event-time span: at 100,000
    applications 2M events cover 10 s, and the ``avg`` case closes few windows;
    the ``results`` column shows it.)
@@ -22,6 +23,21 @@ broker (tools/local_kafka.py) and one local-mode SparkSession:
    ``avg`` over 10 s windows with EMA + Robust (ratio to ``native``) and
    ``none`` with EMA (ratio to ``ingest``). events/s is always input rows over
    the summed batch durations (``triggerExecution``), anchors and job alike.
+   ``--cases`` adds the product's ``default`` detector on the same input:
+   ``none-default`` and ``avg-default`` (10 s windows). A table then lists
+   every job case's events/s against ``none`` + EMA at the same applications
+   (same input, same run) and against itself at the fewest applications (1.0 =
+   flat in applications), with its p50 batch and state per application. For
+   ``default`` to have every part active, give each application enough points
+   at a cadence its parts use, e.g.::
+
+       bench/throughput.py --events 520000 --apps 200,2000,20000 --max-offsets 100000 \
+           --step-ms 300000 --cases none,none-default,avg,avg-default \
+           --only-at 20000=none,none-default --latency-seconds 0
+
+   (200 applications x 2,600 points every 5 minutes: nine days each;
+   ``--step-ms`` sets an application's event spacing, ``--only-at APPS=NAMES``
+   what runs at that application count, anchors included).
 4. **Key cost.** A least-squares fit over the job's data batches of
    ``batch seconds = a * keys_in_batch + b * events_in_batch + c``, per case,
    where keys_in_batch = min(applications, events in the batch) (the topics are
@@ -94,10 +110,24 @@ CASES: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {
         [{"name": "ema"}, {"name": "robust"}],
     ),
     "none": ({"agg_function": "none"}, [{"name": "ema"}]),
+    # the product's default detector beside EMA, on the same input (--cases to run them)
+    "avg-default": (
+        {"agg_function": "avg", "agg_window_millis": 10_000, "allowed_lateness_millis": 2_000},
+        [{"name": "default"}],
+    ),
+    "none-default": ({"agg_function": "none"}, [{"name": "default"}]),
+}
+CASE_LABELS = {
+    "avg": "avg 10 s + EMA + Robust",
+    "none": "none + EMA",
+    "avg-default": "avg 10 s + default",
+    "none-default": "none + default",
 }
 # the anchor each job case is compared with
-ANCHOR_OF = {"avg": "native", "none": "ingest"}
+ANCHOR_OF = {"avg": "native", "none": "ingest", "avg-default": "native", "none-default": "ingest"}
 ANCHORS = ("kafka", "ingest", "native")
+EMA_CASES = ("avg", "none")  # the verdict line's cases
+DETECTOR_ANCHOR = "none"  # every job case is also compared with none + EMA at the same applications
 
 
 # -- pure helpers (tests/test_bench_helpers.py) -------------------------------------------
@@ -173,6 +203,31 @@ def keys_ratio(events_s: dict[tuple[str, int], float], cases: Sequence[str], app
 def app_width(applications: int) -> int:
     """Digits of the zero-padded application number (``app-000042``): never truncates."""
     return max(4, len(str(max(applications - 1, 0))))
+
+
+def parse_only_at(texts: Sequence[str], apps: Sequence[int]) -> dict[int, set[str]]:
+    """``["20000=none,none-default"]`` -> {20000: {"none", "none-default"}}: what runs at that
+    application count (job cases and anchors by name; anchors not named are skipped there)."""
+    known = {*CASES, *ANCHORS}
+    out: dict[int, set[str]] = {}
+    for text in texts:
+        count, sep, names = text.partition("=")
+        chosen = {n.strip() for n in names.split(",") if n.strip()}
+        if not sep or not count.strip().isdigit() or not chosen:
+            raise ValueError(f"--only-at {text!r}: expected APPS=NAME[,NAME...], e.g. 20000=none,none-default")
+        if int(count) not in apps:
+            raise ValueError(f"--only-at {text!r}: {int(count):,} is not one of --apps {','.join(map(str, apps))}")
+        unknown = sorted(chosen - known)
+        if unknown:
+            raise ValueError(
+                f"--only-at {text!r}: unknown {', '.join(unknown)}; choose from {', '.join(sorted(known))}"
+            )
+        out[int(count)] = chosen
+    return out
+
+
+def runs_at(only_at: dict[int, set[str]], apps: int, name: str) -> bool:
+    return apps not in only_at or name in only_at[apps]
 
 
 def parse_apps(text: str) -> list[int]:
@@ -362,12 +417,12 @@ class Row:
         return float(np.percentile(durations, q)) if durations else float("nan")
 
 
-def produce(spark, bootstrap: str, topic: str, events: int, apps: int) -> float:
+def produce(spark, bootstrap: str, topic: str, events: int, apps: int, step_ms: int = STEP_MS) -> float:
     from pyspark.sql import functions as F
 
     started = time.monotonic()
     app = F.concat(F.lit("app-"), F.lpad((F.col("id") % apps).cast("string"), app_width(apps), "0"))
-    ts_ms = F.lit(T0_MS) + F.floor(F.col("id") / apps) * STEP_MS
+    ts_ms = F.lit(T0_MS) + F.floor(F.col("id") / apps) * step_ms
     (
         # One writer, in id (= event-time) order: several writers would interleave
         # their time ranges in every Kafka partition, and the watermark raised by the
@@ -698,6 +753,28 @@ def print_table(rows: list[Row], anchors: dict[tuple[str, int], Row]) -> None:
         )
 
 
+def detector_table(rows: list[Row]) -> str:
+    """Every job case's events/s against none + EMA at the same applications (same input, same run) and
+    against itself at the fewest applications it ran at (flat in applications: 1.0)."""
+    jobs = [r for r in rows if r.anchor is not None]
+    by_key = {(r.case, r.apps): r for r in jobs}
+    fewest = {c: min(r.apps for r in jobs if r.case == c) for c in {r.case for r in jobs}}
+    lines = [
+        "| case | apps | events/s | x none + EMA | x itself at fewest apps | p50 batch s | state B/app |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in sorted(jobs, key=lambda r: (list(CASES).index(r.case), r.apps)):
+        anchor = by_key.get((DETECTOR_ANCHOR, r.apps))
+        vs_ema = fmt_ratio(ratio(r.events_s, anchor.events_s)) if anchor else "-"
+        flat = fmt_ratio(ratio(r.events_s, by_key[(r.case, fewest[r.case])].events_s))
+        state = "-" if math.isnan(r.state_end) else f"{r.state_end:,.0f}"
+        lines.append(
+            f"| {CASE_LABELS.get(r.case, r.case)} | {r.apps:,} | {r.events_s:,.0f} | {vs_ema} "
+            f"| {flat} (at {fewest[r.case]:,}) | {r.batch_seconds(50):.2f} | {state} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="300k events, 1,000 and 20,000 applications, 60 s latency")
@@ -705,7 +782,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--apps", type=parse_apps, help="comma list of application counts (default 1000,10000,100000)")
     parser.add_argument("--partitions", type=int, default=4, help="Kafka partitions and shuffle partitions")
     parser.add_argument("--max-offsets", type=int, help="maxOffsetsPerTrigger (default 500,000; --quick 100,000)")
-    parser.add_argument("--cases", default="avg,none", help="comma list of avg,none")
+    parser.add_argument("--cases", default="avg,none", help=f"comma list of {','.join(CASES)}")
+    parser.add_argument(
+        "--only-at",
+        action="append",
+        default=[],
+        metavar="APPS=NAMES",
+        help="at that application count run only these cases and anchors, e.g. 20000=none,none-default",
+    )
+    parser.add_argument(
+        "--step-ms",
+        type=int,
+        default=STEP_MS,
+        help=f"event time between an application's events (default {STEP_MS}; 300000: 5-minute points)",
+    )
     parser.add_argument("--latency-seconds", type=int, help="steady-rate phase (default 120; --quick 60; 0: skip)")
     parser.add_argument("--latency-rate", type=int, help="events/s of the latency phase (default: half of none)")
     parser.add_argument("--buckets", type=int, help="passed to each stream's config as 'buckets'")
@@ -723,6 +813,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [c for c in cases if c not in CASES]
     if unknown:
         parser.error(f"--cases: unknown {', '.join(unknown)}; choose from {', '.join(CASES)}")
+    try:
+        only_at = parse_only_at(args.only_at, apps_list)
+    except ValueError as err:
+        parser.error(str(err))
+    if args.step_ms < 1:
+        parser.error("--step-ms must be >= 1")
 
     if args.master:
         os.environ["ANOMALY_SPARK_MASTER"] = args.master  # read by jobs.session.build_session
@@ -785,13 +881,13 @@ def main(argv: list[str] | None = None) -> int:
         for apps in apps_list:
             topics[apps] = f"bench-in-{apps}"
             broker.create_topic(topics[apps], partitions=args.partitions)
-            took = produce(spark, bootstrap, topics[apps], events, apps)
+            took = produce(spark, bootstrap, topics[apps], events, apps, args.step_ms)
             say(f"produced {events:,} events for {apps:,} applications into {topics[apps]} in {took:.1f} s")
 
         # warm-up: JIT, Python workers, state store code paths; not reported
         warm_apps = apps_list[0]
         broker.create_topic("bench-warmup", partitions=args.partitions)
-        produce(spark, bootstrap, "bench-warmup", min(events, 20_000), warm_apps)
+        produce(spark, bootstrap, "bench-warmup", min(events, 20_000), warm_apps, args.step_ms)
         warm = job_config(cases[0], warm_apps, "bench-warmup", "-warmup")
         source = parse_config(warm).streams[0].source
         run_anchor(spark, collector, "native", source, warm_apps, str(work / "ck-warm-native"), "-warmup")
@@ -801,11 +897,15 @@ def main(argv: list[str] | None = None) -> int:
         for apps in apps_list:
             source = parse_config(job_config(cases[0], apps, topics[apps])).streams[0].source
             for kind in ANCHORS:
+                if not runs_at(only_at, apps, kind):
+                    continue
                 row = run_anchor(spark, collector, kind, source, apps, str(work / f"ck-anchor-{kind}-{apps}"))
                 anchors[(kind, apps)] = row
                 rows.append(row)
                 say(f"anchor {kind}, {apps:,} applications: {row.events:,} events, {row.events_s:,.0f} events/s")
             for case in cases:
+                if not runs_at(only_at, apps, case):
+                    continue
                 row = run_job_case(spark, collector, job_config(case, apps, topics[apps]), case, apps)
                 rows.append(row)
                 say(
@@ -853,6 +953,9 @@ def main(argv: list[str] | None = None) -> int:
             [b["ms"] / 1000 for _, b in data],
         )
         print(f"cost fit, {case}: {fit.describe()} ({fit.batches} batches)")
+    if any(c not in EMA_CASES for c in cases):
+        print(f"\ndetectors against none + EMA (same input, same run), events {args.step_ms / 1000:g} s apart per app:")
+        print(detector_table(rows))
     if latency is not None:
         print(latency.describe() + f"; peak MiB JVM/py {latency.memory}")
     few = apps_list[0]
@@ -860,7 +963,7 @@ def main(argv: list[str] | None = None) -> int:
         summary_line(
             ratio(events_s.get(("avg", few)), events_s.get(("native", few))),
             ratio(events_s.get(("none", few)), events_s.get(("ingest", few))),
-            keys_ratio(events_s, cases, apps_list),
+            keys_ratio(events_s, [c for c in cases if c in EMA_CASES], apps_list),
             latency.p99_s if latency is not None else float("nan"),
         )
     )

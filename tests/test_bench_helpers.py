@@ -66,6 +66,46 @@ def test_application_names_never_truncate_and_keys_per_batch():
     assert bench.parse_apps("100000,1000, 10000") == [1_000, 10_000, 100_000]
 
 
+def test_only_at_picks_what_runs_at_an_application_count_and_names_bad_input():
+    only = bench.parse_only_at(["20000=none, none-default"], [200, 2_000, 20_000])
+    assert only == {20_000: {"none", "none-default"}}
+    assert bench.runs_at(only, 20_000, "none-default") and not bench.runs_at(only, 20_000, "avg")
+    assert not bench.runs_at(only, 20_000, "ingest") and bench.runs_at(only, 200, "avg-default")
+    for bad, message in [
+        ("20000", "expected APPS=NAME"),
+        ("x=none", "expected APPS=NAME"),
+        ("500=none", "500 is not one of --apps"),
+        ("200=nonsense", "unknown nonsense"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            bench.parse_only_at([bad], [200, 20_000])
+
+
+def _row(case: str, apps: int, seconds: float, events: int = 100_000) -> object:
+    row = bench.Row(case, apps, events=events, anchor=bench.ANCHOR_OF.get(case))
+    row.batches = [{"batch": 0, "rows": events, "ms": seconds * 1000, "results": 0}]
+    return row
+
+
+def test_detector_table_compares_each_case_with_none_ema_at_its_applications_and_itself_at_the_fewest():
+    rows = [
+        _row("ingest", 200, 1.0),  # an anchor: not in the table
+        _row("none", 200, 10.0),
+        _row("none-default", 200, 40.0),
+        _row("none", 20_000, 20.0),
+        _row("none-default", 20_000, 160.0),
+    ]
+    table = bench.detector_table(rows).splitlines()
+    assert len(table) == 2 + 4 and not any("ingest" in line for line in table)
+    cells = {(c[1].strip(), c[2].strip()): c for c in (line.split("|") for line in table[2:])}
+    default_200 = cells[("none + default", "200")]
+    assert default_200[3].strip() == "2,500" and default_200[4].strip() == "0.25"
+    assert default_200[5].strip() == "1.00 (at 200)"
+    default_20k = cells[("none + default", "20,000")]
+    assert default_20k[4].strip() == "0.12" and default_20k[5].strip() == "0.25 (at 200)"
+    assert cells[("none + EMA", "20,000")][4].strip() == "1.00"
+
+
 def test_step_profile_breakdown_names_every_part_and_the_state_size():
     step_profile = load_bench("step_profile")
     blobs = step_profile.warm_states(get_detector_class("ema"), 3, 40, 300_000)
