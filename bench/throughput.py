@@ -731,7 +731,7 @@ def machine() -> str:
 
 def print_table(rows: list[Row], anchors: dict[tuple[str, int], Row]) -> None:
     header = (
-        f"| {'case':<8} | {'apps':>7} | {'events':>9} | {'batches':>7} | {'events/s':>9} | {'anchor':>6} "
+        f"| {'case':<12} | {'apps':>7} | {'events':>9} | {'batches':>7} | {'events/s':>9} | {'anchor':>6} "
         f"| {'ratio':>5} | {'results':>9} | {'p50 batch s':>11} | {'p99 batch s':>11} "
         f"| {'state B/app mid/end':>19} | {'peak MiB JVM/py':>15} |"
     )
@@ -746,7 +746,7 @@ def print_table(rows: list[Row], anchors: dict[tuple[str, int], Row]) -> None:
             else (f"{r.state_end:,.0f}" if math.isnan(r.state_mid) else f"{r.state_mid:,.0f}/{r.state_end:,.0f}")
         )
         print(
-            f"| {r.case:<8} | {r.apps:>7,} | {r.events:>9,} | {sum(1 for b in r.batches if b['rows']):>7} "
+            f"| {r.case:<12} | {r.apps:>7,} | {r.events:>9,} | {sum(1 for b in r.batches if b['rows']):>7} "
             f"| {r.events_s:>9,.0f} | {r.anchor or '-':>6} | {rel:>5} "
             f"| {'-' if r.results is None else f'{r.results:,}':>9} | {r.batch_seconds(50):>11.2f} "
             f"| {r.batch_seconds(99):>11.2f} | {state:>19} | {r.memory:>15} |"
