@@ -370,3 +370,30 @@ def test_feedback_cli_produces_the_record(kafka_broker):
         "application": "checkout", "incident_id": incident, "label": "false_positive", "by": "me",
         "comment": "deploy"}
     assert value["ts"].endswith("Z")
+
+
+def test_a_hanging_webhook_is_retried_after_its_timeout(alertmanager, notifier, kafka_broker):
+    """The webhook answers only after 5 s the first two times (the notifier gives up after 3 s and
+    retries): every transition arrives, a repeat only with its idempotency key, the notifier goes on."""
+    topic = f"inc-{uuid.uuid4().hex[:8]}"
+    path = f"/hook/{topic}"
+    hangs = {"left": 2}
+
+    def answer(request_path: str, body: Any) -> int:
+        if request_path == path and hangs["left"] > 0:
+            hangs["left"] -= 1
+            time.sleep(5)
+        return 200
+
+    alertmanager.receiver.answer = answer
+    try:
+        n = notifier(topic, webhook=alertmanager.receiver.url + path).start()
+        records = lifecycle("slow", 1_709_320_000_000)
+        produce(kafka_broker, topic, records)
+        keys = {f"{r['incident_id']}:{r['seq']}" for r in records}
+        wait_for("every transition", lambda: {p.headers["Idempotency-Key"] for p in
+                                              alertmanager.receiver.received(path)} == keys, log=n.log)
+        assert "timed out" in n.log() and "delivered after" in n.log(), n.log()[-2000:]
+        wait_for("the last delivery line", lambda: "resolved (seq 3" in n.log(), log=n.log)
+    finally:
+        alertmanager.receiver.answer = lambda p, b: 200
