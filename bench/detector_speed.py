@@ -1,6 +1,7 @@
 """Detector micro-benchmark (pure Python, no Spark), optionally with NAB scores.
 
     .venv/bin/python bench/detector_speed.py [--synthetic] [--points N] [--repeat 3] [--nab] [--nab-dir DIR]
+    .venv/bin/python bench/detector_speed.py --only default --state [--no-speed] [--aiops-dir DIR] [--jobs 2]
 
 For every built-in detector (``ema``, ``robust``, ``cad`` with NAB's settings and a
 fixed range, ``cad`` with default parameters and the range learned online,
@@ -24,6 +25,14 @@ numenta and contextOSE results (scored from ``DIR/reference_results`` with the
 same scorer). The fixed-range CAD gets each series' own min/max there (NAB's
 setting; a look-ahead a stream cannot have). Without the NAB data the NAB part is
 skipped with a message.
+
+With ``--state`` it runs each detector over every series of every corpus
+(NAB's ``--nab-dir``/data, the AIOps KPIs' ``--aiops-dir``/data, ``*.csv.gz``
+read as the backtest reads them; ``--jobs`` series in parallel) and prints, per
+corpus, the median and the largest ``len(to_state())`` after the whole series
+(the state one application keeps in the job), the series of the largest, and
+the detector's declared ``max_state_bytes()``. A corpus whose folder is missing
+is skipped with a message.
 
 A detector that fails to import or run gets an ``error`` row instead of stopping
 the benchmark.
@@ -58,6 +67,7 @@ DAY = 288  # points per day
 SEED = 20240601
 NAB_JOBS = 2
 PROFILES = ("standard", "reward_low_FP_rate", "reward_low_FN_rate")
+STATE_BUDGET = 64 * 1024  # bytes of state per application a detector should stay within
 LONGEST = "realKnownCause/machine_temperature_system_failure.csv"  # NAB's longest series (22,695 points)
 
 
@@ -288,6 +298,83 @@ def nab_table(nab: Path, cases: tuple[Case, ...]) -> str:
     return "\n".join(lines)
 
 
+# -- state per application, per corpus -----------------------------------------------------
+@dataclass
+class StateRow:
+    label: str
+    corpus: str
+    sizes: dict[str, int] = field(default_factory=dict)  # series key -> len(to_state()) after it
+    declared: int | None = None
+    error: str | None = None
+
+    def cells(self) -> str:
+        if self.error:
+            return f"| {self.label} | {self.corpus} | error: {self.error} | | | | | |"
+        worst = max(sorted(self.sizes), key=self.sizes.__getitem__)  # ties: the first by name
+        median = statistics.median(self.sizes.values())
+        over = sum(size > STATE_BUDGET for size in self.sizes.values())
+        declared = "-" if self.declared is None else _fmt_bytes(self.declared)
+        return (
+            f"| {self.label} | {self.corpus} | {len(self.sizes)} | {_fmt_bytes(int(median))} "
+            f"| {_fmt_bytes(self.sizes[worst])} | {worst} | {over} | {declared} |"
+        )
+
+
+def _state_after_series(job: tuple[Path, str, Case]) -> tuple[str, int | None, int | None, str | None]:
+    """(key, len(to_state()) after the whole series, declared max_state_bytes, error)."""
+    path, key, case = job
+    try:
+        series = bt.read_series(path)
+        detector = case.build(case.params_for(series.values))
+        detector.update_batch(series.ts_ms, series.values)
+        return key, len(detector.to_state()), detector.max_state_bytes(), None
+    except Exception as err:
+        return key, None, None, f"{key}: {type(err).__name__}: {err}".splitlines()[0][:160]
+
+
+def corpus_states(case: Case, corpus: str, data: Path, jobs: int) -> StateRow:
+    """``case``'s state size after each series under ``data`` (largest series first, ``jobs`` at a time)."""
+    row = StateRow(case.label, corpus)
+    files = sorted(bt.find_csvs(data), key=lambda p: -p.stat().st_size)
+    tasks = [(p, bt.series_key(p, data), case) for p in files]
+    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+    with ctx.Pool(max(1, min(jobs, len(tasks)))) as pool:
+        for key, size, declared, error in pool.imap_unordered(_state_after_series, tasks):
+            if error is not None:
+                row.error = row.error or error
+            elif size is not None:
+                row.sizes[key] = size
+                row.declared = declared
+    return row
+
+
+def state_table(cases: tuple[Case, ...], corpora: Mapping[str, Path], jobs: int) -> str:
+    lines = [
+        "State per application after the whole series (len(to_state())), every series of each corpus:",
+        "",
+        "| detector | corpus | series | median | largest | largest on | series over 64 KiB | declared max |",
+        "|---|---|---:|---:|---:|---|---:|---:|",
+    ]
+    missing = []
+    for name, data in corpora.items():
+        if not data.is_dir():
+            missing.append(f"{name} ({data})")
+            continue
+        for case in cases:
+            print(f"state: {case.label} on {name} ...", file=sys.stderr, flush=True)
+            lines.append(corpus_states(case, name, data, jobs).cells())
+    if missing:
+        lines += ["", "not found, skipped: " + ", ".join(missing)]
+    return "\n".join(lines)
+
+
+def _aiops_dir(arg: Path | None) -> Path:
+    if arg is not None:
+        return arg
+    shared = Path(os.environ.get("ANOMALY_SHARED_DIR", REPO.parent / "shared"))
+    return shared / "data" / "aiops"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--synthetic", action="store_true", help="time on the synthetic series, not NAB's longest")
@@ -296,9 +383,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nab", action="store_true", help="also run and score every detector on NAB")
     ap.add_argument("--nab-dir", type=Path, default=None, help="NAB folder (default ../shared/data/nab)")
     ap.add_argument("--only", default="", help="run only detectors whose label contains this")
+    ap.add_argument("--state", action="store_true", help="state size per application on every corpus")
+    ap.add_argument("--aiops-dir", type=Path, default=None, help="AIOps folder (default ../shared/data/aiops)")
+    ap.add_argument("--jobs", type=int, default=NAB_JOBS, help=f"series in parallel for --state (default {NAB_JOBS})")
+    ap.add_argument("--no-speed", action="store_true", help="skip the speed table (e.g. --state alone)")
     args = ap.parse_args(argv)
-    if args.points < 1 or args.repeat < 1:
-        ap.error("--points and --repeat must be >= 1")
+    if args.points < 1 or args.repeat < 1 or args.jobs < 1:
+        ap.error("--points, --repeat and --jobs must be >= 1")
     cases = tuple(c for c in CASES if args.only in c.label)
     if not cases:
         ap.error(f"no detector label contains {args.only!r}")
@@ -317,10 +408,15 @@ def main(argv: list[str] | None = None) -> int:
             f"+ 8 spikes; {env}.\n"
         )
     rows = []
-    for case in cases:
+    for case in cases if not args.no_speed else ():
         print(f"bench: {case.label} ...", file=sys.stderr, flush=True)
         rows.append(bench_case(case, ts, values, args.repeat))
-    print(micro_table(rows, len(values)))
+    if rows:
+        print(micro_table(rows, len(values)))
+    if args.state:
+        corpora = {"NAB": _nab_dir(args.nab_dir) / "data", "AIOps": _aiops_dir(args.aiops_dir) / "data"}
+        print()
+        print(state_table(cases, corpora, args.jobs))
 
     if args.nab:
         nab = _nab_dir(args.nab_dir)

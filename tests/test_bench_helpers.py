@@ -117,3 +117,26 @@ def test_step_profile_breakdown_names_every_part_and_the_state_size():
     assert row.state_bytes == sum(map(len, blobs)) / 3
     table = step_profile.breakdown_table([row], 5).splitlines()
     assert len(table) == 2 + len(parts) + 3 and all(line.count("|") == 4 for line in table)
+
+
+def test_detector_speed_state_table_reads_every_series_of_a_corpus_gz_too(tmp_path):
+    import gzip
+
+    speed = load_bench("detector_speed")
+    data = tmp_path / "data"
+    (data / "a").mkdir(parents=True)
+    lines = [f"2020-01-01 {h:02d}:{m:02d}:00,{10 + (h * 60 + m) % 7}" for h in range(3) for m in range(0, 60, 5)]
+    text = "timestamp,value\n" + "\n".join(lines) + "\n"
+    (data / "a" / "plain.csv").write_text(text)
+    (data / "a" / "packed.csv.gz").write_bytes(gzip.compress(text.encode()))
+    case = speed.Case("ema", "ema")
+    row = speed.corpus_states(case, "tiny", data, jobs=1)
+    assert row.error is None and set(row.sizes) == {"a/plain.csv", "a/packed.csv.gz"[: -len(".gz")]}
+    detector = get_detector_class("ema")()
+    detector.update_batch(np.arange(36) * 300_000, np.array([10.0 + i % 7 for i in range(36)]))
+    assert set(row.sizes.values()) == {len(detector.to_state())}
+    cells = [c.strip() for c in row.cells().split("|")]
+    assert cells[1:8] == ["ema", "tiny", "2", f"{len(detector.to_state())} B", f"{len(detector.to_state())} B",
+                          "a/packed.csv", "0"]
+    table = speed.state_table((case,), {"tiny": data, "gone": tmp_path / "missing"}, jobs=1)
+    assert "| ema | tiny | 2 |" in table and "not found, skipped: gone" in table
