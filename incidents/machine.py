@@ -134,6 +134,7 @@ class Transitions:
     """What one :func:`process` call produced."""
 
     records: list[dict[str, Any]] = field(default_factory=list)
+    event_ms: list[int] = field(default_factory=list)  # each record's event time, epoch ms
     reset_applications: list[str] = field(default_factory=list)  # new_normal: re-learn from now
     rejected: list[tuple[int, str, str]] = field(default_factory=list)  # (feedback index, reason, detail)
 
@@ -312,6 +313,7 @@ class _Context:
 
 def _emit(ctx: _Context, t: _Track, transition: str, event_ms: int) -> None:
     t.seq += 1
+    ctx.out.event_ms.append(int(event_ms))
     ctx.out.records.append(
         {
             "incident_id": t.incident_id,

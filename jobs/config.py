@@ -26,6 +26,12 @@ A config holds one or more streams::
           # PostgreSQL: jdbc: {url: "jdbc:postgresql://db:5432/anomaly", user: job,
           #                    password_env: PG_PASSWORD}   # or password_file: /run/secrets/pg
           # (the password itself is never in the config, the url or properties)
+          incidents_topic: incidents          # incident transitions; null: none on Kafka
+        incidents: {resolve_after: 5}         # optional: the incident rules (incidents/rules.py);
+                                              # {enabled: false} turns the incident layer off
+
+``source.feedback_topic`` (default ``incident-feedback``, null: not read) is the
+topic of operators' incident feedback, read by the same query.
 
 Relative paths (checkpoint_dir, SQLite files) are resolved against the current directory.
 """
@@ -40,6 +46,7 @@ from pathlib import Path
 from typing import Any, Literal, overload
 
 from detectors import ParamError, get_detector_class
+from incidents.rules import IncidentConfigError, IncidentSettings, parse_settings
 from jobs import aggregations
 from jobs.result_format import ENV_NAME, is_sql_identifier
 
@@ -134,6 +141,8 @@ class SourceConfig:
     max_future_millis: int = 24 * 3600 * 1000
     kafka_options: Mapping[str, str] = field(default_factory=dict)
     security: KafkaSecurity | None = None
+    # incident feedback (JSON keyed by application) read by the same query; None: not read
+    feedback_topic: str | None = "incident-feedback"
 
 
 @dataclass(frozen=True)
@@ -203,6 +212,8 @@ class SinksConfig:
     # of PRODUCER_DEFAULTS and, when the sinks use the source's cluster, the
     # source's security settings
     kafka_options: Mapping[str, str] = field(default_factory=dict)
+    # incident transitions (keyed by incident_id); tables beside the results table when jdbc is set
+    incidents_topic: str | None = "incidents"
 
 
 # A few buckets per shuffle partition (4 by default): every task gets several,
@@ -251,6 +262,8 @@ class StreamConfig:
     # costs are paid per bucket per micro-batch, not per application. Fixed by
     # the checkpoint (the state is laid out by bucket).
     buckets: int = DEFAULT_BUCKETS
+    # the incident layer (incidents/): on unless the stream's `incidents.enabled` is false
+    incidents: IncidentSettings = field(default_factory=IncidentSettings)
 
     @property
     def output_bootstrap_servers(self) -> str:
@@ -357,6 +370,7 @@ def _source(raw: Any, name: str, base_dir: Path | None = None) -> SourceConfig:
             "max_future_millis",
             "kafka_options",
             "security",
+            "feedback_topic",
         ),
         name,
     )
@@ -371,6 +385,8 @@ def _source(raw: Any, name: str, base_dir: Path | None = None) -> SourceConfig:
         topics = tuple(_str(t, f"{name}.topics[{i}]") for i, t in enumerate(topics_raw))
     if bool(topics) == bool(pattern):
         raise ConfigError(f"{name}.topics", "give exactly one of topics (list) or topic_pattern (regex)")
+    if section.get("feedback_topic") in topics:
+        raise ConfigError(f"{name}.feedback_topic", "must not be one of the metric topics")
     if pattern is not None:
         try:
             re.compile(pattern)
@@ -397,6 +413,8 @@ def _source(raw: Any, name: str, base_dir: Path | None = None) -> SourceConfig:
         ),
         kafka_options=kafka_options,
         security=_security(section.get("security"), f"{name}.security", base_dir),
+        feedback_topic=_str(section.get("feedback_topic", SourceConfig.feedback_topic), f"{name}.feedback_topic",
+                            required=False),
     )
 
 
@@ -536,7 +554,11 @@ def _jdbc(raw: Any, name: str, base_dir: Path | None) -> JdbcConfig | None:
 
 def _sinks(raw: Any, name: str, base_dir: Path | None) -> SinksConfig:
     section = _mapping(raw, name)
-    _check_keys(section, ("output_topic", "dead_letter_topic", "bootstrap_servers", "jdbc", "kafka_options"), name)
+    _check_keys(
+        section,
+        ("output_topic", "dead_letter_topic", "bootstrap_servers", "jdbc", "kafka_options", "incidents_topic"),
+        name,
+    )
     kafka_options = _string_map(section.get("kafka_options"), f"{name}.kafka_options")
     for key in kafka_options:
         if not key.startswith("kafka.") or key in ("kafka.bootstrap.servers", "kafka.key.serializer"):
@@ -550,6 +572,8 @@ def _sinks(raw: Any, name: str, base_dir: Path | None) -> SinksConfig:
         bootstrap_servers=_str(section.get("bootstrap_servers"), f"{name}.bootstrap_servers", required=False),
         jdbc=_jdbc(section.get("jdbc"), f"{name}.jdbc", base_dir),
         kafka_options=kafka_options,
+        incidents_topic=_str(section.get("incidents_topic", SinksConfig.incidents_topic), f"{name}.incidents_topic",
+                             required=False),
     )
     if sinks.output_topic is None and sinks.jdbc is None:
         raise ConfigError(name, "configure at least one of output_topic or jdbc, or results go nowhere")
@@ -561,7 +585,9 @@ def _sinks(raw: Any, name: str, base_dir: Path | None) -> SinksConfig:
 def _stream(raw: Any, name: str, base_dir: Path | None) -> StreamConfig:
     section = _mapping(raw, name)
     _check_keys(
-        section, ("name", "source", "aggregation", "detectors", "sinks", "idle_timeout_millis", "buckets"), name
+        section,
+        ("name", "source", "aggregation", "detectors", "sinks", "idle_timeout_millis", "buckets", "incidents"),
+        name,
     )
     stream_name = _str(section.get("name"), f"{name}.name")
     if not _NAME_RE.match(stream_name):
@@ -583,7 +609,16 @@ def _stream(raw: Any, name: str, base_dir: Path | None) -> StreamConfig:
             default=StreamConfig.idle_timeout_millis,
         ),
         buckets=_buckets(section.get("buckets"), f"{name}.buckets"),
+        incidents=_incidents(section.get("incidents"), f"{name}.incidents"),
     )
+
+
+def _incidents(raw: Any, name: str) -> IncidentSettings:
+    """The stream's incident rules (incidents/rules.py reads them; its errors are renamed to the full field)."""
+    try:
+        return parse_settings(raw, default_enabled=True, prefix=f"{name}.")
+    except IncidentConfigError as err:
+        raise ConfigError(err.field, err.message) from None
 
 
 def _buckets(value: Any, name: str) -> int:

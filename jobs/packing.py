@@ -16,7 +16,8 @@ That keeps late events exact and results bit-identical to processing the rows
 one by one; the operator sorts a bucket's events by (application, ts, topic,
 partition, offset) anyway, so the packing order does not matter.
 
-Valid events fill ``application``, ``ts_ms`` and ``value``; rejects (``gkey`` =
+Valid events fill ``application``, ``ts_ms``, ``value`` and ``detail`` (null
+but for incident feedback, where it holds the incident id); rejects (``gkey`` =
 :data:`jobs.source.INVALID_KEY`, bucket :data:`REJECT_BUCKET`) fill
 ``reason``, ``detail``, ``raw`` and ``kafka_key``; the other lists are null.
 
@@ -66,6 +67,7 @@ CHUNK_ROWS = 200_000
 REJECT_BUCKET = -1
 VALID_LISTS = ("application", "ts_ms", "value")
 REJECT_LISTS = ("reason", "detail", "raw", "kafka_key")
+BOTH_LISTS = ("detail",)  # valid events: incident feedback's incident id (jobs/source.py)
 
 # the per-event columns, with their element types; everything else is one value per packed row
 _LIST_TYPES = {
@@ -156,7 +158,7 @@ def _pack_source(table: pa.Table, topic: str | None, partition: int | None) -> p
         values = sorted_table.column(name).combine_chunks().cast(ARROW_SCHEMA.field(name).type.value_type)
         if name in VALID_LISTS:
             mask = pa.array(is_reject)
-        elif name in REJECT_LISTS:
+        elif name in REJECT_LISTS and name not in BOTH_LISTS:
             mask = pa.array(~is_reject)
         else:
             mask = None
@@ -179,7 +181,7 @@ def unpack(frame: pd.DataFrame) -> dict[str, np.ndarray]:
         "src_partition": np.repeat(frame["src_partition"].to_numpy(), lengths),
     }
     first = frame.iloc[0]
-    names = REJECT_LISTS if first["bucket"] == REJECT_BUCKET else VALID_LISTS
+    names = REJECT_LISTS if first["bucket"] == REJECT_BUCKET else VALID_LISTS + BOTH_LISTS
     for name in names:
         cells = frame[name].to_numpy()
         dtype = ARROW_SCHEMA.field(name).type.value_type.to_pandas_dtype()  # object for strings and bytes

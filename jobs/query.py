@@ -15,9 +15,11 @@ The columns every stage agrees on are declared once in jobs/result_format.py.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
-from jobs.config import JobConfig, StreamConfig
+from jobs.config import JobConfig, SourceConfig, StreamConfig
+from jobs.incident_tables import IncidentTables
 from jobs.jdbc import JdbcTable
 from jobs.packing import pack
 from jobs.sinks import STATS_METRICS, batch_stats_columns, make_batch_writer
@@ -33,7 +35,7 @@ def score_events(records: Any, stream: StreamConfig) -> Any:
     ``records`` has the Kafka source's columns (key, value, topic, partition,
     offset, timestamp); tests feed it from a file stream instead of Kafka.
     """
-    events = with_watermark(parse_messages(records, stream.source), stream.aggregation.allowed_lateness_millis)
+    events = with_watermark(parse_messages(records, source_of(stream)), stream.aggregation.allowed_lateness_millis)
     return (
         pack(events, stream.buckets)
         .groupBy("bucket")
@@ -46,13 +48,20 @@ def score_events(records: Any, stream: StreamConfig) -> Any:
     )
 
 
+def source_of(stream: StreamConfig) -> SourceConfig:
+    """The stream's source; incident feedback is read only while the incident layer is on."""
+    return stream.source if stream.incidents.enabled else replace(stream.source, feedback_topic=None)
+
+
 def start_stream(spark: Any, job: JobConfig, stream: StreamConfig, checkpoint: str) -> Any:
     """Build and start one stream's query (its checkpoint already checked by jobs.main.run)."""
     jdbc = JdbcTable(spark, stream.sinks.jdbc, stream.name) if stream.sinks.jdbc else None
     if jdbc is not None:
         jdbc.ensure_schema()
+        if stream.incidents.enabled:
+            IncidentTables(jdbc).ensure_schema()
     # counted while the sink writes the batch, reported with its progress (jobs/progress.py)
-    scored = score_events(read_kafka(spark, stream.source), stream).observe(STATS_METRICS, *batch_stats_columns())
+    scored = score_events(read_kafka(spark, source_of(stream)), stream).observe(STATS_METRICS, *batch_stats_columns())
     writer = (
         scored.writeStream.queryName(stream.name)
         .option("checkpointLocation", checkpoint)

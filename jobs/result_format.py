@@ -31,6 +31,8 @@ from urllib.parse import quote
 
 KIND_RESULT = "result"
 KIND_DEAD_LETTER = "dead_letter"
+# an incident transition (incidents/): the record's JSON in `detail`, to the incidents topic and tables
+KIND_INCIDENT = "incident"
 # Every reason a dead letter can carry: the source stage's validation codes (jobs/source.py),
 # then the operator's (jobs/stateful_step.py). The sink counts each one per batch for the
 # progress line; a code missing here would be counted as "other" (tests/test_sinks.py checks both
@@ -54,6 +56,8 @@ DEAD_LETTER_REASONS = (
     "duplicate",
     "conflicting_value",
     "detector_error",
+    "invalid_feedback",
+    "unknown_incident",
 )
 
 

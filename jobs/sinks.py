@@ -46,10 +46,13 @@ from pyspark.sql import functions as F
 
 from jobs.config import StreamConfig
 from jobs.faults import fault_point
+from jobs.incident_tables import IncidentTables
 from jobs.jdbc import JdbcTable
 from jobs.result_format import (
     ANOMALY_RESULT_FIELDS,
     DEAD_LETTER_REASONS,
+    KIND_DEAD_LETTER,
+    KIND_INCIDENT,
     KIND_RESULT,
     MESSAGE_FIELDS,
     SPARK_ISO_MS_PATTERN,
@@ -63,7 +66,7 @@ STATS_METRICS = "batch_stats"
 def batch_stats_columns() -> list[F.Column]:
     """What the query observes on the operator's output: counts of one batch, taken while it is written."""
     is_result = F.col("kind") == KIND_RESULT
-    is_dead = ~is_result
+    is_dead = F.col("kind") == KIND_DEAD_LETTER
     return [
         F.count_if(is_result).alias("results"),
         F.count_if(is_result & F.coalesce(F.col("is_anomaly"), F.lit(False))).alias("anomalies"),
@@ -168,22 +171,37 @@ def _dead_letter_key_value_headers() -> tuple[F.Column, F.Column, F.Column]:
     return F.col("kafka_key"), value, headers
 
 
-def kafka_records(batch: DataFrame, output_topic: str | None, dead_letter_topic: str) -> DataFrame:
+def kafka_records(
+    batch: DataFrame, output_topic: str | None, dead_letter_topic: str, incidents_topic: str | None = None
+) -> DataFrame:
     """topic/key/value/headers of every Kafka record of a batch: one projection, so one pass.
 
     Results go to ``output_topic`` (dropped here when there is none: they go to
-    JDBC only), dead letters to ``dead_letter_topic``. A filter-and-union of the
-    two kinds would read the batch twice, and so run the operator twice.
+    JDBC only), dead letters to ``dead_letter_topic``, incident transitions to
+    ``incidents_topic`` (keyed by incident id; dropped when there is none). A
+    filter-and-union of the kinds would read the batch twice, and so run the
+    operator twice.
     """
     is_result = F.col("kind") == KIND_RESULT
+    is_incident = F.col("kind") == KIND_INCIDENT
     result_key, result_value = _result_key_value()
     dead_key, dead_value, dead_headers = _dead_letter_key_value_headers()
-    rows = batch if output_topic else batch.filter(~is_result)
+    rows = batch
+    if not output_topic:
+        rows = rows.filter(~is_result)
+    if not incidents_topic:
+        rows = rows.filter(~is_incident)
     return rows.select(
-        F.when(is_result, F.lit(output_topic)).otherwise(F.lit(dead_letter_topic)).alias("topic"),
-        F.when(is_result, result_key).otherwise(dead_key).alias("key"),
-        F.when(is_result, result_value).otherwise(dead_value).alias("value"),
-        F.when(is_result, F.lit(None)).otherwise(dead_headers).alias("headers"),
+        F.when(is_result, F.lit(output_topic))
+        .when(is_incident, F.lit(incidents_topic))
+        .otherwise(F.lit(dead_letter_topic))
+        .alias("topic"),
+        F.when(is_result, result_key).when(is_incident, F.col("kafka_key")).otherwise(dead_key).alias("key"),
+        F.when(is_result, result_value)
+        .when(is_incident, F.col("detail").cast("binary"))
+        .otherwise(dead_value)
+        .alias("value"),
+        F.when(is_result | is_incident, F.lit(None)).otherwise(dead_headers).alias("headers"),
     )
 
 
@@ -194,6 +212,9 @@ def make_batch_writer(stream: StreamConfig, jdbc: JdbcTable | None) -> Callable[
     if sinks.dead_letter_topic is None:  # jobs/config.py refuses such a stream; this keeps the type exact
         raise ValueError(f"{stream.name}.sinks.dead_letter_topic is required")
     dead_letter_topic = sinks.dead_letter_topic
+    incidents_on = stream.incidents.enabled
+    incidents_topic = sinks.incidents_topic if incidents_on else None
+    incident_tables = IncidentTables(jdbc) if jdbc is not None and incidents_on else None
 
     def write_batch(batch: DataFrame, batch_id: int) -> None:
         seconds: dict[str, float] = {}
@@ -212,15 +233,17 @@ def make_batch_writer(stream: StreamConfig, jdbc: JdbcTable | None) -> Callable[
         try:
             fault_point("before_kafka", batch_id)
             # the one action that runs the operator over the batch
-            kafka_records(batch, sinks.output_topic, dead_letter_topic).write.format("kafka").options(
-                **kafka_options
-            ).save()
+            records = kafka_records(batch, sinks.output_topic, dead_letter_topic, incidents_topic)
+            records.write.format("kafka").options(**kafka_options).save()
             lap("kafka")
             fault_point("after_kafka", batch_id)
             if jdbc is not None:
                 results = batch.filter(F.col("kind") == KIND_RESULT)
                 if not results.isEmpty():  # from the cache: no merge transaction for a batch without results
                     jdbc.upsert(results)
+                if incident_tables is not None:  # few rows (transitions, not windows): collected, from the cache
+                    rows = batch.filter(F.col("kind") == KIND_INCIDENT).select("detail").collect()
+                    incident_tables.write(row[0] for row in rows)
                 lap("jdbc")
             fault_point("after_jdbc", batch_id)
             BOARD.put(stream.name, batch_id, seconds)

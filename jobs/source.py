@@ -16,13 +16,24 @@ Reason codes: ``null_value`` (tombstone), ``invalid_utf8``, ``invalid_json``,
 ``empty_application``, ``invalid_application``, ``value_not_finite``,
 ``ts_unparseable``, ``ts_no_timezone``, ``ts_out_of_range``. Later stages add
 ``late`` and ``detector_error``.
+
+Incident feedback (``source.feedback_topic``, JSON ``{"application", "incident_id",
+"label", "ts", "by", "comment"}``) is read by the same query, so it is ordered,
+checkpointed and replayed with the metrics: a valid one becomes an event of its
+application with ``detail`` = the incident id, ``value`` = the label's index in
+:data:`incidents.machine.LABELS` and ``ts_ms`` = its ``ts`` (else the Kafka
+record's timestamp), and no event time (feedback never moves the watermark); an
+invalid one is rejected as ``invalid_feedback``.
 """
 
 from __future__ import annotations
 
+import re
+
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from incidents.machine import LABELS
 from jobs.config import SOURCE_DEFAULTS, SourceConfig
 
 # The group key of rejected records. Cannot collide with an application name:
@@ -58,10 +69,12 @@ def read_kafka(spark: SparkSession, source: SourceConfig) -> DataFrame:
         .option("kafka.bootstrap.servers", source.bootstrap_servers)
         .option("startingOffsets", source.starting_offsets)
     )
+    feedback = source.feedback_topic
     if source.topic_pattern is not None:
-        reader = reader.option("subscribePattern", source.topic_pattern)
+        pattern = source.topic_pattern if feedback is None else f"(?:{source.topic_pattern})|{re.escape(feedback)}"
+        reader = reader.option("subscribePattern", pattern)
     else:
-        reader = reader.option("subscribe", ",".join(source.topics))
+        reader = reader.option("subscribe", ",".join([*source.topics, *([feedback] if feedback else [])]))
     if source.max_offsets_per_trigger is not None:
         reader = reader.option("maxOffsetsPerTrigger", str(source.max_offsets_per_trigger))
     for key, value in {**SOURCE_DEFAULTS, **source.kafka_options}.items():
@@ -223,21 +236,66 @@ def parse_messages(kafka_df: DataFrame, source: SourceConfig) -> DataFrame:
         F.when(fast_ok, F.lit(None).cast("string")).otherwise(detail).alias("detail"),
     )
     valid = F.col("reason").isNull()
-    return df.select(
-        F.when(valid, application).otherwise(F.lit(INVALID_KEY)).alias("gkey"),
-        F.when(valid, F.unix_millis(F.col("ts"))).alias("ts_ms"),
-        F.when(valid, num).alias("value"),
-        "reason",
-        "detail",
+    columns = {
+        "gkey": F.when(valid, application).otherwise(F.lit(INVALID_KEY)),
+        "ts_ms": F.when(valid, F.unix_millis(F.col("ts"))),
+        "value": F.when(valid, num),
+        "reason": F.col("reason"),
+        "detail": F.col("detail"),
         # the original bytes ride along only for rejects: shipping every valid
         # record's bytes through the shuffle would double what the operator reads
-        F.when(~valid, F.col("raw")).alias("raw"),
-        F.when(~valid, F.col("kafka_key")).alias("kafka_key"),
-        "src_topic",
-        "src_partition",
-        "src_offset",
-        F.when(valid, F.col("ts")).alias("event_time"),
-    )
+        "raw": F.when(~valid, F.col("raw")),
+        "kafka_key": F.when(~valid, F.col("kafka_key")),
+        "src_topic": F.col("src_topic"),
+        "src_partition": F.col("src_partition"),
+        "src_offset": F.col("src_offset"),
+        "event_time": F.when(valid, F.col("ts")),
+    }
+    if source.feedback_topic is not None:
+        is_feedback = F.col("src_topic") == F.lit(source.feedback_topic)
+        feedback = _feedback_columns(F.col("raw"), F.col("kafka_key"), F.col("kafka_ts"))
+        columns = {name: F.when(is_feedback, feedback.get(name, column)).otherwise(column)
+                   for name, column in columns.items()}
+    return df.select(*[column.alias(name) for name, column in columns.items()])
+
+
+_FEEDBACK_SCHEMA = "application STRING, incident_id STRING, label STRING, ts STRING"
+
+
+def _feedback_columns(raw: Column, kafka_key: Column, kafka_ts: Column) -> dict[str, Column]:
+    """The event columns of a feedback record (see the module docstring); null event time."""
+    j = F.from_json(raw.cast("string"), _FEEDBACK_SCHEMA)
+    application, incident, label, ts_text = (j[name] for name in ("application", "incident_id", "label", "ts"))
+    ts = _parse_ts(ts_text)
+    checks = [
+        (j.isNull(), "invalid_feedback", F.lit("feedback must be a JSON object")),
+        (F.coalesce(F.length(F.trim(application)), F.lit(0)) == 0, "invalid_feedback",
+         F.lit("feedback.application is missing or empty")),
+        (~F.coalesce(incident.rlike("^[0-9a-f]{32}$"), F.lit(False)), "invalid_feedback",
+         F.lit("feedback.incident_id must be 32 lower-case hex characters")),
+        (~F.coalesce(label.isin(*LABELS), F.lit(False)), "invalid_feedback",
+         F.lit(f"feedback.label must be one of {', '.join(LABELS)}")),
+        (ts_text.isNotNull() & ts.isNull(), "invalid_feedback", F.lit("feedback.ts is not an ISO-8601 timestamp")),
+    ]
+    reason = F.lit(None).cast("string")
+    detail = F.lit(None).cast("string")
+    for condition, reason_code, text in reversed(checks):
+        reason = F.when(condition, F.lit(reason_code)).otherwise(reason)
+        detail = F.when(condition, text).otherwise(detail)
+    ok = reason.isNull()
+    code = F.lit(None).cast("double")
+    for k, name in enumerate(LABELS):
+        code = F.when(label == name, F.lit(float(k))).otherwise(code)
+    return {
+        "gkey": F.when(ok, application).otherwise(F.lit(INVALID_KEY)),
+        "ts_ms": F.when(ok, F.coalesce(F.unix_millis(ts), F.unix_millis(kafka_ts))),
+        "value": F.when(ok, code),
+        "reason": reason,
+        "detail": F.when(ok, incident).otherwise(detail),
+        "raw": F.when(~ok, raw),
+        "kafka_key": F.when(~ok, kafka_key),
+        "event_time": F.lit(None).cast("timestamp"),
+    }
 
 
 def with_watermark(events: DataFrame, allowed_lateness_millis: int) -> DataFrame:

@@ -60,10 +60,13 @@ import pandas as pd
 from detectors import get_detector_class
 from detectors.base import BatchResult, Detector, concat_results
 from detectors.state import StateError, pack_state, unpack_state
+from incidents import Feedback, IncidentSettings, IncidentState, Scored, StreamKey, maintenance_mask, process
+from incidents.machine import LABELS, next_deadline
 from jobs import aggregations, windows
 from jobs.result_format import (
     DEAD_LETTER_COLUMNS,
     KIND_DEAD_LETTER,
+    KIND_INCIDENT,
     KIND_RESULT,
     OPERATOR_COLUMNS,
     iso_ms,
@@ -96,6 +99,8 @@ class StepSettings:
     detectors: tuple[tuple[str, type[Detector], dict[str, Any]], ...]
     idle_timeout_ms: int
     deduplicate: bool
+    # the incident layer (incidents/), None when off
+    incidents: IncidentSettings | None = None
 
     @staticmethod
     def of(stream: Any) -> StepSettings:
@@ -108,6 +113,7 @@ class StepSettings:
             detectors=tuple((d.label, get_detector_class(d.name), dict(d.params)) for d in stream.detectors),
             idle_timeout_ms=stream.idle_timeout_millis,
             deduplicate=stream.aggregation.deduplicate,
+            incidents=stream.incidents if stream.incidents.enabled else None,
         )
 
 
@@ -143,6 +149,7 @@ class BucketState:
         seen: dict[str, np.ndarray],
         detectors: dict[str, list[bytes]],
         timer_ms: int = NO_TIMER,
+        incidents: bytes = b"",
     ) -> None:
         self.agg_function = agg_function
         self.names = names
@@ -155,6 +162,9 @@ class BucketState:
         self.detectors = detectors
         self.timer_ms = timer_ms
         self.index = {name: i for i, name in enumerate(names)}
+        # the incident tracks (incidents.IncidentState), encoded; decoded only by a step that needs them
+        self.incident_blob = incidents
+        self.incident_state: IncidentState | None = None
 
     @staticmethod
     def empty(agg_function: str | None = None) -> BucketState:
@@ -202,6 +212,8 @@ class BucketState:
             return
         keep = np.flatnonzero(~gone)
         renumber = np.cumsum(~gone) - 1
+        if self.incident_state is not None:
+            self.incident_state.drop_applications({self.names[i] for i in np.flatnonzero(gone).tolist()})
         self.names = [self.names[i] for i in keep]
         self.due, self.closed_until, self.last_event = self.due[keep], self.closed_until[keep], self.last_event[keep]
         for label, blobs in self.detectors.items():
@@ -235,6 +247,10 @@ class BucketState:
         for label, blobs in self.detectors.items():
             fields["d.sizes." + label] = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs))
             fields["d.blobs." + label] = b"".join(blobs)
+        if self.incident_state is not None:
+            self.incident_blob = self.incident_state.encode() if len(self.incident_state) else b""
+        if self.incident_blob:
+            fields["incidents"] = self.incident_blob
         return pack_state("bucket_state", BUCKET_STATE_VERSION, {}, fields)
 
     @staticmethod
@@ -264,8 +280,18 @@ class BucketState:
                 detectors[label] = [data[a:b] for a, b in zip([0, *ends][:-1], ends, strict=True)]
         return BucketState(
             fields["agg_function"], names, due, fields["closed_until"], fields["last_event"], open_rows, seen,
-            detectors, int(fields["timer_ms"]),
+            detectors, int(fields["timer_ms"]), fields.get("incidents", b""),
         )
+
+    def incidents(self, settings: IncidentSettings) -> IncidentState:
+        """The bucket's incident tracks (decoded on first use in a step)."""
+        if self.incident_state is None:
+            if self.incident_blob:
+                self.incident_state = IncidentState.decode(self.incident_blob)
+                self.incident_state.fit(settings)
+            else:
+                self.incident_state = IncidentState.for_settings(settings)
+        return self.incident_state
 
 
 # -- outputs -------------------------------------------------------------------------
@@ -275,6 +301,7 @@ class Outputs:
 
     _results: list[dict[str, np.ndarray]] = field(default_factory=list)
     _dead: list[dict[str, np.ndarray]] = field(default_factory=list)
+    _incidents: list[dict[str, np.ndarray]] = field(default_factory=list)
 
     def add_results(self, columns: dict[str, np.ndarray]) -> None:
         if len(columns["ts_ms"]):
@@ -284,6 +311,21 @@ class Outputs:
         if len(columns["reason"]):
             self._dead.append(columns)
 
+    def add_incidents(self, records: list[dict[str, Any]], event_ms: list[int]) -> None:
+        """Incident transitions (incidents.RECORD_FIELDS dicts) and the event time of each."""
+        if not records:
+            return
+        self._incidents.append(
+            {
+                "application": np.array([r["application"] for r in records], dtype=object),
+                "ts_ms": np.array(event_ms, dtype=np.int64),
+                "detector": np.array([r["detector"] for r in records], dtype=object),
+                "detail": np.array([json.dumps(r, separators=(",", ":")) for r in records], dtype=object),
+                "kafka_key": np.array([r["incident_id"].encode() for r in records], dtype=object),
+                "src_offset": np.array([r["seq"] for r in records], dtype=np.int64),
+            }
+        )
+
     def count_results(self) -> int:
         return sum(len(r["ts_ms"]) for r in self._results)
 
@@ -291,14 +333,16 @@ class Outputs:
         """Append ``other``'s rows after these (a second step of the same bucket in the same batch)."""
         self._results.extend(other._results)
         self._dead.extend(other._dead)
+        self._incidents.extend(other._incidents)
 
     def __bool__(self) -> bool:
-        return bool(self._results or self._dead)
+        return bool(self._results or self._dead or self._incidents)
 
     def columns(self, agg_function: str, window_ms: int) -> dict[str, np.ndarray]:
         """Every output row of the bucket as :data:`OPERATOR_COLUMNS` (results first)."""
         parts = [_result_frame(r, agg_function, window_ms) for r in self._results]
         parts.extend(_dead_letter_frame(d) for d in self._dead)
+        parts.extend(_incident_frame(i, agg_function, window_ms) for i in self._incidents)
         if not parts:
             return {c: np.zeros(0, dtype=object) for c in OPERATOR_COLUMNS}
         if len(parts) == 1:
@@ -335,6 +379,17 @@ def _dead_letter_frame(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     n = len(columns["reason"])
     out = {c: columns[c] if c in columns else np.full(n, None, dtype=object) for c in OPERATOR_COLUMNS}
     out["kind"] = np.full(n, KIND_DEAD_LETTER, dtype=object)
+    return out
+
+
+def _incident_frame(columns: dict[str, np.ndarray], agg_function: str, window_ms: int) -> dict[str, np.ndarray]:
+    """Incident transitions as operator rows: the record's JSON in ``detail``, its id as ``kafka_key``, its
+    sequence number as ``src_offset`` (jobs/sinks.py routes them to the incidents topic and tables)."""
+    n = len(columns["ts_ms"])
+    out = {c: columns[c] if c in columns else np.full(n, None, dtype=object) for c in OPERATOR_COLUMNS}
+    out["kind"] = np.full(n, KIND_INCIDENT, dtype=object)
+    out["agg_function"] = np.full(n, agg_function, dtype=object)
+    out["agg_window_millis"] = np.full(n, window_ms, dtype=np.int64)
     return out
 
 
@@ -404,6 +459,10 @@ def step_bucket(
     out = Outputs()
     agg_function = settings.agg_function
     state._ensure_tables(agg_function)
+    if "detail" in events:  # incident feedback rides with the bucket's events (jobs/source.py)
+        events, feedback = _split_feedback(events)
+        if feedback is not None and settings.incidents is not None:
+            _apply_feedback(state, settings, feedback, int(watermark_ms), out)
     # names -> the bucket's application indices, hashing each distinct name once
     # (new applications are added in order of first appearance)
     codes = np.zeros(0, dtype=np.int64)
@@ -430,12 +489,87 @@ def step_bucket(
     # step happened to close that window already.
     state.closed_until[touched] = np.maximum(state.closed_until[touched], wm)
     closed = _close_windows(step)
-    if closed is not None:
-        _score(step, *closed, out)
+    scored = _score(step, *closed, out) if closed is not None else None
+    tracks = _track_incidents(step, scored, out) if settings.incidents is not None else None
     if len(codes):
         _add_events(step, codes, events)
     _finish(step, touched, out)
+    if tracks is not None and settings.incidents is not None:
+        _incident_due(state, tracks, settings.incidents, settings.window_ms)
     return out
+
+
+# -- incidents -----------------------------------------------------------------------
+def _split_feedback(events: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+    """(metric events, feedback events or None): feedback is what carries an incident id in ``detail``."""
+    is_feedback = pd.notna(events["detail"])
+    if not is_feedback.any():
+        return events, None
+    metrics = {name: events[name][~is_feedback] for name in EVENT_COLUMNS}
+    feedback = {name: column[is_feedback] for name, column in events.items()}
+    return metrics, feedback
+
+
+def _apply_feedback(
+    state: BucketState, settings: StepSettings, feedback: dict[str, np.ndarray], watermark_ms: int, out: Outputs
+) -> None:
+    """Feedback in source order (partition, offset): resolve, record, reset detectors (new_normal), or refuse."""
+    assert settings.incidents is not None
+    order = np.lexsort((feedback["src_offset"], feedback["src_partition"]))
+    fb = {name: column[order] for name, column in feedback.items()}
+    items = [
+        Feedback(a, i, LABELS[int(v)], int(t))
+        for a, i, v, t in zip(fb["application"].tolist(), fb["detail"].tolist(), fb["value"].tolist(),
+                              fb["ts_ms"].tolist(), strict=True)
+    ]
+    tracks = state.incidents(settings.incidents)
+    result = process(tracks, settings.incidents, StreamKey(settings.agg_function, settings.window_ms), None,
+                     watermark_ms, feedback=items)
+    for application in result.reset_applications:  # new_normal: its detectors start over
+        i = state.index.get(application)
+        if i is not None:
+            for blobs in state.detectors.values():
+                blobs[i] = b""
+    out.add_incidents(result.records, result.event_ms)
+    for k, _reason, detail in result.rejected:
+        item = items[k]
+        raw = json.dumps({"application": item.application, "incident_id": item.incident_id, "label": item.label,
+                          "ts": iso_ms(item.ts_ms)}, separators=(",", ":")).encode()
+        out.add_dead_letters(
+            {
+                "application": np.array([item.application], dtype=object),
+                "ts_ms": np.array([item.ts_ms], dtype=np.int64),
+                "reason": np.array(["unknown_incident"], dtype=object),
+                "detail": np.array([detail], dtype=object),
+                "raw": np.array([raw], dtype=object),
+                "kafka_key": np.array([item.application.encode()], dtype=object),
+                "src_topic": fb["src_topic"][k : k + 1],
+                "src_partition": fb["src_partition"][k : k + 1],
+                "src_offset": fb["src_offset"][k : k + 1],
+            }
+        )
+
+
+def _track_incidents(step: _Step, scored: Scored | None, out: Outputs) -> IncidentState | None:
+    """The scored windows through the incident state machine; skipped while the bucket has no incident history
+    and no window is anomalous (the common case)."""
+    settings, state = step.settings, step.state
+    assert settings.incidents is not None
+    if state.incident_state is None and not state.incident_blob and (scored is None or not scored.is_anomaly.any()):
+        return None
+    tracks = state.incidents(settings.incidents)
+    result = process(tracks, settings.incidents, StreamKey(settings.agg_function, settings.window_ms), scored,
+                     step.watermark_ms)
+    out.add_incidents(result.records, result.event_ms)
+    return tracks
+
+
+def _incident_due(state: BucketState, tracks: IncidentState, settings: IncidentSettings, window_ms: int) -> None:
+    """An application with an open incident is due when it would turn no_data, so the bucket's timer fires then."""
+    for application, deadline in next_deadline(tracks, settings, window_ms).items():
+        i = state.index.get(application)
+        if i is not None and deadline < state.due[i]:
+            state.due[i] = deadline
 
 
 def _close_windows(step: _Step) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -486,8 +620,19 @@ def _group_starts(*keys: np.ndarray) -> np.ndarray:
     return new
 
 
-def _score(step: _Step, app: np.ndarray, ts: np.ndarray, values: np.ndarray, out: Outputs) -> None:
-    """Feed the closed windows to every detector, all applications at once; isolate failures to their points."""
+def _score(step: _Step, app: np.ndarray, ts: np.ndarray, values: np.ndarray, out: Outputs) -> Scored | None:
+    """Feed the closed windows to every detector, all applications at once; isolate failures to their points.
+
+    With the incident layer on, returns the scored windows for it (sorted by application, detector, ts).
+    """
+    incidents = step.settings.incidents
+    if incidents is not None and incidents.freezes:
+        frozen = maintenance_mask(incidents, step.state.names, app, ts, freezing_only=True)
+        if frozen.any():
+            _frozen(step, app[frozen], ts[frozen], values[frozen], out)
+            app, ts, values = app[~frozen], ts[~frozen], values[~frozen]
+            if not len(app):
+                return None
     apps, first = np.unique(app, return_index=True)
     offsets = np.append(first, len(app))
     app_list = apps.tolist()
@@ -507,7 +652,7 @@ def _score(step: _Step, app: np.ndarray, ts: np.ndarray, values: np.ndarray, out
             blobs[i] = blob
         parts.append((d, np.arange(len(ts)), result))
     if not parts:
-        return
+        return None
     positions = np.concatenate([p for _, p, _ in parts])
     detector = np.concatenate([np.full(len(p), d) for d, p, _ in parts])
     result = concat_results([r for _, _, r in parts])
@@ -526,6 +671,36 @@ def _score(step: _Step, app: np.ndarray, ts: np.ndarray, values: np.ndarray, out
             "anomaly_probability": result.anomaly_probability[order],
             "is_anomaly": result.is_anomaly[order],
             "explanation": np.asarray(result.explanation, dtype=object)[order],
+        }
+    )
+    if incidents is None:
+        return None
+    return Scored(
+        step.state.names, labels.tolist(), app[positions], detector[order], ts[positions], values[positions],
+        result.value_lower_limit[order], result.value_upper_limit[order], result.anomaly_probability[order],
+        result.is_anomaly[order], np.asarray(result.explanation, dtype=object)[order],
+    )
+
+
+MAINTENANCE_EXPLANATION = '{"kind":"maintenance"}'
+
+
+def _frozen(step: _Step, app: np.ndarray, ts: np.ndarray, values: np.ndarray, out: Outputs) -> None:
+    """Points inside a ``freeze_model`` maintenance window: the detectors do not see them (they keep what they
+    learned before); each gets a result per detector with probability 0, no band and the explanation
+    ``{"kind":"maintenance"}``, so the table still has one row per point."""
+    n, labels = len(ts), [label for label, _, _ in step.settings.detectors]
+    out.add_results(
+        {
+            "application": np.tile(step.names[app], len(labels)),
+            "ts_ms": np.tile(ts, len(labels)),
+            "agg_value": np.tile(values, len(labels)),
+            "detector": np.repeat(np.array(labels, dtype=object), n),
+            "value_lower_limit": np.full(n * len(labels), np.nan),
+            "value_upper_limit": np.full(n * len(labels), np.nan),
+            "anomaly_probability": np.zeros(n * len(labels)),
+            "is_anomaly": np.zeros(n * len(labels), dtype=bool),
+            "explanation": np.full(n * len(labels), MAINTENANCE_EXPLANATION, dtype=object),
         }
     )
 

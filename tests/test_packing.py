@@ -73,6 +73,8 @@ def test_every_event_and_reject_comes_back_once_with_its_source(monkeypatch):
                     "src_topic": topic,
                     "src_partition": partition,
                     "src_offset": i,
+                    # incident feedback carries its incident id through valid buckets
+                    "detail": "f" * 32 if i % 11 == 0 else None,
                 }
             )
     monkeypatch.setattr(packing, "CHUNK_ROWS", 700)  # several chunks per task, uneven batches
@@ -82,7 +84,7 @@ def test_every_event_and_reject_comes_back_once_with_its_source(monkeypatch):
         mine = sorted(
             (r for r in rows if bucket_of(r["gkey"]) == key), key=lambda r: (r["src_topic"], r["src_offset"])
         )
-        names = packing.REJECT_LISTS if key == packing.REJECT_BUCKET else packing.VALID_LISTS
+        names = packing.REJECT_LISTS if key == packing.REJECT_BUCKET else packing.VALID_LISTS + packing.BOTH_LISTS
         for r in mine:
             r["application"] = r["gkey"]
         for name in (*names, "src_topic", "src_partition", "src_offset"):
