@@ -23,7 +23,7 @@ from jobs.incident_tables import IncidentTables
 from jobs.jdbc import JdbcTable
 from jobs.packing import pack
 from jobs.sinks import STATS_METRICS, batch_stats_columns, make_batch_writer
-from jobs.source import parse_messages, read_kafka, with_watermark
+from jobs.source import ensure_feedback_topic, parse_messages, read_kafka, with_watermark
 from jobs.stateful_operator import OUTPUT_SCHEMA, BucketProcessor
 
 log = logging.getLogger("anomaly.job")
@@ -61,7 +61,9 @@ def start_stream(spark: Any, job: JobConfig, stream: StreamConfig, checkpoint: s
         if stream.incidents.enabled:
             IncidentTables(jdbc).ensure_schema()
     # counted while the sink writes the batch, reported with its progress (jobs/progress.py)
-    scored = score_events(read_kafka(spark, source_of(stream)), stream).observe(STATS_METRICS, *batch_stats_columns())
+    source = source_of(stream)
+    ensure_feedback_topic(spark, source)
+    scored = score_events(read_kafka(spark, source), stream).observe(STATS_METRICS, *batch_stats_columns())
     writer = (
         scored.writeStream.queryName(stream.name)
         .option("checkpointLocation", checkpoint)

@@ -29,6 +29,7 @@ invalid one is rejected as ``invalid_feedback``.
 from __future__ import annotations
 
 import re
+import time
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -83,6 +84,59 @@ def read_kafka(spark: SparkSession, source: SourceConfig) -> DataFrame:
         for key, value in source.security.client_options().items():
             reader = reader.option(key, value)
     return reader.load()
+
+
+class FeedbackTopicError(RuntimeError):
+    """The feedback topic is missing and could not be created."""
+
+
+def ensure_feedback_topic(spark: SparkSession, source: SourceConfig, timeout_s: float = 60.0) -> None:
+    """Create ``source.feedback_topic`` when it does not exist yet (the broker's default partitions and
+    replication), and wait until its partitions have leaders: the Kafka source fails a query whose
+    subscribed topic has no partitions it can read offsets from. Runs on the driver, through the
+    Kafka client Spark's connector ships, with the source's connection and security settings."""
+    topic = source.feedback_topic
+    if topic is None:
+        return
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None
+    props = jvm.java.util.Properties()
+    props.setProperty("bootstrap.servers", source.bootstrap_servers)
+    options = {**source.kafka_options, **(source.security.client_options() if source.security else {})}
+    for key, value in options.items():
+        if key.startswith("kafka.") and key != "kafka.bootstrap.servers":
+            props.setProperty(key[len("kafka.") :], value)
+    seconds = jvm.java.util.concurrent.TimeUnit.SECONDS
+    admin = jvm.org.apache.kafka.clients.admin.Admin.create(props)
+    try:
+        if not admin.listTopics().names().get(int(timeout_s), seconds).contains(topic):
+            empty = jvm.java.util.Optional.empty()
+            new = jvm.org.apache.kafka.clients.admin.NewTopic(topic, empty, empty)
+            try:
+                admin.createTopics(jvm.java.util.Collections.singletonList(new)).all().get(int(timeout_s), seconds)
+            except Exception as err:
+                if "TopicExistsException" not in str(err):  # created meanwhile by someone else: fine
+                    raise
+        deadline = time.monotonic() + timeout_s
+        while True:
+            names = jvm.java.util.Collections.singletonList(topic)
+            described = admin.describeTopics(names).allTopicNames().get(int(timeout_s), seconds).get(topic)
+            partitions = list(described.partitions())
+            if partitions and all(p.leader() is not None and not p.leader().isEmpty() for p in partitions):
+                return
+            if time.monotonic() > deadline:
+                raise FeedbackTopicError(f"source.feedback_topic {topic!r}: its partitions have no leader")
+            time.sleep(0.2)
+    except FeedbackTopicError:
+        raise
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise FeedbackTopicError(
+            f"source.feedback_topic {topic!r} does not exist and could not be created ({first[:500]}); "
+            "create it, or set source.feedback_topic: null to read no incident feedback"
+        ) from None
+    finally:
+        admin.close()
 
 
 def _type_of(variant: Column) -> Column:
