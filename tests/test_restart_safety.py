@@ -160,6 +160,7 @@ def write_config(
                     "output_topic": f"{name}-out",
                     "dead_letter_topic": f"{name}-dlq",
                     "jdbc": jdbc or {"url": f"jdbc:sqlite:{work / 'results.db'}", "table": "predictions"},
+                    "incidents_topic": f"{name}-incidents",
                 },
             }
         ],
@@ -346,6 +347,25 @@ def table_rows(db: Path) -> list[tuple]:
         con.close()
 
 
+def incident_rows(db: Path) -> list[list[tuple]]:
+    """The incident tables (incidents/), every column, in key order."""
+    con = sqlite3.connect(db)
+    try:
+        return [con.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall() for t in ("incidents", "incident_events")]
+    finally:
+        con.close()
+
+
+def check_incident_topic(records, events: list[tuple]) -> None:
+    """A record may repeat, never under another key or sequence number: one value per (key, seq), and
+    the records are the incident_events rows."""
+    by_key: dict[tuple, set[bytes]] = defaultdict(set)
+    for r in records:
+        by_key[(r.key.decode(), json.loads(r.value)["seq"])].add(r.value)
+    assert all(len(v) == 1 for v in by_key.values()), "an incident record changed on replay"
+    assert set(by_key) == {(e[0], e[1]) for e in events}
+
+
 def check_output_topic(records) -> tuple[dict[bytes, bytes], int]:
     """{key: value} of the output topic, and how many records repeated a key; asserts that a repeated
     key always carries the same value and that the key names the row it carries."""
@@ -365,6 +385,7 @@ class Reference(NamedTuple):
     rows: list[tuple]  # the JDBC table of an uninterrupted run
     output: dict[bytes, bytes]  # its output topic, {key: value}
     dead_letters: set[bytes]  # the values on its dead-letter topic
+    incidents: list[list[tuple]]  # its incidents and incident_events tables
 
 
 @pytest.fixture(scope="module")
@@ -386,7 +407,9 @@ def reference(kafka_broker, tmp_path_factory) -> Reference:
     assert duplicates == 0 and len(output) == len(rows)
     dead_letters = {r.value for r in consume_all(bootstrap, "rs-ref-dlq")}
     assert dead_letters == set(BAD)
-    return Reference(rows, output, dead_letters)
+    incidents = incident_rows(work / "results.db")
+    assert incidents[0] and incidents[1]  # the spike and the level shift opened incidents
+    return Reference(rows, output, dead_letters, incidents)
 
 
 def input_topics(broker, name: str) -> None:
@@ -422,6 +445,9 @@ def compare(
     assert got == expected, f"first differing row (reference, run): {differing[:1]}"  # all columns, exact floats
     assert out == reference.output  # same keys, same values as the uninterrupted run's topic
     assert set(dlq) == reference.dead_letters  # every bad message dead-lettered, at least once
+    if rows is None:  # the incident tables and topic, the same way
+        assert incident_rows(work / "results.db") == reference.incidents
+        check_incident_topic(consume_all(bootstrap, f"{name}-incidents"), reference.incidents[1])
     return figures
 
 
