@@ -234,84 +234,74 @@ class RobustDetector(Detector):
         the same bits as one row at a time); scores element-wise."""
         proto = cls(**params)
         w, warmup = proto.config["window"], proto.config["warmup"]
-        layout = FixedStateLayout.of(proto.to_state())
-        present = [blob for blob in states if blob is not None]
-        # another layout (e.g. a subclass with fields of its own): the per-series path
-        decoded = layout.decode(present) if layout is not None and present else {}
-        if layout is None or decoded is None or set(layout.fields) != {"buffer", "pos", "count", "peak"}:
+        loaded = _load_many(proto, states)
+        if loaded is None:  # another layout (e.g. a subclass's) or a bad state: per series (raises as from_state)
             return super().update_many(states, ts_ms, values, offsets, **params)
-        n_series = len(states)
-        have = np.array([blob is not None for blob in states], dtype=bool)
-        buf = np.zeros((n_series, w))
-        pos = np.zeros(n_series, dtype=np.int64)
-        count = np.zeros(n_series, dtype=np.int64)
-        peak = np.zeros(n_series)
-        if present:
-            buf[have], pos[have], count[have] = decoded["buffer"], decoded["pos"], decoded["count"]
-            peak[have] = decoded["peak"]
-        usable = ((pos >= 0) & (pos < w) & (count >= 0)).all() and np.isfinite(buf).all()
-        if not usable or not (np.isfinite(peak) & (peak >= 0)).all():
-            return super().update_many(states, ts_ms, values, offsets, **params)  # raises as from_state
+        layout, buf, pos, count, peak = loaded
         values = np.asarray(values, dtype=np.float64)
         if not np.all(np.isfinite(values)):
             raise NonFiniteValueError(f"{cls.name}: values must be finite")
         offsets = np.asarray(offsets, dtype=np.int64)
         sizes = np.diff(offsets)
-        # each series oldest first: its history (the last min(count, w) values) then its new points
-        hist = np.minimum(count, w)
-        lengths = hist + sizes
-        base = np.cumsum(lengths) - lengths
-        series = np.empty(int(lengths.sum()))
-        row = np.repeat(np.arange(n_series), hist)
-        i = np.arange(len(row)) - np.repeat(np.cumsum(hist) - hist, hist)
-        oldest = np.where(count >= w, pos, 0)
-        series[base[row] + i] = buf[row, (oldest[row] + i) % w]
-        owner = np.repeat(np.arange(n_series), sizes)  # series of each point
-        j = np.arange(len(values)) - offsets[owner]  # rank of the point in its series' batch
-        at = base[owner] + hist[owner] + j  # where each point sits in `series`
-        series[at] = values
+        series, owner, j, at = _histories(buf, pos, count, values, offsets, w)
         before = count[owner] + j  # points its series had seen before it
-        n = len(values)
-        lower, upper = np.full(n, np.nan), np.full(n, np.nan)
-        prob, flag = np.zeros(n), np.zeros(n, dtype=bool)
-        why = np.full(n, None, dtype=object)
         span = np.minimum(before, w)
         scored = before >= warmup
-        median_of, sigma_of, factor_of = np.zeros(n), np.zeros(n), np.ones(n)
+        median_of, sigma_of, factor_of = np.zeros(len(values)), np.zeros(len(values)), np.ones(len(values))
         for length in np.unique(span[scored]).tolist():
             which = np.flatnonzero(scored & (span == length))
             median, sigma, factor = _window_stats(series[at[which][:, None] - length + np.arange(length)])
             median_of[which], sigma_of[which], factor_of[which] = median, sigma, factor
-        # The decaying peak is a recursion through each series' scored points in time order (points
-        # are grouped by series, in time order within one): the steps of _score, point by point.
+        scales, peaks = proto._decayed_scales(values, owner, scored, median_of, sigma_of, factor_of, peak)
+        result = proto._score_many(values, scored, median_of, scales, factor_of)
+        # learn: the ring buffers as pushing point by point leaves them
+        last = j >= sizes[owner] - w
+        buf[owner[last], (pos[owner[last]] + j[last]) % w] = values[last]
+        after = {"buffer": buf, "pos": (pos + sizes) % w, "count": count + sizes, "peak": np.array(peaks)}
+        return layout.encode(after, len(states)), result
+
+    def _decayed_scales(
+        self, values: np.ndarray, owner: np.ndarray, scored: np.ndarray, median_of: np.ndarray,
+        sigma_of: np.ndarray, factor_of: np.ndarray, peak: np.ndarray,
+    ) -> tuple[list[float], list[float]]:
+        """Each point's scale and each series' peak after its points.
+
+        The decaying peak is a recursion through each series' scored points in time order (points
+        are grouped by series, in time order within one): the steps of _score, point by point.
+        """
         peaks, owners = peak.tolist(), owner.tolist()
         xs, medians, sigmas, factors = values.tolist(), median_of.tolist(), sigma_of.tolist(), factor_of.tolist()
-        share, rel, floor, decay = cls.PEAK_SHARE, cls.REL_SCALE_FLOOR, cls.ABS_SCALE_FLOOR, proto._peak_decay
-        scales = [1.0] * n  # unscored points keep 1.0 (never read)
+        share, rel, floor, decay = self.PEAK_SHARE, self.REL_SCALE_FLOOR, self.ABS_SCALE_FLOOR, self._peak_decay
+        scales = [1.0] * len(xs)  # unscored points keep 1.0 (never read)
         for i in np.flatnonzero(scored).tolist():
             s, f, m = owners[i], factors[i], medians[i]
             scales[i] = max(sigmas[i], share * (peaks[s] * f), rel * abs(m), floor * f)
             dev = min(abs(xs[i] * f - m) / f, FLOAT_MAX)
             peaks[s] = max(dev, peaks[s] * decay)
+        return scales, peaks
+
+    def _score_many(
+        self, values: np.ndarray, scored: np.ndarray, median_of: np.ndarray, scales: list[float],
+        factor_of: np.ndarray,
+    ) -> BatchResult:
+        """The scored points' results, element-wise; huge values through _score's scaled scalar path."""
+        n = len(values)
+        lower, upper = np.full(n, np.nan), np.full(n, np.nan)
+        prob, flag = np.zeros(n), np.zeros(n, dtype=bool)
+        why = np.full(n, None, dtype=object)
         scale_of = np.array(scales)
         plain = scored & (factor_of == 1.0)
-        part = gaussian_scores(
-            values[plain], median_of[plain], scale_of[plain], proto._z, proto.config["threshold"], by=cls.name
-        )
+        z, threshold = self._z, self.config["threshold"]
+        part = gaussian_scores(values[plain], median_of[plain], scale_of[plain], z, threshold, by=self.name)
         columns = (lower, upper, prob, flag, why)
         for column, part_column in zip(columns, _result_columns(part), strict=True):
             column[plain] = part_column
-        for k in np.flatnonzero(scored & ~plain).tolist():  # huge values: the scaled scalar path of _score
-            r = gaussian_score(
-                xs[k], medians[k], scales[k], proto._z, proto.config["threshold"], factors[k], by=cls.name
-            )
+        for k in np.flatnonzero(scored & ~plain).tolist():
+            r = gaussian_score(float(values[k]), float(median_of[k]), scales[k], z, threshold, float(factor_of[k]),
+                               by=self.name)
             for column, value in zip(columns, _result_columns(r), strict=True):
                 column[k] = value
-        # learn: the ring buffers as pushing point by point leaves them
-        last = j >= sizes[owner] - w
-        buf[owner[last], (pos[owner[last]] + j[last]) % w] = values[last]
-        after = {"buffer": buf, "pos": (pos + sizes) % w, "count": count + sizes, "peak": np.array(peaks)}
-        return layout.encode(after, n_series), BatchResult(lower, upper, prob, flag, why)
+        return BatchResult(lower, upper, prob, flag, why)
 
     # -- state ------------------------------------------------------------------
     def _get_state(self) -> dict[str, Any]:
@@ -342,3 +332,50 @@ class RobustDetector(Detector):
 def _result_columns(r: Any) -> tuple[Any, Any, Any, Any, Any]:
     """A BatchResult's columns, or an AnomalyResult's values, in the order update_many fills them."""
     return r.value_lower_limit, r.value_upper_limit, r.anomaly_probability, r.is_anomaly, r.explanation
+
+
+def _load_many(
+    proto: RobustDetector, states: list[bytes | None]
+) -> tuple[FixedStateLayout, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """The states decoded in bulk (fresh series: zeros), or None if one has another layout or a bad value."""
+    w = proto.config["window"]
+    layout = FixedStateLayout.of(proto.to_state())
+    present = [blob for blob in states if blob is not None]
+    decoded = layout.decode(present) if layout is not None and present else {}
+    if layout is None or decoded is None or set(layout.fields) != {"buffer", "pos", "count", "peak"}:
+        return None
+    n_series = len(states)
+    have = np.array([blob is not None for blob in states], dtype=bool)
+    buf = np.zeros((n_series, w))
+    pos = np.zeros(n_series, dtype=np.int64)
+    count = np.zeros(n_series, dtype=np.int64)
+    peak = np.zeros(n_series)
+    if present:
+        buf[have], pos[have], count[have] = decoded["buffer"], decoded["pos"], decoded["count"]
+        peak[have] = decoded["peak"]
+    usable = ((pos >= 0) & (pos < w) & (count >= 0)).all() and np.isfinite(buf).all()
+    if not usable or not (np.isfinite(peak) & (peak >= 0)).all():
+        return None
+    return layout, buf, pos, count, peak
+
+
+def _histories(
+    buf: np.ndarray, pos: np.ndarray, count: np.ndarray, values: np.ndarray, offsets: np.ndarray, w: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every series oldest first, its history (the last min(count, w) values) then its new points, in one
+    array; per point: its series, its rank in its series' batch and where it sits in that array."""
+    n_series = len(count)
+    sizes = np.diff(offsets)
+    hist = np.minimum(count, w)
+    lengths = hist + sizes
+    base = np.cumsum(lengths) - lengths
+    series = np.empty(int(lengths.sum()))
+    row = np.repeat(np.arange(n_series), hist)
+    i = np.arange(len(row)) - np.repeat(np.cumsum(hist) - hist, hist)
+    oldest = np.where(count >= w, pos, 0)
+    series[base[row] + i] = buf[row, (oldest[row] + i) % w]
+    owner = np.repeat(np.arange(n_series), sizes)  # series of each point
+    j = np.arange(len(values)) - offsets[owner]  # rank of the point in its series' batch
+    at = base[owner] + hist[owner] + j  # where each point sits in `series`
+    series[at] = values
+    return series, owner, j, at
