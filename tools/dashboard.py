@@ -209,17 +209,37 @@ SANDBOX_BODY = """<h1>Sandbox: backtest a detector on a series</h1>
 
 
 def create_app(settings: Settings) -> Any:
+    """The dashboard's ASGI app: pages, the JSON and live APIs, the sandbox, incidents; behind the token guard."""
     from starlette.applications import Starlette
-    from starlette.concurrency import run_in_threadpool
-    from starlette.requests import Request
-    from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
-    from starlette.routing import Mount, Route
+    from starlette.routing import Mount
     from starlette.staticfiles import StaticFiles
 
-    repo = settings.repo
+    routes = [
+        *_page_routes(),
+        *_application_routes(settings),
+        *_sandbox_routes(settings),
+        *incident_routes(settings, page, series_json),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    app = Starlette(routes=routes)
+    return _Guard(app, settings.token)
 
-    def bad(message: str, status: int = 400) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status)
+
+def _bad(message: str, status: int = 400) -> Any:
+    from starlette.responses import JSONResponse
+
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _page_routes() -> list[Any]:
+    """The HTML pages, the bundled plotly.js and an empty favicon."""
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import Request
+    from starlette.responses import HTMLResponse, Response
+    from starlette.routing import Route
+
+    async def favicon(request: Request) -> Response:
+        return Response(status_code=204)  # none; without this route every page logs a 404
 
     async def apps_page(request: Request) -> HTMLResponse:
         return HTMLResponse(page("Applications", "apps.js", APPS_BODY))
@@ -234,6 +254,31 @@ def create_app(settings: Settings) -> Any:
         body = await run_in_threadpool(plotly_js)
         return Response(body, media_type="application/javascript", headers={"Cache-Control": "max-age=86400"})
 
+    return [
+        Route("/favicon.ico", favicon),
+        Route("/", apps_page),
+        Route("/app", app_page),
+        Route("/sandbox", sandbox_page),
+        Route("/static/plotly.min.js", plotly),
+    ]
+
+
+def _application_routes(settings: Settings) -> list[Any]:
+    """/api/applications (the list page), /api/series (one application's rows) and /api/live (its new rows)."""
+    from starlette.routing import Route
+
+    return [
+        Route("/api/applications", _api_applications(settings.repo)),
+        Route("/api/series", _api_series(settings.repo)),
+        Route("/api/live", _api_live(settings)),
+    ]
+
+
+def _api_applications(repo: ResultsRepository) -> Any:
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+
     async def api_applications(request: Request) -> JSONResponse:
         q = request.query_params
         try:
@@ -242,7 +287,7 @@ def create_app(settings: Settings) -> Any:
             days = q.get("days", "7")
             search, sort = q.get("search", "")[:200], q.get("sort", "recent_anomaly")
         except ValueError as err:
-            return bad(str(err))
+            return _bad(str(err))
 
         def work() -> dict[str, Any]:
             span = repo.time_range()
@@ -272,12 +317,20 @@ def create_app(settings: Settings) -> Any:
         try:
             return JSONResponse(await run_in_threadpool(work))
         except ValueError as err:
-            return bad(str(err))
+            return _bad(str(err))
+
+    return api_applications
+
+
+def _api_series(repo: ResultsRepository) -> Any:
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
 
     async def api_series(request: Request) -> JSONResponse:
         name = request.query_params.get("application")
         if not name:
-            return bad("application is required")
+            return _bad("application is required")
 
         def work() -> dict[str, Any] | None:
             rng = _range_args(request.query_params, repo, name)
@@ -292,10 +345,20 @@ def create_app(settings: Settings) -> Any:
         try:
             out = await run_in_threadpool(work)
         except ValueError as err:
-            return bad(str(err))
+            return _bad(str(err))
         if out is None:
-            return bad("no rows for this application", 404)
+            return _bad("no rows for this application", 404)
         return JSONResponse(out)
+
+    return api_series
+
+
+def _api_live(settings: Settings) -> Any:
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import Request
+    from starlette.responses import Response, StreamingResponse
+
+    repo = settings.repo
 
     async def api_live(request: Request) -> Response:
         """Server-Sent Events: rows of one application newer than ``after`` (epoch ms), polled."""
@@ -303,9 +366,9 @@ def create_app(settings: Settings) -> Any:
         try:
             after = int(request.query_params.get("after", "0"))
         except ValueError:
-            return bad("after must be epoch milliseconds")
+            return _bad("after must be epoch milliseconds")
         if not name:
-            return bad("application is required")
+            return _bad("application is required")
 
         async def events() -> Any:
             nonlocal after
@@ -320,6 +383,16 @@ def create_app(settings: Settings) -> Any:
                 await asyncio.sleep(settings.live_poll_s)
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    return api_live
+
+
+def _sandbox_routes(settings: Settings) -> list[Any]:
+    """/api/detectors (the sandbox form's choices) and /api/sandbox (a backtest run)."""
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
 
     async def api_detectors(request: Request) -> JSONResponse:
         files = await run_in_threadpool(list_data_files, settings.sandbox)
@@ -346,25 +419,7 @@ def create_app(settings: Settings) -> Any:
         # a refused field is an answer the form shows next to the field, not a failed request
         return JSONResponse(out)
 
-    async def favicon(request: Request) -> Response:
-        return Response(status_code=204)  # none; without this route every page logs a 404
-
-    routes = [
-        Route("/favicon.ico", favicon),
-        Route("/", apps_page),
-        Route("/app", app_page),
-        Route("/sandbox", sandbox_page),
-        Route("/static/plotly.min.js", plotly),
-        Route("/api/applications", api_applications),
-        Route("/api/series", api_series),
-        Route("/api/live", api_live),
-        Route("/api/detectors", api_detectors),
-        Route("/api/sandbox", api_sandbox, methods=["POST"]),
-        *incident_routes(settings, page, series_json),
-        Mount("/static", StaticFiles(directory=STATIC), name="static"),
-    ]
-    app = Starlette(routes=routes)
-    return _Guard(app, settings.token)
+    return [Route("/api/detectors", api_detectors), Route("/api/sandbox", api_sandbox, methods=["POST"])]
 
 
 PAGES = ("/", "/app", "/sandbox", "/incidents")
