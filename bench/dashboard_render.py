@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -89,6 +90,74 @@ def timed(fn, repeat: int = 3, label: str = ""):
     return best, out
 
 
+def browse(url: str, server_cpu: Callable[[], float], screenshot: str | None
+           ) -> tuple[list[int], list[float], list[tuple[float, float]], int]:
+    """Three navigations of headless Chromium to ``url``: the page's own load ms, the navigation seconds,
+    (renderer, server) CPU seconds of each, and the anomaly markers drawn."""
+    chromium = subprocess.run([str(REPO / "scripts" / "chromium.sh")], capture_output=True, text=True)
+    from playwright.sync_api import sync_playwright
+
+    page_ms, nav_s = [], []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium.stdout.strip(), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        cdp = page.context.new_cdp_session(page)
+        cdp.send("Performance.enable")
+
+        def task_seconds() -> float:  # the renderer's main-thread busy time (Chrome's TaskDuration)
+            metrics = cdp.send("Performance.getMetrics")["metrics"]
+            return next(m["value"] for m in metrics if m["name"] == "TaskDuration")
+
+        page_cpu = []
+        for _ in range(3):
+            t = time.perf_counter()
+            server_before, task_before = server_cpu(), task_seconds()
+            page.goto(url)
+            page.wait_for_function("document.body.dataset.loadMs !== undefined", timeout=60_000)
+            nav_s.append(time.perf_counter() - t)
+            page_ms.append(int(page.get_attribute("body", "data-load-ms")))
+            task_after = task_seconds()
+            # a navigation may start a new renderer, whose count starts at 0
+            renderer = task_after - task_before if task_after >= task_before else task_after
+            page_cpu.append((renderer, server_cpu() - server_before))
+        markers = page.evaluate("document.querySelectorAll('.chart .scatterlayer .points path').length")
+        if screenshot:
+            page.screenshot(path=screenshot)
+        browser.close()
+    return page_ms, nav_s, page_cpu, markers
+
+
+def report(points: int, drawn: int, markers: int, payload: int, anchor: float, series_s: float, api_s: float,
+           api_cpu: float, page_ms: list[int], nav_s: list[float], page_cpu: list[tuple[float, float]]) -> None:
+    """The table of steps against the anchor, the CPU of one page view and the verdict on the 2 s target."""
+    page_s, nav = min(page_ms) / 1000, min(nav_s)
+    best = page_cpu[nav_s.index(nav)]
+    print(
+        f"\n{points:,} points in range, drawn as {drawn:,} points + {markers:,} anomaly markers "
+        f"(every anomaly), JSON {payload / 1e6:.2f} MB; best of 3 (anchor: 1 run)\n"
+    )
+    print(f"{'step':<58} {'seconds':>8} {'x anchor':>9} {'CPU s':>7}")
+    print("-" * 85)
+    for name, secs, cpu in (
+        ("anchor: ResultsRepository.fetch, every row to Python", anchor, CPU.get("anchor")),
+        ("series(): min/max per bucket + all anomalies (SQL)", series_s, CPU.get("series")),
+        ("GET /api/series (query + JSON); CPU: the server's", api_s, api_cpu),
+        ("page: fetch + draw in Chromium (data-load-ms)", page_s, None),
+        ("page: navigation to drawn chart; CPU: server + browser", nav, best[0] + best[1]),
+    ):
+        print(f"{name:<58} {secs:>8.3f} {secs / anchor:>8.2f}x {'' if cpu is None else f'{cpu:.3f}':>7}")
+    load = os.getloadavg()[0]
+    print(
+        f"\nCPU of one page view: server {best[1]:.3f} s + browser main thread {best[0]:.3f} s "
+        f"= {best[0] + best[1]:.3f} s (about the wall time on an idle machine)"
+    )
+    print(
+        f"\ntarget: page under 2 s -> {'met' if nav < 2 else 'NOT met'} ({nav:.2f} s); "
+        f"{os.cpu_count()} cores, load average {load:.1f} during the run (wall times stretch with load; "
+        "CPU s is this process's own time)"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--points", type=int, default=1_000_000)
@@ -143,69 +212,15 @@ def main() -> int:
         payload = len(body)
         assert json.loads(body)["rows"] == args.points
 
-        chromium = subprocess.run([str(REPO / "scripts" / "chromium.sh")], capture_output=True, text=True)
-        from playwright.sync_api import sync_playwright
-
-        page_ms, nav_s = [], []
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=chromium.stdout.strip(), args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            url = base + "app?name=big-app&from=" + q.split("from=")[1]
-            cdp = page.context.new_cdp_session(page)
-            cdp.send("Performance.enable")
-
-            def task_seconds() -> float:  # the renderer's main-thread busy time (Chrome's TaskDuration)
-                metrics = cdp.send("Performance.getMetrics")["metrics"]
-                return next(m["value"] for m in metrics if m["name"] == "TaskDuration")
-
-            page_cpu = []
-            for _ in range(3):
-                t = time.perf_counter()
-                server_before, task_before = server_cpu(), task_seconds()
-                page.goto(url)
-                page.wait_for_function("document.body.dataset.loadMs !== undefined", timeout=60_000)
-                nav_s.append(time.perf_counter() - t)
-                page_ms.append(int(page.get_attribute("body", "data-load-ms")))
-                task_after = task_seconds()
-                # a navigation may start a new renderer, whose count starts at 0
-                renderer = task_after - task_before if task_after >= task_before else task_after
-                page_cpu.append((renderer, server_cpu() - server_before))
-            markers = page.evaluate("document.querySelectorAll('.chart .scatterlayer .points path').length")
-            if args.screenshot:
-                page.screenshot(path=args.screenshot)
-            browser.close()
+        page_ms, nav_s, page_cpu, markers = browse(base + "app?name=big-app&from=" + q.split("from=")[1],
+                                                   server_cpu, args.screenshot)
     finally:
         server.terminate()
         server.wait(10)
         db.unlink()
         tmp.rmdir()
 
-    page_s, nav = min(page_ms) / 1000, min(nav_s)
-    best = page_cpu[nav_s.index(nav)]
-    print(
-        f"\n{args.points:,} points in range, drawn as {drawn:,} points + {markers:,} anomaly markers "
-        f"(every anomaly), JSON {payload / 1e6:.2f} MB; best of 3 (anchor: 1 run)\n"
-    )
-    print(f"{'step':<58} {'seconds':>8} {'x anchor':>9} {'CPU s':>7}")
-    print("-" * 85)
-    for name, secs, cpu in (
-        ("anchor: ResultsRepository.fetch, every row to Python", anchor, CPU.get("anchor")),
-        ("series(): min/max per bucket + all anomalies (SQL)", series_s, CPU.get("series")),
-        ("GET /api/series (query + JSON); CPU: the server's", api_s, api_cpu),
-        ("page: fetch + draw in Chromium (data-load-ms)", page_s, None),
-        ("page: navigation to drawn chart; CPU: server + browser", nav, best[0] + best[1]),
-    ):
-        print(f"{name:<58} {secs:>8.3f} {secs / anchor:>8.2f}x {'' if cpu is None else f'{cpu:.3f}':>7}")
-    load = os.getloadavg()[0]
-    print(
-        f"\nCPU of one page view: server {best[1]:.3f} s + browser main thread {best[0]:.3f} s "
-        f"= {best[0] + best[1]:.3f} s (about the wall time on an idle machine)"
-    )
-    print(
-        f"\ntarget: page under 2 s -> {'met' if nav < 2 else 'NOT met'} ({nav:.2f} s); "
-        f"{os.cpu_count()} cores, load average {load:.1f} during the run (wall times stretch with load; "
-        "CPU s is this process's own time)"
-    )
+    report(args.points, drawn, markers, payload, anchor, series_s, api_s, api_cpu, page_ms, nav_s, page_cpu)
     return 0
 
 

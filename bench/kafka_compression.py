@@ -6,7 +6,7 @@
 The job's Kafka sink writes one record per point and detector (jobs/sinks.py
 ``kafka_records``). On a machine where the broker shares the cores with Spark
 (the tests, the demo, a small node) that write is the largest stage after
-reading the input (``bench/operator_floor.py``). Compression trades producer
+reading the input (``bench/stage_costs.py``). Compression trades producer
 CPU for broker work and bytes. This bench measures that trade on the job's own
 record shape, so an operator can choose ``sinks.kafka_options:
 {kafka.compression.type: ...}`` from figures, not folklore.

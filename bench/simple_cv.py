@@ -36,8 +36,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-# The NAB scorer and the backtest's CSV reading come through default_cv, so this script
-# follows wherever those modules live (the floor plan moves them).
+# The NAB scorer and the backtest's CSV reading come through default_cv, so both scripts
+# score the same way.
 from default_cv import PROFILES, bt, cross_validate, ns  # noqa: E402
 
 from detectors.registry import build_detector  # noqa: E402

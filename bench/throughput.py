@@ -610,10 +610,7 @@ def latency_phase(
     partitions: int,
     buckets: int | None,
 ) -> Latency:
-    from pyspark.sql import functions as F
-
     from jobs.config import parse_config
-    from jobs.main import run
 
     if rate > apps * 1000:
         raise SystemExit(f"latency rate {rate:,}/s would give an application two events in the same ms")
@@ -631,8 +628,25 @@ def latency_phase(
         }
     )
     result = Latency(rate=rate, seconds=seconds)
-    stop = threading.Event()
     failure: list[BaseException] = []
+    with MemorySampler() as memory:
+        t0_ms = _steady_run(spark, collector, config, name, bootstrap, topic, apps, result, failure)
+    result.memory = memory.describe()
+    if failure:
+        raise SystemExit(f"latency phase: {failure[0]}")
+    _latency_stats(spark, bootstrap, topic, name, t0_ms + seconds * 1000, result)
+    return result
+
+
+def _steady_run(
+    spark, collector: Collector, config, name: str, bootstrap: str, topic: str, apps: int, result: Latency,
+    failure: list[BaseException],
+) -> int:
+    """Run the job in a thread while writing ``result.rate`` events a second into ``topic``; stop it once it
+    has read everything. Returns the epoch ms at which the first slice was due; failures go to ``failure``."""
+    from jobs.main import run
+
+    stop = threading.Event()
 
     def job() -> None:
         try:
@@ -641,50 +655,62 @@ def latency_phase(
         except BaseException as err:  # reported by the main thread
             failure.append(err)
 
+    runner = threading.Thread(target=job, name="latency-job", daemon=True)
+    runner.start()
+    deadline = time.monotonic() + 120
+    while not collector.started(name) and not failure and time.monotonic() < deadline:
+        time.sleep(0.2)
+    t0_ms = _write_slices(spark, bootstrap, topic, apps, result, failure)
+    # the job needs to read the tail (it moves the watermark past the measured window)
+    deadline = time.monotonic() + 120
+    while not failure and time.monotonic() < deadline:
+        with collector.lock:
+            batches = list(collector.batches.get(name, []))
+        if sum(b["rows"] for b in batches) >= result.produced and batches[-1]["rows"] == 0:
+            break
+        time.sleep(0.5)
+    stop.set()
+    runner.join(timeout=120)
+    return t0_ms
+
+
+def _write_slices(spark, bootstrap: str, topic: str, apps: int, result: Latency, failure: list[BaseException]) -> int:
+    """One slice of ``result.rate`` events a second, for the measured seconds and the tail; returns t0 in ms."""
+    from pyspark.sql import functions as F
+
+    rate = result.rate
     app = F.concat(F.lit("app-"), F.lpad((F.col("id") % apps).cast("string"), app_width(apps), "0"))
-    with MemorySampler() as memory:
-        runner = threading.Thread(target=job, name="latency-job", daemon=True)
-        runner.start()
-        deadline = time.monotonic() + 120
-        while not collector.started(name) and not failure and time.monotonic() < deadline:
-            time.sleep(0.2)
-        # slice k is due at t0 + k s; its events' times spread over that second (event time = schedule)
-        spark.sparkContext.setLocalProperty("spark.scheduler.pool", "bench-writer")
-        t0 = float(int(time.time()) + 1)
-        t0_ms = int(t0 * 1000)
-        ts_ms = F.lit(t0_ms) + F.floor(F.col("id") * 1000 / rate)
-        for k in range(seconds + LATENCY_TAIL_S):
-            if failure:
-                break
-            delay = t0 + k - time.time()
-            if delay > 0:
-                time.sleep(delay)
-            result.max_lag_s = max(result.max_lag_s, -delay)
-            (
-                spark.range(k * rate, (k + 1) * rate, numPartitions=1)
-                .select(app.cast("binary").alias("key"), _payload(app, ts_ms).cast("binary").alias("value"))
-                .write.format("kafka")
-                .option("kafka.bootstrap.servers", bootstrap)
-                .option("topic", topic)
-                .option("kafka.linger.ms", "5")
-                .save()
-            )
-            result.produced += rate
-        result.write_s = time.time() - t0
-        spark.sparkContext.setLocalProperty("spark.scheduler.pool", None)
-        # the job needs to read the tail (it moves the watermark past the measured window)
-        deadline = time.monotonic() + 120
-        while not failure and time.monotonic() < deadline:
-            with collector.lock:
-                batches = list(collector.batches.get(name, []))
-            if sum(b["rows"] for b in batches) >= result.produced and batches[-1]["rows"] == 0:
-                break
-            time.sleep(0.5)
-        stop.set()
-        runner.join(timeout=120)
-    result.memory = memory.describe()
-    if failure:
-        raise SystemExit(f"latency phase: {failure[0]}")
+    # slice k is due at t0 + k s; its events' times spread over that second (event time = schedule)
+    spark.sparkContext.setLocalProperty("spark.scheduler.pool", "bench-writer")
+    t0 = float(int(time.time()) + 1)
+    t0_ms = int(t0 * 1000)
+    ts_ms = F.lit(t0_ms) + F.floor(F.col("id") * 1000 / rate)
+    for k in range(result.seconds + LATENCY_TAIL_S):
+        if failure:
+            break
+        delay = t0 + k - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        result.max_lag_s = max(result.max_lag_s, -delay)
+        (
+            spark.range(k * rate, (k + 1) * rate, numPartitions=1)
+            .select(app.cast("binary").alias("key"), _payload(app, ts_ms).cast("binary").alias("value"))
+            .write.format("kafka")
+            .option("kafka.bootstrap.servers", bootstrap)
+            .option("topic", topic)
+            .option("kafka.linger.ms", "5")
+            .save()
+        )
+        result.produced += rate
+    result.write_s = time.time() - t0
+    spark.sparkContext.setLocalProperty("spark.scheduler.pool", None)
+    return t0_ms
+
+
+def _latency_stats(spark, bootstrap: str, topic: str, name: str, window_end_ms: int, result: Latency) -> None:
+    """Match each input event of the measured window to its result on the output topic: how many have
+    one, and the p50/p99 of output CreateTime - input CreateTime."""
+    from pyspark.sql import functions as F
 
     def read(topic_name: str, stamp: str):
         records = (
@@ -701,7 +727,6 @@ def latency_phase(
             F.unix_millis(F.col("timestamp")).alias(stamp),
         )
 
-    window_end_ms = t0_ms + seconds * 1000
     inputs = read(topic, "sent_ms").filter(F.col("ts_ms") < window_end_ms)
     # one detector: one result per event; min() in case a restart ever wrote one twice
     outputs = (
@@ -716,7 +741,6 @@ def latency_phase(
     result.in_window, result.matched = int(stats["n"]), int(stats["matched"])
     if stats["p"] is not None:
         result.p50_s, result.p99_s = float(stats["p"][0]), float(stats["p"][1])
-    return result
 
 
 # -- report ----------------------------------------------------------------------------------
@@ -775,7 +799,24 @@ def detector_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass(frozen=True)
+class Options:
+    """The command line, with its defaults resolved."""
+
+    events: int
+    apps_list: list[int]
+    max_offsets: int
+    latency_s: int
+    latency_rate: int | None
+    cases: list[str]
+    only_at: dict[int, set[str]]
+    step_ms: int
+    partitions: int
+    buckets: int | None
+    master: str | None
+
+
+def parse_options(argv: list[str] | None = None) -> Options:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="300k events, 1,000 and 20,000 applications, 60 s latency")
     parser.add_argument("--events", type=int, help="events per topic (default 2,000,000; --quick 300,000)")
@@ -805,10 +846,7 @@ def main(argv: list[str] | None = None) -> int:
         "the code zip and packed environment are shipped as spark-submit.sh does",
     )
     args = parser.parse_args(argv)
-    events = args.events or (300_000 if args.quick else 2_000_000)
     apps_list = args.apps or ([1000, 20_000] if args.quick else [1000, 10_000, 100_000])
-    max_offsets = args.max_offsets or (100_000 if args.quick else 500_000)
-    latency_s = args.latency_seconds if args.latency_seconds is not None else (60 if args.quick else 120)
     cases = [c for c in args.cases.split(",") if c]
     unknown = [c for c in cases if c not in CASES]
     if unknown:
@@ -819,35 +857,55 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     if args.step_ms < 1:
         parser.error("--step-ms must be >= 1")
-
-    if args.master:
-        os.environ["ANOMALY_SPARK_MASTER"] = args.master  # read by jobs.session.build_session
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("kafka", "py4j"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    options = Options(
+        events=args.events or (300_000 if args.quick else 2_000_000),
+        apps_list=apps_list,
+        max_offsets=args.max_offsets or (100_000 if args.quick else 500_000),
+        latency_s=args.latency_seconds if args.latency_seconds is not None else (60 if args.quick else 120),
+        latency_rate=args.latency_rate,
+        cases=cases,
+        only_at=only_at,
+        step_ms=args.step_ms,
+        partitions=args.partitions,
+        buckets=args.buckets,
+        master=args.master,
+    )
     from jobs.config import ConfigError, parse_config
-    from tools.local_kafka import LocalKafkaBroker
 
-    for case in cases:  # before anything starts: e.g. --buckets on a job that has no such field
+    for case in options.cases:  # before anything starts: e.g. --buckets on a job that has no such field
         try:
             parse_config(
                 {
                     "checkpoint_dir": "unused",
-                    "streams": [stream_config("check", "127.0.0.1:9092", "check", case, max_offsets, args.buckets)],
+                    "streams": [
+                        stream_config("check", "127.0.0.1:9092", "check", case, options.max_offsets, options.buckets)
+                    ],
                 }
             )
         except ConfigError as err:
             parser.error(f"the job refuses the benchmark's stream config: {err}")
+    return options
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse_options(argv)
+    if options.master:
+        os.environ["ANOMALY_SPARK_MASTER"] = options.master  # read by jobs.session.build_session
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("kafka", "py4j"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    from tools.local_kafka import LocalKafkaBroker
+
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="anomaly-bench-"))
     shipping: dict[str, str] = {}
-    if args.master and args.master.startswith("spark://"):
+    if options.master and options.master.startswith("spark://"):
         from tools.cluster import shipping_conf  # the project's code and venv for the executors
 
         shipping = shipping_conf()
     spark = bench_session(
         "anomaly-bench",
-        args.partitions,
+        options.partitions,
         {
             **shipping,
             # FAIR only matters in the latency phase, where the input writer's 1 s slices run
@@ -859,84 +917,95 @@ def main(argv: list[str] | None = None) -> int:
     )
     collector = Collector()
     spark.streams.addListener(collector.listener)
-    rows: list[Row] = []
-    anchors: dict[tuple[str, int], Row] = {}
-    latency: Latency | None = None
 
     def say(text: str) -> None:
         print(f"[{time.monotonic() - started:6.0f} s] {text}", flush=True)
 
-    with LocalKafkaBroker(work / "kafka", num_partitions=args.partitions, heap="1g") as broker:
-        bootstrap = broker.bootstrap_servers
-
-        def job_config(case: str, apps: int, topic: str, tag: str = "") -> dict[str, Any]:
-            name = f"bench-{case}-{apps}{tag}"
-            return {
-                "checkpoint_dir": str(work / f"ck-{name}"),
-                "trigger": "available_now",
-                "streams": [stream_config(name, bootstrap, topic, case, max_offsets, args.buckets)],
-            }
-
-        topics = {}
-        for apps in apps_list:
-            topics[apps] = f"bench-in-{apps}"
-            broker.create_topic(topics[apps], partitions=args.partitions)
-            took = produce(spark, bootstrap, topics[apps], events, apps, args.step_ms)
-            say(f"produced {events:,} events for {apps:,} applications into {topics[apps]} in {took:.1f} s")
-
-        # warm-up: JIT, Python workers, state store code paths; not reported
-        warm_apps = apps_list[0]
-        broker.create_topic("bench-warmup", partitions=args.partitions)
-        produce(spark, bootstrap, "bench-warmup", min(events, 20_000), warm_apps, args.step_ms)
-        warm = job_config(cases[0], warm_apps, "bench-warmup", "-warmup")
-        source = parse_config(warm).streams[0].source
-        run_anchor(spark, collector, "native", source, warm_apps, str(work / "ck-warm-native"), "-warmup")
-        run_job_case(spark, collector, warm, cases[0], warm_apps, read_state=False)
-        say("warm-up done")
-
-        for apps in apps_list:
-            source = parse_config(job_config(cases[0], apps, topics[apps])).streams[0].source
-            for kind in ANCHORS:
-                if not runs_at(only_at, apps, kind):
-                    continue
-                row = run_anchor(spark, collector, kind, source, apps, str(work / f"ck-anchor-{kind}-{apps}"))
-                anchors[(kind, apps)] = row
-                rows.append(row)
-                say(f"anchor {kind}, {apps:,} applications: {row.events:,} events, {row.events_s:,.0f} events/s")
-            for case in cases:
-                if not runs_at(only_at, apps, case):
-                    continue
-                row = run_job_case(spark, collector, job_config(case, apps, topics[apps]), case, apps)
-                rows.append(row)
-                say(
-                    f"job {case}, {apps:,} applications: {row.events:,} events, {row.events_s:,.0f} events/s, "
-                    f"{row.results:,} results"
-                )
-
-        events_s = {(r.case, r.apps): r.events_s for r in rows}
-        if latency_s > 0 and ("none", apps_list[0]) in events_s:
-            rate = args.latency_rate or max(1, int(events_s[("none", apps_list[0])] / 2))
-            say(f"latency phase: {rate:,} events/s for {latency_s} s into the none case, {apps_list[0]:,} applications")
-            latency = latency_phase(
-                spark,
-                collector,
-                bootstrap,
-                broker,
-                work,
-                apps_list[0],
-                rate,
-                latency_s,
-                args.partitions,
-                args.buckets,
-            )
+    with LocalKafkaBroker(work / "kafka", num_partitions=options.partitions, heap="1g") as broker:
+        rows, anchors, latency = measure(spark, collector, broker, work, options, say)
     spark.stop()
     shutil.rmtree(work, ignore_errors=True)  # topics and checkpoints: GBs at the default size
+    report(rows, anchors, latency, options)
+    return 0
 
+
+def measure(
+    spark, collector: Collector, broker, work: Path, options: Options, say: Any
+) -> tuple[list[Row], dict[tuple[str, int], Row], Latency | None]:
+    """Produce the topics, warm up, then per application count the anchors and the job's cases, then the
+    latency phase."""
+    from jobs.config import parse_config
+
+    bootstrap, events, apps_list, cases = broker.bootstrap_servers, options.events, options.apps_list, options.cases
+    rows: list[Row] = []
+    anchors: dict[tuple[str, int], Row] = {}
+
+    def job_config(case: str, apps: int, topic: str, tag: str = "") -> dict[str, Any]:
+        name = f"bench-{case}-{apps}{tag}"
+        return {
+            "checkpoint_dir": str(work / f"ck-{name}"),
+            "trigger": "available_now",
+            "streams": [stream_config(name, bootstrap, topic, case, options.max_offsets, options.buckets)],
+        }
+
+    topics = {}
+    for apps in apps_list:
+        topics[apps] = f"bench-in-{apps}"
+        broker.create_topic(topics[apps], partitions=options.partitions)
+        took = produce(spark, bootstrap, topics[apps], events, apps, options.step_ms)
+        say(f"produced {events:,} events for {apps:,} applications into {topics[apps]} in {took:.1f} s")
+
+    # warm-up: JIT, Python workers, state store code paths; not reported
+    warm_apps = apps_list[0]
+    broker.create_topic("bench-warmup", partitions=options.partitions)
+    produce(spark, bootstrap, "bench-warmup", min(events, 20_000), warm_apps, options.step_ms)
+    warm = job_config(cases[0], warm_apps, "bench-warmup", "-warmup")
+    source = parse_config(warm).streams[0].source
+    run_anchor(spark, collector, "native", source, warm_apps, str(work / "ck-warm-native"), "-warmup")
+    run_job_case(spark, collector, warm, cases[0], warm_apps, read_state=False)
+    say("warm-up done")
+
+    for apps in apps_list:
+        source = parse_config(job_config(cases[0], apps, topics[apps])).streams[0].source
+        for kind in ANCHORS:
+            if not runs_at(options.only_at, apps, kind):
+                continue
+            row = run_anchor(spark, collector, kind, source, apps, str(work / f"ck-anchor-{kind}-{apps}"))
+            anchors[(kind, apps)] = row
+            rows.append(row)
+            say(f"anchor {kind}, {apps:,} applications: {row.events:,} events, {row.events_s:,.0f} events/s")
+        for case in cases:
+            if not runs_at(options.only_at, apps, case):
+                continue
+            row = run_job_case(spark, collector, job_config(case, apps, topics[apps]), case, apps)
+            rows.append(row)
+            say(
+                f"job {case}, {apps:,} applications: {row.events:,} events, {row.events_s:,.0f} events/s, "
+                f"{row.results:,} results"
+            )
+
+    events_s = {(r.case, r.apps): r.events_s for r in rows}
+    latency = None
+    if options.latency_s > 0 and ("none", apps_list[0]) in events_s:
+        rate = options.latency_rate or max(1, int(events_s[("none", apps_list[0])] / 2))
+        say(f"latency phase: {rate:,} events/s for {options.latency_s} s into the none case, "
+            f"{apps_list[0]:,} applications")
+        latency = latency_phase(
+            spark, collector, bootstrap, broker, work, apps_list[0], rate, options.latency_s, options.partitions,
+            options.buckets,
+        )
+    return rows, anchors, latency
+
+
+def report(rows: list[Row], anchors: dict[tuple[str, int], Row], latency: Latency | None, options: Options) -> None:
+    """The machine, the input, the table, the anchors' legend, the cost fits, the latency and the verdict."""
+    events_s = {(r.case, r.apps): r.events_s for r in rows}
     print()
     print(machine())
     print(
-        f"input: {events:,} events per topic, {args.partitions} partitions, maxOffsetsPerTrigger {max_offsets:,}, "
-        f"shuffle partitions {args.partitions}" + (f", buckets {args.buckets}" if args.buckets else "")
+        f"input: {options.events:,} events per topic, {options.partitions} partitions, maxOffsetsPerTrigger "
+        f"{options.max_offsets:,}, shuffle partitions {options.partitions}"
+        + (f", buckets {options.buckets}" if options.buckets else "")
     )
     print_table(rows, anchors)
     print(
@@ -945,7 +1014,7 @@ def main(argv: list[str] | None = None) -> int:
         "ratio = job events/s / its anchor's. state B/app: keys + values of the value state "
         "(native: of the aggregation's state) / applications. peak MiB: driver JVM RSS / Python workers PSS."
     )
-    for case in cases:
+    for case in options.cases:
         data = [(r.apps, b) for r in rows if r.case == case for b in r.batches if b["rows"] > 0]
         fit = fit_costs(
             [keys_in_batch(a, b["rows"]) for a, b in data],
@@ -953,22 +1022,21 @@ def main(argv: list[str] | None = None) -> int:
             [b["ms"] / 1000 for _, b in data],
         )
         print(f"cost fit, {case}: {fit.describe()} ({fit.batches} batches)")
-    if any(c not in EMA_CASES for c in cases):
-        print(f"\ndetectors against none + EMA (same input, same run), events {args.step_ms / 1000:g} s apart per app:")
+    if any(c not in EMA_CASES for c in options.cases):
+        print(f"\ndetectors against none + EMA (same input, same run), events {options.step_ms / 1000:g} s apart "
+              "per app:")
         print(detector_table(rows))
     if latency is not None:
         print(latency.describe() + f"; peak MiB JVM/py {latency.memory}")
-    few = apps_list[0]
+    few = options.apps_list[0]
     print(
         summary_line(
             ratio(events_s.get(("avg", few)), events_s.get(("native", few))),
             ratio(events_s.get(("none", few)), events_s.get(("ingest", few))),
-            keys_ratio(events_s, [c for c in cases if c in EMA_CASES], apps_list),
+            keys_ratio(events_s, [c for c in options.cases if c in EMA_CASES], options.apps_list),
             latency.p99_s if latency is not None else float("nan"),
         )
     )
-    return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

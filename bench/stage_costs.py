@@ -1,7 +1,7 @@
 """Where the streaming job's time goes, stage by stage, against the same anchors, in one run.
 
-    .venv/bin/python bench/operator_floor.py               # 1M events, 1,000 applications, both cases
-    .venv/bin/python bench/operator_floor.py --events 400000 --cases none
+    .venv/bin/python bench/stage_costs.py               # 1M events, 1,000 applications, both cases
+    .venv/bin/python bench/stage_costs.py --events 400000 --cases none
 
 ``bench/throughput.py`` says how far the job is from its anchors; this says
 why. On one topic (produced as there: round-robin over ``--apps``
@@ -14,7 +14,7 @@ ingest     read + validate + ``repartition`` by application -> noop (anchor b)
 native     ingest + watermark + Spark's ``groupBy(window, application).avg`` -> noop (anchor c)
 pack       read + validate + watermark + pack (jobs/packing.py) + shuffle by bucket -> noop
 carry      pack + ``transformWithStateInPandas`` whose processor only unpacks the events:
-           no state, no detector, no output -- the floor of getting every event into Python
+           no state, no detector, no output -- the least it costs to get every event into Python
 step       carry + the job's step (state, windows, detectors), output dropped in Python
 operator   the job's operator, output -> noop (no sink)
 job        the job itself (``jobs.main.run``: operator + Kafka sink)
@@ -41,7 +41,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -108,75 +108,50 @@ def per_event_us(batches: list[dict], steady: bool) -> float:
     return sum(b["ms"] for b in chosen) * 1000.0 / events if events else float("nan")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--events", type=int, default=1_000_000)
-    parser.add_argument("--apps", type=int, default=1000)
-    parser.add_argument("--max-offsets", type=int, default=250_000, help="maxOffsetsPerTrigger")
-    parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--cases", default="none,avg", help="comma list of none,avg")
-    parser.add_argument("--reps", type=int, default=2)
-    args = parser.parse_args(argv)
-    cases = [c for c in args.cases.split(",") if c]
-    if not set(cases) <= set(tb.CASES) or args.reps < 1:
-        parser.error(f"--cases: from {', '.join(tb.CASES)}; --reps >= 1")
-
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("kafka", "py4j"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+def run_rounds(
+    spark, collector: tb.Collector, bootstrap: str, work: Path, cases: list[str], reps: int, max_offsets: int,
+    say: Callable[[str], None],
+) -> dict[tuple[str, str], list[tuple[float, float]]]:
+    """Every variant of every case, ``reps`` rounds in turn; (case, variant) -> per round:
+    (µs/event over all batches, µs/event over the steady ones)."""
     from jobs.config import parse_config
     from jobs.main import run
-    from tools.local_kafka import LocalKafkaBroker
 
-    started = time.monotonic()
-    work = Path(tempfile.mkdtemp(prefix="anomaly-floor-"))
-    spark = tb.bench_session("anomaly-floor", args.partitions)
-    collector = tb.Collector()
-    spark.streams.addListener(collector.listener)
-    # (case, variant) -> per round: (µs/event all batches, µs/event steady)
     figures: dict[tuple[str, str], list[tuple[float, float]]] = {}
-
-    def say(text: str) -> None:
-        print(f"[{time.monotonic() - started:6.0f} s] {text}", flush=True)
-
-    with LocalKafkaBroker(work / "kafka", num_partitions=args.partitions, heap="1g") as broker:
-        bootstrap = broker.bootstrap_servers
-        broker.create_topic("floor-in", partitions=args.partitions)
-        took = tb.produce(spark, bootstrap, "floor-in", args.events, args.apps)
-        say(f"produced {args.events:,} events for {args.apps:,} applications in {took:.1f} s")
-        for round_no in range(args.reps):
-            for case in cases:
-                for variant in VARIANTS:
-                    if (variant == "native" and case != "avg") or (variant == "ingest" and case != "none"):
-                        continue  # each case against its own anchor
-                    name = f"{case}-{variant}-{round_no}"
-                    config = parse_config(
-                        {
-                            "checkpoint_dir": str(work / f"ck-{name}"),
-                            "trigger": "available_now",
-                            "streams": [tb.stream_config(name, bootstrap, "floor-in", case, args.max_offsets, None)],
-                        }
+    for round_no in range(reps):
+        for case in cases:
+            for variant in VARIANTS:
+                if (variant == "native" and case != "avg") or (variant == "ingest" and case != "none"):
+                    continue  # each case against its own anchor
+                name = f"{case}-{variant}-{round_no}"
+                config = parse_config(
+                    {
+                        "checkpoint_dir": str(work / f"ck-{name}"),
+                        "trigger": "available_now",
+                        "streams": [tb.stream_config(name, bootstrap, "stages-in", case, max_offsets, None)],
+                    }
+                )
+                if variant == "job":
+                    if run(config, spark=spark) != 0:
+                        raise SystemExit(f"the job failed ({name})")
+                else:
+                    query = (
+                        variant_frame(spark, variant, config.streams[0])
+                        .writeStream.format("noop")
+                        .queryName(name)
+                        .option("checkpointLocation", str(work / f"ck-{name}"))
+                        .trigger(availableNow=True)
+                        .start()
                     )
-                    if variant == "job":
-                        if run(config, spark=spark) != 0:
-                            raise SystemExit(f"the job failed ({name})")
-                    else:
-                        query = (
-                            variant_frame(spark, variant, config.streams[0])
-                            .writeStream.format("noop")
-                            .queryName(name)
-                            .option("checkpointLocation", str(work / f"ck-{name}"))
-                            .trigger(availableNow=True)
-                            .start()
-                        )
-                        query.awaitTermination()
-                    batches = collector.of(name)
-                    row = (per_event_us(batches, steady=False), per_event_us(batches, steady=True))
-                    figures.setdefault((case, variant), []).append(row)
-                    say(f"{name}: {row[0]:.2f} us/event, steady {row[1]:.2f}")
-    spark.stop()
-    shutil.rmtree(work, ignore_errors=True)
+                    query.awaitTermination()
+                batches = collector.of(name)
+                row = (per_event_us(batches, steady=False), per_event_us(batches, steady=True))
+                figures.setdefault((case, variant), []).append(row)
+                say(f"{name}: {row[0]:.2f} us/event, steady {row[1]:.2f}")
+    return figures
 
+
+def print_table(figures: dict[tuple[str, str], list[tuple[float, float]]], cases: list[str], args: Any) -> None:
     print()
     print(tb.machine())
     print(
@@ -202,6 +177,44 @@ def main(argv: list[str] | None = None) -> int:
         "anchor/stage: the anchor's us/event over the stage's (ingest for none, native for avg): the job's "
         "ratio if everything after that stage cost nothing. steady: data batches after each query's first."
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--apps", type=int, default=1000)
+    parser.add_argument("--max-offsets", type=int, default=250_000, help="maxOffsetsPerTrigger")
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--cases", default="none,avg", help="comma list of none,avg")
+    parser.add_argument("--reps", type=int, default=2)
+    args = parser.parse_args(argv)
+    cases = [c for c in args.cases.split(",") if c]
+    if not set(cases) <= set(tb.CASES) or args.reps < 1:
+        parser.error(f"--cases: from {', '.join(tb.CASES)}; --reps >= 1")
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("kafka", "py4j"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    from tools.local_kafka import LocalKafkaBroker
+
+    started = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix="anomaly-stages-"))
+    spark = tb.bench_session("anomaly-stages", args.partitions)
+    collector = tb.Collector()
+    spark.streams.addListener(collector.listener)
+
+    def say(text: str) -> None:
+        print(f"[{time.monotonic() - started:6.0f} s] {text}", flush=True)
+
+    with LocalKafkaBroker(work / "kafka", num_partitions=args.partitions, heap="1g") as broker:
+        bootstrap = broker.bootstrap_servers
+        broker.create_topic("stages-in", partitions=args.partitions)
+        took = tb.produce(spark, bootstrap, "stages-in", args.events, args.apps)
+        say(f"produced {args.events:,} events for {args.apps:,} applications in {took:.1f} s")
+        figures = run_rounds(spark, collector, bootstrap, work, cases, args.reps, args.max_offsets, say)
+    spark.stop()
+    shutil.rmtree(work, ignore_errors=True)
+    print_table(figures, cases, args)
     return 0
 
 
