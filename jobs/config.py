@@ -48,7 +48,7 @@ from typing import Any, Literal, overload
 from detectors import ParamError, get_detector_class
 from incidents.rules import IncidentConfigError, IncidentSettings, parse_settings
 from jobs import aggregations
-from jobs.result_format import ENV_NAME, is_sql_identifier
+from jobs.sanitize import ENV_NAME, is_sql_identifier
 
 STARTING_OFFSETS = ("earliest", "latest")
 DEFAULT_DETECTOR = "default"

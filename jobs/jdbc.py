@@ -45,10 +45,10 @@ from jobs.result_format import (
     SPARK_ISO_MS_PATTERN,
     TABLE_COLUMNS,
     TABLE_KEY,
-    mask_secret,
     postgresql_accepted,
     sql_type,
 )
+from jobs.sanitize import mask_secret
 
 log = logging.getLogger("anomaly.jdbc")
 _DRIVERS = {"sqlite": "org.sqlite.JDBC", "postgresql": "org.postgresql.Driver"}

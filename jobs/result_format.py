@@ -16,18 +16,12 @@ Timestamps are ISO-8601 UTC with milliseconds in every text form (:func:`iso_ms`
 
 >>> iso_ms(1_700_000_000_123)
 '2023-11-14T22:13:20.123Z'
->>> is_sql_identifier("predictions"), is_sql_identifier("x; DROP TABLE y")
-(True, False)
->>> mask_secret("jdbc:postgresql://h/db?password=p%40ss", "p@ss")
-'jdbc:postgresql://h/db?password=***'
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from urllib.parse import quote
 
 KIND_RESULT = "result"
 KIND_DEAD_LETTER = "dead_letter"
@@ -154,23 +148,3 @@ def iso_ms_of(ts: datetime) -> str:
         ts = ts.replace(tzinfo=timezone.utc)
     ts = ts.astimezone(timezone.utc)
     return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
-
-
-# -- identifiers and secrets ---------------------------------------------------------
-# a table name is spliced into SQL (identifiers cannot be bound), so only plain ones pass
-_SQL_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def is_sql_identifier(name: str | None) -> bool:
-    """A plain, unquoted SQL identifier of at most 63 characters (PostgreSQL's limit)."""
-    return name is not None and _SQL_IDENTIFIER.match(name) is not None
-
-
-def mask_secret(text: str, secret: str | None) -> str:
-    """``text`` with ``secret`` replaced by ``***`` in every form it may take there: plain and URL-encoded."""
-    if not secret:
-        return text
-    for form in sorted({secret, quote(secret, safe=""), quote(secret)}, key=len, reverse=True):
-        text = text.replace(form, "***")
-    return text

@@ -4,7 +4,7 @@ Input messages are JSON objects ``{"application": str, "value": number, "ts":
 ISO-8601 string}``. Validation runs entirely in the JVM (Spark's VARIANT JSON
 parser and SQL expressions, no Python UDF), so it costs little per event.
 
-Every record comes out as one row of :data:`EVENT_COLUMNS`. A valid record has
+Every record comes out as one row of :data:`VALIDATED_COLUMNS`. A valid record has
 ``reason`` null and ``gkey`` = its application; an invalid one has ``gkey`` =
 :data:`INVALID_KEY`, a ``reason`` code and a human ``detail``,
 and keeps its original bytes, key and topic/partition/offset so the dead-letter
@@ -14,8 +14,9 @@ only their topic/partition/offset (a late one is re-encoded from its fields).
 Reason codes: ``null_value`` (tombstone), ``invalid_utf8``, ``invalid_json``,
 ``not_an_object``, ``missing_field``, ``null_field``, ``wrong_type``,
 ``empty_application``, ``invalid_application``, ``value_not_finite``,
-``ts_unparseable``, ``ts_no_timezone``, ``ts_out_of_range``. Later stages add
-``late`` and ``detector_error``.
+``ts_unparseable``, ``ts_no_timezone``, ``ts_out_of_range``. The stateful step
+(jobs/stateful_step.py) adds ``late``, ``duplicate``, ``conflicting_value`` and
+``detector_error`` for valid events it does not score.
 
 Incident feedback (``source.feedback_topic``, JSON ``{"application", "incident_id",
 "label", "ts", "by", "comment"}``) is read by the same query, so it is ordered,
@@ -40,7 +41,7 @@ from jobs.config import SOURCE_DEFAULTS, SourceConfig
 # The group key of rejected records. Cannot collide with an application name:
 # validation refuses control characters in it.
 INVALID_KEY = "\u0000invalid"
-EVENT_COLUMNS = [
+VALIDATED_COLUMNS = [
     "gkey",
     "ts_ms",
     "value",
@@ -258,7 +259,7 @@ def _diagnosis(raw: Column, kafka_ts: Column, source: SourceConfig) -> tuple[Col
 
 
 def parse_messages(kafka_df: DataFrame, source: SourceConfig) -> DataFrame:
-    """Validate every record; returns :data:`EVENT_COLUMNS` (see the module docstring).
+    """Validate every record; returns :data:`VALIDATED_COLUMNS` (see the module docstring).
 
     Fast path: ``from_json`` with a typed schema plus cheap checks accepts a
     well-formed record in a few microseconds. ``from_json`` is lenient about
@@ -363,4 +364,4 @@ def with_watermark(events: DataFrame, allowed_lateness_millis: int) -> DataFrame
     watermark itself still reaches the operator through its timer values.
     """
     marked = events.withWatermark("event_time", f"{int(allowed_lateness_millis)} milliseconds")
-    return marked.select(*[c for c in EVENT_COLUMNS if c != "event_time"])
+    return marked.select(*[c for c in VALIDATED_COLUMNS if c != "event_time"])

@@ -33,7 +33,8 @@ from urllib.parse import parse_qsl, quote, unquote
 
 from detectors.base import AnomalyResult
 from jobs.config import JdbcConfig
-from jobs.result_format import TABLE_COLUMNS, is_sql_identifier, iso_ms_of, mask_secret
+from jobs.result_format import TABLE_COLUMNS, iso_ms_of
+from jobs.sanitize import is_sql_identifier, mask_secret
 
 __all__ = [
     "AnomalyResult",
