@@ -141,3 +141,27 @@ def test_feedback_record_is_validated():
         feedback_record("checkout", "xyz", "expected")
     with pytest.raises(ConfigError, match="application: must be a non-empty name"):
         feedback_record(" ", "0" * 32, "expected")
+
+
+def test_demo_report_counts_lost_and_repeated_notifications():
+    from collections import Counter
+
+    from tools.demo_notify import report
+    from tools.synthetic import InjectedAnomaly
+
+    t = 1_704_085_200_000  # 2024-01-01T05:00:00Z
+    rows = [
+        {"incident_id": "a" * 32, "application": "auth", "detector": "default", "opened_at": t,
+         "resolved_at": t + 600_000, "state": "resolved", "severity": "warning", "window_count": 1},
+        {"incident_id": "b" * 32, "application": "auth", "detector": "ema", "opened_at": t,
+         "resolved_at": None, "state": "open", "severity": "critical", "window_count": 3},
+    ]
+    spike = InjectedAnomaly("auth", "2024-01-01T05:02:00Z", "spike", "2024-01-01T05:03:00Z", 50.0)
+    once = Counter({("a" * 32, "firing"): 1, ("a" * 32, "resolved"): 1, ("b" * 32, "firing"): 1})
+    lines, ok = report(rows, once, [spike], "default", 300_000)
+    assert ok
+    assert "injected spike 05:02 in auth: 1 incident(s), 1 notification(s)" in lines
+    assert "lost 0, twice 0" in lines[-1] and "ema 1 beside default" in lines[-1]
+    lines, ok = report(rows, once + Counter({("b" * 32, "firing"): 1}) - Counter({("a" * 32, "resolved"): 1}),
+                       [spike], "default", 300_000)
+    assert not ok and "lost 1, twice 1" in lines[-1]

@@ -7,11 +7,14 @@
 3. submits the job with ``./spark-submit.sh`` and ``--available-now`` using
    conf/demo.yaml, so it consumes the topic and stops;
 4. prints, per application and detector, the points scored, the anomalies
-   flagged and which injected anomalies were found, then where results are.
+   flagged and which injected anomalies were found, then where results are;
+5. hands the incidents the job opened to a local Alertmanager through the
+   notifier (tools/demo_notify.py) and prints the notifications its webhook
+   received: one when an incident opens, one when it resolves.
 
 It exits 0 only if every injected anomaly was found by the judged detector
 (``--judge``, ``default`` by default) with at most ``MAX_FALSE_ALARMS`` false alarm per
-application, and always stops the broker.
+application and every incident was notified exactly once, and always stops the broker.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from tools.demo_notify import run_notifications
 from tools.local_kafka import LocalKafkaBroker
 from tools.synthetic import InjectedAnomaly, consume_all, generate, produce_messages
 
@@ -140,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     with LocalKafkaBroker(work / "kafka", num_partitions=2) as broker:
         print(f"demo: Kafka broker at {broker.bootstrap_servers} (started in {broker.last_startup_seconds:.1f} s)")
-        for topic in ("metrics", "anomalies", "metrics-dead-letters"):
+        for topic in ("metrics", "anomalies", "metrics-dead-letters", "incidents", "incident-feedback"):
             broker.create_topic(topic, partitions=2)
         produce_messages(broker.bootstrap_servers, "metrics", stream.messages)
         produce_messages(broker.bootstrap_servers, "metrics", BAD_MESSAGES)
@@ -152,9 +156,12 @@ def main(argv: list[str] | None = None) -> int:
             return job.returncode
         results = consume_all(broker.bootstrap_servers, "anomalies", timeout_s=30)
         dead = consume_all(broker.bootstrap_servers, "metrics-dead-letters", timeout_s=30)
+        notes, notified = run_notifications(broker.bootstrap_servers, work, stream.anomalies, args.judge, WINDOW_MS)
     table, all_found = summarize(work / "anomalies.db", stream.anomalies, args.judge)
     print()
     print(table)
+    print()
+    print("\n".join(notes))
     print()
     reasons: dict[str, int] = {}
     for record in dead:
@@ -177,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as err:  # the dashboard extra is not installed
         print(f"report: skipped ({err}; pip install -e '.[dashboard]')")
     print("the last windows of each application stay open: the watermark has not passed them yet")
+    if not notified:
+        print("demo: an incident's notification was lost or came twice (see above)", file=sys.stderr)
+        return 1
     if not all_found:
         print(f"demo: detector {args.judge!r} MISSED an injected anomaly or raised more than "
               f"{MAX_FALSE_ALARMS} false alarm in an application", file=sys.stderr)
