@@ -314,13 +314,16 @@ def test_maintenance_windows_become_silences_once(alertmanager, notifier, kafka_
     prefix = f"m{uuid.uuid4().hex[:6]}"
     now = time.time()
     iso = lambda t: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))  # noqa: E731
-    config = tmp_path / "job.yaml"
-    config.write_text(
-        "streams:\n  - name: web\n    incidents:\n      maintenance:\n"
-        f"        - {{name: deploy, applications: '{prefix}-*', from: '{iso(now - 3600)}', to: '{iso(now + 3600)}'}}\n"
-        f"        - {{name: backup, applications: '{prefix}-db?', weekdays: [mon, tue, wed, thu, fri, sat, sun],\n"
-        "           start: '02:00', end: '03:00', timezone: Europe/Berlin, freeze_model: true}\n"
-    )
+    config = tmp_path / "job.yaml"  # a whole job config: the notifier reads it with the job's loader
+    windows = [
+        {"name": "deploy", "applications": f"{prefix}-*", "from": iso(now - 3600), "to": iso(now + 3600)},
+        {"name": "backup", "applications": f"{prefix}-db?", "weekdays": ["mon", "tue", "wed", "thu", "fri", "sat",
+         "sun"], "start": "02:00", "end": "03:00", "timezone": "Europe/Berlin", "freeze_model": True},
+    ]
+    config.write_text(json.dumps({"checkpoint_dir": str(tmp_path / "checkpoints"), "streams": [{
+        "name": "web", "source": {"bootstrap_servers": kafka_broker.bootstrap_servers, "topics": ["metrics"]},
+        "aggregation": {"agg_function": "avg", "agg_window_millis": 60_000}, "detectors": [{"name": "ema"}],
+        "sinks": {"output_topic": "out", "dead_letter_topic": "dlq"}, "incidents": {"maintenance": windows}}]}))
     topic = f"inc-{uuid.uuid4().hex[:8]}"
     n = notifier(topic, alertmanager=alertmanager, extra=("--config", str(config), "--silence-refresh-seconds", "1"))
     n.start()

@@ -10,10 +10,10 @@ from datetime import datetime, timezone
 
 import pytest
 
-from jobs.config import ConfigError
+from jobs.config import ConfigError, parse_config
 from tests.test_notify import record
 from tools.feedback import feedback_record
-from tools.maintenance import glob_to_regex, occurrence, parse_maintenance, silence_for
+from tools.maintenance import glob_to_regex, occurrence, silence_for, windows_of
 from tools.notify_targets import InvalidIncident, parse_incident, to_alert
 
 T0 = 1_709_287_200_000  # 2024-03-01T10:00:00Z
@@ -72,8 +72,18 @@ def test_glob_becomes_a_regex_matching_the_same_names(glob):
     assert [n for n in names if regex.fullmatch(n)] == [n for n in names if fnmatch.fnmatchcase(n, glob)]
 
 
+def job(*maintenance: list, incidents_topic: str | None = "incidents") -> dict:
+    """A job config (the job's own parser reads it) with one stream per list of windows."""
+    return {"checkpoint_dir": "/tmp/anomaly-notify-units", "streams": [
+        {"name": f"s{i}", "source": {"bootstrap_servers": "broker:9092", "topics": ["metrics"]},
+         "aggregation": {"agg_function": "avg", "agg_window_millis": 60_000}, "detectors": [{"name": "ema"}],
+         "sinks": {"output_topic": "out", "dead_letter_topic": "dlq", "incidents_topic": incidents_topic},
+         "incidents": {"maintenance": list(entries)}}
+        for i, entries in enumerate(maintenance)]}
+
+
 def windows(*entries):
-    return parse_maintenance({"streams": [{"name": "s", "incidents": {"maintenance": list(entries)}}]})
+    return windows_of(parse_config(job(list(entries))))
 
 
 def test_recurring_window_occurrence_in_its_time_zone_across_midnight_and_dst():
@@ -124,11 +134,30 @@ def test_malformed_maintenance_window_is_refused_naming_the_field(entry, field):
 
 def test_window_ending_at_midnight_and_a_window_in_two_streams():
     entry = {"name": "late", "applications": "*", "weekdays": ["sun"], "start": "22:00", "end": "24:00"}
-    (w,) = parse_maintenance({"streams": [{"incidents": {"maintenance": [entry]}},
-                                          {"incidents": {"maintenance": [entry]}}]})
+    (w,) = windows_of(parse_config(job([entry], [entry])))
     assert occurrence(w, NOW) == (datetime(2026, 12, 6, 22, tzinfo=timezone.utc),
                                   datetime(2026, 12, 7, 0, tzinfo=timezone.utc))
-    assert parse_maintenance({"streams": [{"name": "no incidents section"}]}) == ()
+
+
+def test_notifier_takes_topic_and_servers_from_the_job_config(tmp_path):
+    import yaml
+
+    from tools.notify import build_parser, config_from_args
+
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job([], incidents_topic="team-incidents")))
+    args = build_parser().parse_args(["--config", str(path), "--alertmanager-url", "http://127.0.0.1:9093"])
+    config = config_from_args(args)
+    assert (config.bootstrap_servers, config.topic) == ("broker:9092", "team-incidents")
+    args = build_parser().parse_args(["--config", str(path), "--topic", "mine", "--bootstrap-servers", "b:1",
+                                      "--alertmanager-url", "http://127.0.0.1:9093"])
+    assert (config_from_args(args).bootstrap_servers, config_from_args(args).topic) == ("b:1", "mine")
+    path.write_text(yaml.safe_dump(job([], [], incidents_topic=None) | {"streams": [
+        {**job([])["streams"][0], "sinks": {"output_topic": "o", "dead_letter_topic": "d", "incidents_topic": "a"}},
+        {**job([])["streams"][0], "name": "t", "sinks": {"output_topic": "o", "dead_letter_topic": "d",
+                                                         "incidents_topic": "b"}}]}))
+    with pytest.raises(ConfigError, match=re.escape("--topic: the config's streams write incidents to ['a', 'b']")):
+        config_from_args(build_parser().parse_args(["--config", str(path), "--webhook-url", "http://h"]))
 
 
 def test_feedback_record_is_validated():

@@ -1,7 +1,8 @@
 """Maintenance windows of the job's config, mirrored as Alertmanager silences.
 
-The windows are a stream's ``incidents.maintenance`` (see :mod:`incidents.rules`, which parses
-them for the job too, so both read the config the same way)::
+The windows are a stream's ``incidents.maintenance``; the notifier reads them from the job's
+config file with the job's own loader (``jobs.config.load_config``, :mod:`incidents.rules`), so
+both read, and refuse, the config the same way::
 
     streams:
       - name: web
@@ -22,14 +23,12 @@ refresh never creates a second one for the same occurrence.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from incidents.rules import Maintenance, parse_settings
-from jobs.config import ConfigError, expand_env
+from incidents.rules import Maintenance
+from jobs.config import JobConfig
 from tools.notify_targets import ALERTNAME, AlertmanagerTarget, iso_z
 
 CREATED_BY = "anomaly-notify"
@@ -88,33 +87,12 @@ def glob_to_regex(glob: str) -> str:
     return "".join(out)
 
 
-def parse_maintenance(raw: Any) -> tuple[Maintenance, ...]:
-    """Every maintenance window of a parsed job config (each stream's ``incidents`` section, parsed
-    by :func:`incidents.rules.parse_settings` as the job does); the same window in two streams once."""
+def windows_of(job: JobConfig) -> tuple[Maintenance, ...]:
+    """Every stream's maintenance windows (as the job parsed them); one in two streams counts once."""
     windows: list[Maintenance] = []
-    streams = raw.get("streams") if isinstance(raw, Mapping) else None
-    for i, stream in enumerate(streams if isinstance(streams, list) else []):
-        section = stream.get("incidents") if isinstance(stream, Mapping) else None
-        if section is None:
-            continue
-        settings = parse_settings(section, prefix=f"streams[{i}].incidents.")
-        windows.extend(w for w in settings.maintenance if w not in windows)
+    for stream in job.streams:
+        windows.extend(w for w in stream.incidents.maintenance if w not in windows)
     return tuple(windows)
-
-
-def load_maintenance(path: str | Path) -> tuple[Maintenance, ...]:
-    """The maintenance windows of the job's YAML config file (``${ENV:-default}`` expanded as the job does)."""
-    import yaml
-
-    text = expand_env(Path(path).read_text(encoding="utf-8"))
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(str(path), f"not valid YAML: {err}") from None
-    try:
-        return parse_maintenance(raw)
-    except ValueError as err:  # incidents.rules.IncidentConfigError: the message names the field
-        raise ConfigError(str(path), str(err)) from None
 
 
 def silence_for(window: Maintenance, starts: datetime, ends: datetime) -> dict[str, Any]:

@@ -29,8 +29,10 @@ record -- the one whose severity becomes its label -- is read again. A partition
 committed starts at that same point, not at the topic's beginning. Records with a ``seq`` at or
 below the one already handled are repeats from the job's at-least-once topic and are not sent again.
 
-Maintenance windows of the job's config (``--config``, each stream's ``incidents.maintenance``) become
-Alertmanager silences for their current or next occurrence (:mod:`tools.maintenance`).
+With ``--config`` the notifier reads the job's config file with the job's own loader: its
+maintenance windows (each stream's ``incidents.maintenance``) become Alertmanager silences for their
+current or next occurrence (:mod:`tools.maintenance`), and it gives the incidents topic and the
+bootstrap servers unless ``--topic``/``--bootstrap-servers`` do.
 """
 
 from __future__ import annotations
@@ -48,8 +50,8 @@ from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 from incidents.rules import Maintenance
-from jobs.config import ConfigError
-from tools.maintenance import load_maintenance, sync_silences
+from jobs.config import ConfigError, JobConfig, load_config
+from tools.maintenance import sync_silences, windows_of
 from tools.notify_targets import (
     AlertmanagerTarget,
     InvalidIncident,
@@ -527,8 +529,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Hand the job's incidents to Prometheus Alertmanager (v2 API) and/or a JSON webhook.",
     )
     add = parser.add_argument
-    add("--bootstrap-servers", required=True, help="Kafka bootstrap servers, e.g. 127.0.0.1:9092")
-    add("--topic", default="incidents", help="incidents topic (the job's sinks.kafka.incidents_topic)")
+    add("--bootstrap-servers", help="Kafka bootstrap servers, e.g. 127.0.0.1:9092 (default: the --config's)")
+    add("--topic", help="incidents topic (default: the --config's sinks.incidents_topic, else incidents)")
     add("--group", default="anomaly-notify", help="consumer group (default anomaly-notify)")
     add("--alertmanager-url", help="Alertmanager base URL, e.g. http://127.0.0.1:9093")
     add("--webhook-url", help="generic JSON webhook: each transition POSTed once with an Idempotency-Key")
@@ -543,16 +545,35 @@ def build_parser() -> argparse.ArgumentParser:
     add("--timeout-seconds", type=float, default=10.0, help="HTTP timeout per request (default 10)")
     add("--max-backoff-seconds", type=float, default=60.0, help="retry backoff cap (default 60)")
     add("--silence-refresh-seconds", type=float, default=300.0, help="check maintenance silences this often")
-    add("--config", help="the job's YAML config: its incidents.maintenance windows become silences")
+    add("--config", help="the job's YAML config: its maintenance windows become silences; it gives the "
+        "incidents topic and bootstrap servers unless --topic/--bootstrap-servers do")
     return parser
 
 
+def _from_job(job: JobConfig | None, args: argparse.Namespace) -> tuple[str, str]:
+    """Bootstrap servers and topic: the options, else what the job's config says (one value for all streams)."""
+    servers, topic = args.bootstrap_servers, args.topic
+    if job is not None:
+        topics = sorted({s.sinks.incidents_topic for s in job.streams if s.sinks.incidents_topic})
+        if topic is None and len(topics) > 1:
+            raise ConfigError("--topic", f"the config's streams write incidents to {topics}: choose one")
+        topic = topic or (topics[0] if topics else None)
+        clusters = sorted({s.output_bootstrap_servers for s in job.streams})
+        if servers is None and len(clusters) > 1:
+            raise ConfigError("--bootstrap-servers", f"the config's streams write to {clusters}: choose one")
+        servers = servers or clusters[0]
+    if not servers:
+        raise ConfigError("--bootstrap-servers", "is required (or --config with the job's config)")
+    return servers, topic or "incidents"
+
+
 def config_from_args(args: argparse.Namespace) -> NotifyConfig:
-    maintenance = load_maintenance(args.config) if args.config else ()
+    job = load_config(args.config) if args.config else None
+    servers, topic = _from_job(job, args)
     return validate(
         NotifyConfig(
-            bootstrap_servers=args.bootstrap_servers,
-            topic=args.topic,
+            bootstrap_servers=servers,
+            topic=topic,
             group_id=args.group,
             alertmanager_url=args.alertmanager_url,
             webhook_url=args.webhook_url,
@@ -565,7 +586,7 @@ def config_from_args(args: argparse.Namespace) -> NotifyConfig:
             timeout_s=args.timeout_seconds,
             max_backoff_s=args.max_backoff_seconds,
             silence_refresh_s=args.silence_refresh_seconds,
-            maintenance=maintenance,
+            maintenance=windows_of(job) if job is not None else (),
         )
     )
 
@@ -574,8 +595,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = config_from_args(args)
-    except (ConfigError, OSError) as err:
-        print(f"anomaly-notify: {err}", file=sys.stderr)
+    except (ConfigError, OSError) as err:  # the job's config errors name their field too
+        where = f" ({args.config})" if args.config and not str(err).startswith("--") else ""
+        print(f"anomaly-notify{where}: {err}", file=sys.stderr)
         return 2
     notifier = Notifier(config)
 
