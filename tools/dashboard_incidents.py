@@ -113,33 +113,14 @@ def incident_routes(settings: Any, page: Any, series_json: Any) -> list[Any]:
         return JSONResponse(out) if out is not None else bad("no such incident", 404)
 
     async def api_feedback(request: Request) -> JSONResponse:
-        incident_id = request.path_params["incident_id"]
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
             return bad("send the feedback as application/json", 415)
-        if not settings.bootstrap_servers:
-            return bad("this dashboard was started without --bootstrap-servers: it cannot send feedback", 503)
         try:
             body = await request.json()
         except ValueError:
             return bad("the body is not JSON")
-        if not isinstance(body, dict):
-            return bad("the body must be a JSON object")
-        row = await run_in_threadpool(incidents.incident, incident_id) if incidents and _ID_RE.match(
-            incident_id) else None
-        if row is None:
-            return bad("no such incident", 404)
-        try:
-            record = feedback_record(row["application"], incident_id, str(body.get("label")),
-                                     body.get("by") or None, body.get("comment") or None)
-        except ConfigError as err:
-            return bad(str(err))
-        try:
-            meta = await run_in_threadpool(send_feedback, settings.bootstrap_servers, settings.feedback_topic,
-                                           record, 15.0)
-        except Exception as err:  # the broker unreachable: the operator should know it was not sent
-            return bad(f"could not send the feedback to {settings.feedback_topic!r}: {err}", 502)
-        return JSONResponse({"sent": record, "topic": settings.feedback_topic, "partition": meta.partition,
-                             "offset": meta.offset})
+        status, out = await run_in_threadpool(_feedback, settings, request.path_params["incident_id"], body)
+        return JSONResponse(out, status_code=status)
 
     return [
         Route("/incidents", list_page),
@@ -148,6 +129,29 @@ def incident_routes(settings: Any, page: Any, series_json: Any) -> list[Any]:
         Route("/api/incidents/{incident_id}", api_incident),
         Route("/api/incidents/{incident_id}/feedback", api_feedback, methods=["POST"]),
     ]
+
+
+def _feedback(settings: Any, incident_id: str, body: Any) -> tuple[int, dict[str, Any]]:
+    """Check the request and produce the feedback record: (HTTP status, JSON answer)."""
+    if not settings.bootstrap_servers:
+        return 503, {"error": "this dashboard was started without --bootstrap-servers: it cannot send feedback"}
+    if not isinstance(body, dict):
+        return 400, {"error": "the body must be a JSON object"}
+    incidents = settings.incidents
+    known = incidents is not None and _ID_RE.match(incident_id) and incidents.available()
+    row = incidents.incident(incident_id) if known else None
+    if row is None:
+        return 404, {"error": "no such incident"}
+    try:
+        record = feedback_record(row["application"], incident_id, str(body.get("label")), body.get("by") or None,
+                                 body.get("comment") or None)
+    except ConfigError as err:
+        return 400, {"error": str(err)}
+    try:
+        meta = send_feedback(settings.bootstrap_servers, settings.feedback_topic, record, 15.0)
+    except Exception as err:  # the broker unreachable: the operator should know it was not sent
+        return 502, {"error": f"could not send the feedback to {settings.feedback_topic!r}: {err}"}
+    return 200, {"sent": record, "topic": settings.feedback_topic, "partition": meta.partition, "offset": meta.offset}
 
 
 def _incident_json(settings: Any, incident_id: str, series_json: Any) -> dict[str, Any] | None:
