@@ -458,7 +458,11 @@ def stream_config(
     aggregation, detectors = CASES[case]
     stream: dict[str, Any] = {
         "name": name,
-        "source": {"bootstrap_servers": bootstrap, "topics": [topic], "max_offsets_per_trigger": max_offsets},
+        # metrics only: no incident feedback topic to subscribe to (the benchmark creates none)
+        "source": {
+            "bootstrap_servers": bootstrap, "topics": [topic], "max_offsets_per_trigger": max_offsets,
+            "feedback_topic": None,
+        },
         "aggregation": dict(aggregation),
         "detectors": [dict(d) for d in detectors],
         "sinks": {"output_topic": f"{name}-out", "dead_letter_topic": f"{name}-dlq"},
