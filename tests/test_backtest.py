@@ -116,6 +116,17 @@ def test_output_layout_and_columns(data: Path, tmp_path: Path, capsys):
     assert capsys.readouterr().out == ""  # no labels, no table
 
 
+def test_incidents_beside_the_results(data: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    assert run(["--data", data, "--out", out, "--detector", NAME, "--quiet", "--incidents"]) == 0
+    records = [json.loads(line) for line in (out / "group" / "a.csv.incidents.jsonl").read_text().splitlines()]
+    flagged = [r for r in read_rows(out / "group" / "a.csv")[1:] if r[3] == "1"]
+    assert flagged and records[0]["transition"] == "opened"
+    assert records[0]["opened_at"] == flagged[0][0].replace(" ", "T") + ".000Z"
+    assert records[0]["application"] == "group/a.csv" and records[0]["detector"] == NAME
+    assert (out / "group" / "deeper" / "b.csv.incidents.jsonl").is_file()
+
+
 def test_state_roundtrip_every_7_points_equals_no_roundtrip(data: Path, tmp_path: Path):
     a, b = tmp_path / "every7", tmp_path / "never"
     assert run(["--data", data, "--out", a, "--detector", NAME, "--state-roundtrip-every", 7, "--quiet"]) == 0

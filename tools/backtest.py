@@ -15,6 +15,11 @@ Results go to ``--out`` under the series' key (uncompressed), with columns
 ``timestamp,value,anomaly_score,is_anomaly,value_lower_limit,value_upper_limit``
 (``anomaly_score`` is the detector's anomaly probability; a missing bound is empty).
 
+With ``--incidents`` the job's incident state machine (incidents/, default rules,
+the window length = the series' cadence) also runs over each series' results and
+writes its transitions, one JSON record per line as on the job's ``incidents``
+topic, to ``<result>.incidents.jsonl`` beside the result CSV.
+
 With ``--labels`` (NAB's ``combined_windows.json`` format) the NAB score table is
 printed per profile; ``--score-only DIR`` scores existing result CSVs (any with
 ``timestamp`` and ``anomaly_score`` columns, e.g. NAB's published results).
@@ -243,6 +248,18 @@ def write_result(path: Path, series: Series, result: BatchResult) -> None:
     os.replace(tmp, path)
 
 
+def write_incidents(path: Path, key: str, detector: str, series: Series, result: BatchResult) -> None:
+    """The series' incident transitions (incidents/replay.py), one JSON record per line."""
+    import json
+
+    from incidents.replay import series_incidents
+
+    records = series_incidents(key, detector, series.ts_ms, series.values, result)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records), encoding="utf-8")
+    os.replace(tmp, path)
+
+
 @dataclass(frozen=True)
 class _Task:
     source: Path
@@ -252,6 +269,7 @@ class _Task:
     params: dict[str, Any]
     roundtrip_every: int
     keep_scores: bool
+    incidents: bool = False
 
 
 @dataclass(frozen=True)
@@ -268,6 +286,9 @@ def _run_task(task: _Task) -> _Done:
         series = read_series(task.source)
         result = run_detector(task.detector, task.params, series.ts_ms, series.values, task.roundtrip_every)
         write_result(task.target, series, result)
+        if task.incidents:
+            write_incidents(task.target.with_name(task.target.name + ".incidents.jsonl"), task.key, task.detector,
+                            series, result)
     except BacktestError as err:
         return _Done(task.key, 0, None, None, str(err))
     except Exception as err:  # one bad series must not hide the others' results
@@ -323,8 +344,10 @@ def run_backtest(
     jobs: int = 1,
     keep_scores: bool = False,
     progress: Progress | None = None,
+    incidents: bool = False,
 ) -> dict[str, nab_scoring.SeriesScores]:
-    """Run every series under ``data``; returns relative path -> scores if ``keep_scores``."""
+    """Run every series under ``data``; returns relative path -> scores if ``keep_scores``; with ``incidents``
+    each series' incident transitions are written beside its result."""
     files = find_csvs(data)
     out_resolved = out.resolve()
     tasks = []
@@ -332,7 +355,7 @@ def run_backtest(
         if out_resolved in src.resolve().parents:
             continue  # --out inside --data: do not feed earlier results back in
         key = series_key(src, data)  # x.csv.gz -> x.csv, written uncompressed
-        tasks.append(_Task(src, out / key, key, detector, dict(params), roundtrip_every, keep_scores))
+        tasks.append(_Task(src, out / key, key, detector, dict(params), roundtrip_every, keep_scores, incidents))
     # Largest first, so parallel workers finish together.
     tasks.sort(key=lambda t: -t.source.stat().st_size)
     progress = progress or Progress(len(tasks), enabled=False)
@@ -537,6 +560,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="score the result CSVs (timestamp, anomaly_score columns) under DIR; needs --labels",
     )
+    parser.add_argument(
+        "--incidents",
+        action="store_true",
+        help="also write each series' incident transitions (the job's state machine) to <result>.incidents.jsonl",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return parser
 
@@ -599,6 +627,7 @@ def _main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         jobs=jobs,
         keep_scores=windows is not None,
         progress=progress,
+        incidents=args.incidents,
     )
     if not args.quiet:
         sys.stderr.write(
