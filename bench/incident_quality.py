@@ -1,7 +1,7 @@
 """Incident quality on labelled data: what an on-call engineer would get from ``default`` + incidents.
 
     .venv/bin/python bench/incident_quality.py [--nab-dir ../shared/data/nab] [--aiops-dir ../shared/data/aiops]
-                                               [--detector default] [--jobs 2] [--resolve-after N]
+                                               [--detector default] [--jobs 2] [--resolve-minutes 0,30,60]
 
 Every series of each corpus runs through the detector as the backtest does
 (tools/backtest.py: state round trips every 1,000 points), then through the
@@ -24,7 +24,10 @@ reopened within 30 minutes). Per corpus, against its labelled anomaly windows
 
 The anchor row of each corpus, measured in the same run, is the per-point
 output itself (every flagged point a notification: what a consumer without the
-incident layer would page on).
+incident layer would page on). ``--resolve-minutes`` adds rows with
+``resolve_after`` set to that many minutes of clean windows (0: the default
+rule), on the same detector output: the hysteresis is the knob that merges an
+anomaly's repeated alarms into one incident.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from evaluation import nab_scoring  # noqa: E402
-from incidents.replay import series_incidents  # noqa: E402
+from incidents.replay import cadence_ms, series_incidents  # noqa: E402
 from incidents.rules import parse_settings  # noqa: E402
 from tools.backtest import find_csvs, read_series, run_detector, series_key  # noqa: E402
 
@@ -101,25 +104,34 @@ def figures_of(ts: np.ndarray, flags: np.ndarray, notified: list[int], opened: l
     return f
 
 
-def _one(task: tuple[Path, str, str, list[tuple[int, int]], dict]) -> SeriesFigures:
-    path, key, detector, windows, rules = task
+def _one(task: tuple[Path, str, str, list[tuple[int, int]], tuple[int, ...]]) -> list[SeriesFigures]:
+    """One series: the detector once, then the incidents under each resolve setting."""
+    path, key, detector, windows, resolve_minutes = task
     series = read_series(path)
     result = run_detector(detector, {}, series.ts_ms, series.values)
-    records = series_incidents(key, detector, series.ts_ms, series.values, result, parse_settings(rules))
-    opened = [_ms(r["event_ts"]) for r in records if r["transition"] == "opened"]
-    return figures_of(series.ts_ms, np.asarray(result.is_anomaly, dtype=bool), notifications(records), opened,
-                      windows)
+    flags = np.asarray(result.is_anomaly, dtype=bool)
+    out = []
+    for minutes in resolve_minutes:
+        rules = {"resolve_after": max(2, -(-minutes * 60_000 // cadence_ms(series.ts_ms)))} if minutes else {}
+        records = series_incidents(key, detector, series.ts_ms, series.values, result, parse_settings(rules))
+        opened = [_ms(r["event_ts"]) for r in records if r["transition"] == "opened"]
+        out.append(figures_of(series.ts_ms, flags, notifications(records), opened, windows))
+    return out
 
 
-def corpus(root: Path, detector: str, jobs: int, rules: dict) -> list[SeriesFigures]:
+def corpus(root: Path, detector: str, jobs: int, resolve_minutes: tuple[int, ...]) -> list[list[SeriesFigures]]:
+    """Per resolve setting, the figures of every labelled series."""
     data = root / "data"
     labels = nab_scoring.load_windows(root / "labels" / "combined_windows.json")
-    tasks = [(p, series_key(p, data), detector, labels.get(series_key(p, data), []), rules) for p in find_csvs(data)]
+    tasks = [(p, series_key(p, data), detector, labels.get(series_key(p, data), []), resolve_minutes)
+             for p in find_csvs(data)]
     tasks = [t for t in tasks if t[1] in labels]
     if jobs <= 1:
-        return [_one(t) for t in tasks]
-    with multiprocessing.get_context("fork").Pool(jobs) as pool:
-        return pool.map(_one, tasks)
+        per_series = [_one(t) for t in tasks]
+    else:
+        with multiprocessing.get_context("fork").Pool(jobs) as pool:
+            per_series = pool.map(_one, tasks)
+    return [[figures[k] for figures in per_series] for k in range(len(resolve_minutes))]
 
 
 def row(name: str, figures: list[SeriesFigures], points: bool = False) -> str:
@@ -148,18 +160,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--aiops-dir", type=Path, default=REPO.parent / "shared" / "data" / "aiops")
     parser.add_argument("--detector", default="default")
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--resolve-after", type=int, default=None, help="clean windows that resolve (default: rules')")
+    parser.add_argument("--resolve-minutes", default="0,30,60",
+                        help="comma list: resolve after this many minutes of clean windows (0: the default rule)")
     args = parser.parse_args(argv)
-    rules = {} if args.resolve_after is None else {"resolve_after": args.resolve_after}
+    resolve_minutes = tuple(int(m) for m in args.resolve_minutes.split(","))
     print(f"{'corpus / output':<34} {'series':>6} {'windows':>7} {'notif/window':>12} {'w/ incid.':>10} "
           f"{'w/ point':>10} {'false/s-day':>12} {'median 1st':>11}")
     for name, root in (("NAB", args.nab_dir), ("AIOps KPI", args.aiops_dir)):
         if not (root / "labels" / "combined_windows.json").is_file():
             print(f"{name}: no labels under {root}, skipped")
             continue
-        figures = corpus(root, args.detector, args.jobs, rules)
-        print(row(f"{name}: {args.detector} points (anchor)", figures, points=True))
-        print(row(f"{name}: {args.detector} + incidents", figures))
+        by_setting = corpus(root, args.detector, args.jobs, resolve_minutes)
+        print(row(f"{name}: {args.detector} points (anchor)", by_setting[0], points=True))
+        for minutes, figures in zip(resolve_minutes, by_setting, strict=True):
+            setting = f"resolve {minutes} min" if minutes else "default rules"
+            print(row(f"{name}: + incidents, {setting}", figures))
     print("notif/window: notifications (opened, reopened, flapping) inside labelled windows per window that got "
           "any; w/ incid.: windows with an incident; w/ point: windows with a flagged point; false/s-day: "
           "incidents (anchor: points) outside every window per series-day; median 1st: minutes from window start "

@@ -38,6 +38,10 @@ broker (tools/local_kafka.py) and one local-mode SparkSession:
    (200 applications x 2,600 points every 5 minutes: nine days each;
    ``--step-ms`` sets an application's event spacing, ``--only-at APPS=NAMES``
    what runs at that application count, anchors included).
+   The job runs its incident layer (incidents/) in every case, as it does by
+   default; ``avg-noinc`` and ``none-noinc`` are ``avg`` and ``none`` with it
+   off (``incidents: {enabled: false}``), so ``--cases none,none-noinc,avg,avg-noinc``
+   measures what it costs (the table's "vs none + EMA" column for ``none-noinc``).
 4. **Key cost.** A least-squares fit over the job's data batches of
    ``batch seconds = a * keys_in_batch + b * events_in_batch + c``, per case,
    where keys_in_batch = min(applications, events in the batch) (the topics are
@@ -117,14 +121,21 @@ CASES: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {
     ),
     "none-default": ({"agg_function": "none"}, [{"name": "default"}]),
 }
+# the same as their base case with the incident layer off (every other case runs it, the job's default)
+INCIDENTS_OFF = {"avg-noinc": "avg", "none-noinc": "none"}
+for _case, _base in INCIDENTS_OFF.items():
+    CASES[_case] = CASES[_base]
 CASE_LABELS = {
     "avg": "avg 10 s + EMA + Robust",
     "none": "none + EMA",
     "avg-default": "avg 10 s + default",
     "none-default": "none + default",
+    "avg-noinc": "avg 10 s + EMA + Robust, no incidents",
+    "none-noinc": "none + EMA, no incidents",
 }
 # the anchor each job case is compared with
-ANCHOR_OF = {"avg": "native", "none": "ingest", "avg-default": "native", "none-default": "ingest"}
+ANCHOR_OF = {"avg": "native", "none": "ingest", "avg-default": "native", "none-default": "ingest",
+             "avg-noinc": "native", "none-noinc": "ingest"}
 ANCHORS = ("kafka", "ingest", "native")
 EMA_CASES = ("avg", "none")  # the verdict line's cases
 DETECTOR_ANCHOR = "none"  # every job case is also compared with none + EMA at the same applications
@@ -469,6 +480,8 @@ def stream_config(
     }
     if buckets is not None:  # only when asked: a job without the field refuses it
         stream["buckets"] = buckets
+    if case in INCIDENTS_OFF:
+        stream["incidents"] = {"enabled": False}
     return stream
 
 
