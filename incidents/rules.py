@@ -6,8 +6,8 @@ A stream's ``incidents`` section (YAML, validated before Spark starts)::
       enabled: true               # default: on when the stream has a results sink
       open_k: 1                   # open when k of the last n windows are anomalous (default 1 of 1:
       open_n: 1                   #   one window at or above the detector's threshold, its is_anomaly)
-      resolve_after: null         # clean windows in a row that resolve; default: 10 minutes of windows,
-                                  #   at least 2 (1-minute windows: 10, 5-minute windows: 2)
+      resolve_after: null         # clean windows in a row that resolve; default: an hour of windows,
+                                  #   at least 2 (1-minute windows: 60, 5-minute windows: 12)
       update_margin: 1.0          # an update is sent when severity rises, or the peak score
                                   #   -log10(1 - probability) grows by this much (1.0 = ten times rarer)
       merge_gap_millis: 1800000   # an anomaly within 30 min of a clean resolution reopens that incident
@@ -88,10 +88,14 @@ class Rules:
     escalate_kinds: tuple[str, ...] = ("level_shift", "sustained", "new_range")
 
     def resolve_windows(self, window_ms: int) -> int:
-        """Clean windows in a row that resolve: as configured, else 10 minutes of windows, at least 2."""
+        """Clean windows in a row that resolve: as configured, else an hour of windows, at least 2 and at most 60.
+
+        An hour, not minutes: an anomaly's alarms often come in bursts tens of minutes apart, and each
+        resolve-then-reopen pages again (bench/incident_quality.py, docs/incidents.md).
+        """
         if self.resolve_after is not None:
             return self.resolve_after
-        return max(2, min(60, math.ceil(600_000 / max(window_ms, 1))))
+        return max(2, min(60, math.ceil(3_600_000 / max(window_ms, 1))))
 
     def no_data_ms(self, window_ms: int) -> int:
         if self.no_data_after_ms is not None:
