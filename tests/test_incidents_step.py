@@ -125,3 +125,23 @@ def test_empty_steps_keep_no_incident_state():
     step_bucket(state, batch(APPS, range(5)), T0, settings(parse_settings({})))
     step_bucket(state, empty_events(), T0 + 10 * WINDOW, settings(parse_settings({})))
     assert state.incident_state is None and BucketState.decode(state.encode()).incident_blob == b""
+
+
+def test_no_data_when_an_application_with_an_open_incident_goes_quiet():
+    incidents = parse_settings({"resolve_after": 30, "no_data_after_millis": 10 * WINDOW})
+    state = BucketState.empty()
+    step = settings(incidents)
+    for m in range(0, 35, 5):  # app7's spike at minute 30 opens an incident
+        step_bucket(state, batch(APPS, range(m, m + 5), SPIKES), T0 + m * WINDOW, step)
+    # app7 stops; the others go on: the bucket is stepped, the watermark passes app7's last window + 10 min
+    records = []
+    for m in range(35, 60, 5):
+        out = step_bucket(state, batch([a for a in APPS if a != "app7"], range(m, m + 5)), T0 + m * WINDOW, step)
+        columns = out.columns("avg", WINDOW)
+        records += [json.loads(d) for d in columns["detail"][columns["kind"] == KIND_INCIDENT]]
+        if m == 35:  # the incident is open: app7 is due at its no_data deadline (the bucket's timer fires then)
+            assert [r["transition"] for r in records] == ["opened"]
+            assert state.due[state.index["app7"]] == T0 + 44 * WINDOW
+    no_data = [r for r in records if r["transition"] == "no_data"]
+    assert [(r["application"], r["state"], r["event_ts"]) for r in no_data] == [
+        ("app7", "no_data", "2024-01-01T00:44:00.000Z")]  # last window 00:34 + 10 minutes
