@@ -17,11 +17,15 @@ tables end up as after an uninterrupted run. Times are ISO-8601 text in SQLite,
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import logging
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from incidents import RECORD_FIELDS
-from jobs.jdbc import JdbcTable
+from jobs.jdbc import JdbcError, JdbcTable
+
+log = logging.getLogger("anomaly.jdbc")
 
 EVENTS_TABLE = "incident_events"
 INCIDENTS_TABLE = "incidents"
@@ -75,11 +79,30 @@ class IncidentTables:
         updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
         return f"{head} DO UPDATE SET {updates} WHERE {table}.last_seq <= excluded.last_seq"
 
-    def write(self, records: Iterable[str]) -> int:
-        """Write a batch's transitions (their JSON texts), in one transaction; returns how many."""
+    def write(self, records: Iterable[str], sleep: Callable[[float], None] = time.sleep) -> int:
+        """Write a batch's transitions (their JSON texts), in one transaction; returns how many.
+
+        Retried like the results' upsert (``write_retries``, backoff 1, 2, 4 ... s): the transaction is
+        all or nothing and the writes are idempotent, so a repeat is safe.
+        """
         rows = sorted((json.loads(text) for text in records), key=lambda r: (r["incident_id"], r["seq"]))
         if not rows:
             return 0
+        attempts = self.results.config.write_retries + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                self._write(rows)
+                break
+            except JdbcError as err:
+                if attempt == attempts:
+                    raise
+                delay = min(30.0, 2.0 ** (attempt - 1))
+                log.warning("incident tables: write failed (attempt %d of %d), retrying in %.0f s: %s",
+                            attempt, attempts, delay, err)
+                sleep(delay)
+        return len(rows)
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
         with self.results._guard("writing the incident tables"), self.results.connect() as conn:
             for table, columns, key, upsert in (
                 (EVENTS_TABLE, EVENT_COLUMNS, ("incident_id", "seq"), False),
@@ -96,7 +119,6 @@ class IncidentTables:
                 finally:
                     statement.close()
             conn.commit()
-        return len(rows)
 
 
 _SQL_NULL_TYPES = {"int": -5, "float": 8, "text": 12}  # java.sql.Types BIGINT, DOUBLE, VARCHAR
