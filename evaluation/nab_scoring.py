@@ -52,6 +52,8 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 PROBATION_PERCENT = 0.15
 PROBATION_MAX_ROWS = 5000  # the percentage applies to at most this many rows (0.15 -> 750)
 
@@ -313,40 +315,43 @@ def optimize_threshold(prepared: Sequence[PreparedSeries], cost: CostMatrix) -> 
 
     Exact: lowering the threshold past each distinct anomaly score adds that score's
     records as alarms, so the raw score is updated incrementally in one pass over the
-    records sorted by score. Ties between thresholds go to the highest one.
-    Returns ``(NO_ALARM, null score)`` when no threshold beats raising no alarm.
+    records sorted by score (numpy: each record's increment, then one running sum
+    in that order, so the totals are the same floats as adding them one by one).
+    Ties between thresholds go to the highest one. Returns ``(NO_ALARM, null
+    score)`` when no threshold beats raising no alarm.
     """
-    scores: list[float] = []
-    window: list[int] = []
-    value: list[float] = []
-    n_windows = 0
+    if not prepared:
+        return NO_ALARM, 0.0
+    scores = np.concatenate([np.asarray(p.scores, dtype=np.float64) for p in prepared])
+    value = np.concatenate([np.asarray(p.value, dtype=np.float64) for p in prepared])
+    window_parts, n_windows = [], 0
     for prep in prepared:
-        scores.extend(prep.scores)
-        value.extend(prep.value)
-        window.extend(k + n_windows if k >= 0 else -1 for k in prep.window_of)
+        w = np.asarray(prep.window_of, dtype=np.int64)
+        window_parts.append(np.where(w >= 0, w + n_windows, -1))
         n_windows += prep.n_windows
-
-    total = -cost.fn_weight * n_windows
-    best_threshold, best_total = NO_ALARM, total
-    best_in_window: dict[int, float] = {}
-    order = sorted(range(len(scores)), key=scores.__getitem__, reverse=True)
-    for pos, i in enumerate(order):
-        k, v = window[i], value[i]
-        if k < 0:
-            total += cost.fp_weight * v
-        else:
-            previous = best_in_window.get(k)
-            if previous is None:
-                best_in_window[k] = v
-                total += cost.fn_weight + cost.tp_weight * v
-            elif v > previous:
-                best_in_window[k] = v
-                total += cost.tp_weight * (v - previous)
-        # Evaluate once all records sharing this score are in.
-        group_done = pos + 1 == len(order) or scores[order[pos + 1]] != scores[i]
-        if group_done and total > best_total:
-            best_threshold, best_total = scores[i], total
-    return best_threshold, best_total
+    window = np.concatenate(window_parts)
+    null = -cost.fn_weight * n_windows
+    if len(scores) == 0:
+        return NO_ALARM, null
+    order = np.argsort(-scores, kind="stable")  # descending; equal scores keep file order
+    s, w, v = scores[order], window[order], value[order]
+    increment = np.where(w < 0, cost.fp_weight * v, 0.0)
+    inside = np.flatnonzero(w >= 0)
+    if len(inside):
+        by_window = inside[np.argsort(w[inside], kind="stable")]  # each window's records in sweep order
+        starts = np.flatnonzero(np.r_[True, np.diff(w[by_window]) != 0])
+        for lo, hi in zip(starts.tolist(), np.r_[starts[1:], len(by_window)].tolist(), strict=True):
+            rows = by_window[lo:hi]
+            best = np.maximum.accumulate(v[rows])  # the window's best reward so far
+            increment[rows[0]] = cost.fn_weight + cost.tp_weight * best[0]
+            increment[rows[1:]] = cost.tp_weight * (best[1:] - best[:-1])  # 0.0 where no better
+    total = np.cumsum(np.r_[null, increment])[1:]
+    last_of_score = np.r_[s[1:] != s[:-1], True]  # evaluated once all records of a score are in
+    candidates = np.where(last_of_score, total, -np.inf)
+    k = int(np.argmax(candidates))
+    if candidates[k] > null:
+        return float(s[k]), float(candidates[k])
+    return NO_ALARM, null
 
 
 @dataclass(frozen=True)
