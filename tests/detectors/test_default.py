@@ -1,13 +1,14 @@
-"""DefaultDetector: warm-up, no leak, bounds, validity and tight state sizes on small inputs.
+"""DefaultDetector: its parts one by one (level, seasonal forecast, range novelty, sustained change, rest),
+cadence and gaps, validity for any finite input, the state's bound and the vectorised path.
 
-The generic contract (round trip, batch == update, schema, versioning) is detectors.checks'.
+The generic contract (round trip, batch == update, update_many == update_batch, schema, versioning)
+is detectors.checks' (tests/detectors/test_checks.py runs it on every built-in detector).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from typing import Any
 
 import numpy as np
 import pytest
@@ -16,280 +17,195 @@ from hypothesis import strategies as st
 
 from detectors import build_detector
 from detectors.base import Detector, NonFiniteValueError
-from detectors.default import ALARM_REST, LEVEL_RUN, MAX_CONTEXTS, WARMUP, DefaultDetector
+from detectors.default import ALARM_REST, DAY_MS, WARMUP, DefaultDetector
+from detectors.state import StateError, pack_state
+
+MINUTE = 60_000
 
 
-def _series(n: int, seed: int = 0) -> np.ndarray:
+def _daily(n: int, step_ms: int = MINUTE, seed: int = 0, noise: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` points ``step_ms`` apart: 100 + a daily cycle of +-20 + N(0, noise)."""
     rng = np.random.default_rng(seed)
-    t = np.arange(n)
-    return 10.0 + np.sin(2 * np.pi * t / 97) + 0.1 * rng.standard_normal(n)
+    ts = np.arange(n, dtype=np.int64) * step_ms
+    return ts, 100 + 20 * np.sin(2 * np.pi * ts / DAY_MS) + rng.normal(0, noise, n)
 
 
-def _run(det: Detector, values: np.ndarray, start: int = 0) -> list:
-    return [det.update((start + i) * 60_000, float(v)) for i, v in enumerate(values)]
+def _alarms(det: Detector, ts: np.ndarray, values: np.ndarray) -> dict[int, dict]:
+    out = det.update_batch(ts, values)
+    return {int(i): json.loads(out.explanation[i]) for i in np.flatnonzero(out.is_anomaly)}
 
 
 def test_registered_as_default() -> None:
     assert isinstance(build_detector("default"), DefaultDetector)
 
 
-# Round trip at several cuts, batch == update and the declared state bound: detectors.checks
-# (tests/detectors/test_checks.py runs it on every built-in detector).
-
-
-def test_state_is_bounded() -> None:
-    # a periodic series: CAD's memory saturates, the rest of the state is constant
-    det = DefaultDetector()
-    _run(det, _series(2_000))
-    size_2k = len(det.to_state())
-    _run(det, _series(8_000, seed=1), start=2_000)
-    size_10k = len(det.to_state())
-    assert size_10k < 2 * size_2k < 200_000
-
-
-def test_state_is_bounded_on_noise() -> None:
-    # white noise is CAD's worst case (every context is new); the context cap bounds it
-    det = DefaultDetector()
-    rng = np.random.default_rng(7)
-    _run(det, rng.standard_normal(5_000))
-    assert det._cad is not None and det._cad.context_count <= MAX_CONTEXTS
-    assert len(det.to_state()) <= 64 * 1024 <= det.max_state_bytes()
-
-
 def test_warm_up_is_explicit() -> None:
-    results = _run(DefaultDetector(), _series(WARMUP + 1))
+    ts, values = _daily(WARMUP + 1)
+    results = [DefaultDetector().update(0, 1.0)]
+    det = DefaultDetector()
+    results = [det.update(int(t), float(v)) for t, v in zip(ts, values, strict=True)]
     assert all(r.value_lower_limit is None and not r.is_anomaly for r in results[:WARMUP])
     assert results[WARMUP].value_lower_limit is not None
 
 
-def test_no_leak_point_not_in_its_own_baseline() -> None:
-    # A constant stream: a new value is maximally novel the first time it appears,
-    # whatever its size, because the point is not part of the range it is judged by.
+def test_a_clean_daily_cycle_is_quiet_for_days_then_a_spike_and_a_dip_alarm() -> None:
+    ts, values = _daily(5 * 1440)
+    assert _alarms(DefaultDetector(), ts, values) == {}
+    values = values.copy()
+    values[4000] += 15  # inside the range of the day, 15 noise sigmas off this minute's forecast
+    values[4680] -= 15  # at the daily peak: still inside the range
+    alarms = _alarms(DefaultDetector(), ts, values)
+    assert set(alarms) == {4000, 4680}
+    assert alarms[4000]["kind"] == "spike" and alarms[4680]["kind"] == "dip"
+    assert alarms[4000]["by"] in ("level", "seasonal")
+
+
+def test_the_seasonal_forecast_explains_a_fast_daily_ramp_the_level_lags() -> None:
+    # a sharp morning ramp (+60 in 30 minutes) every day: the level lags it, yesterday's profile knows it
+    rng = np.random.default_rng(3)
+    ts = np.arange(6 * 1440, dtype=np.int64) * MINUTE
+    minute_of_day = (ts % DAY_MS) // MINUTE
+    values = 100 + 60 * np.clip((minute_of_day - 480) / 30, 0, 1) * (minute_of_day < 1200) + rng.normal(0, 1, len(ts))
+    alarms = _alarms(DefaultDetector(), ts, values)
+    assert not [i for i in alarms if ts[i] >= 2 * DAY_MS], alarms  # from day 3 on, every ramp is expected
+
+
+def test_a_new_extreme_is_ranked_above_an_ordinary_deviation() -> None:
+    ts, values = _daily(3 * 1440)
     det = DefaultDetector()
-    _run(det, np.full(500, 3.0))
-    first = det.update(500 * 60_000, 3.5)
-    assert first.is_anomaly and first.value_upper_limit is not None and first.value_upper_limit < 3.5
-    # the future cannot change the past: scores of a prefix do not depend on what follows
-    values = _series(700)
-    a = _run(DefaultDetector(), values)
-    b = _run(DefaultDetector(), np.concatenate([values[:600], values[600:] + 100.0]))
-    assert a[:600] == b[:600]
+    det.update_batch(ts, values)
+    t = int(ts[-1]) + MINUTE
+    inside = DefaultDetector.from_state(det.to_state()).update(t, 100 + 20 * math.sin(2 * math.pi * t / DAY_MS) + 10)
+    beyond = DefaultDetector.from_state(det.to_state()).update(t, 200.0)
+    assert beyond.is_anomaly and json.loads(beyond.explanation)["kind"] == "new_range"
+    assert beyond.anomaly_probability > inside.anomaly_probability
 
 
-def test_clean_cycle_quiet_and_level_shift_flagged() -> None:
-    values = _series(1_500)
-    results = _run(DefaultDetector(), values)
-    # Gaussian noise sets a new record now and then (chance ~1/n): rare, not zero.
-    assert sum(r.is_anomaly for r in results[600:]) <= 5
+def test_a_quiet_day_is_a_sustained_anomaly_though_no_value_is_extreme() -> None:
+    # 5-minute points, a daily rise; on day 6 the rise is 60 % lower for 8 hours: inside every day's range
+    ts, values = _daily(8 * 288, step_ms=300_000, seed=4, noise=0.5)
+    day6 = (ts >= 5 * DAY_MS + 4 * 3_600_000) & (ts < 5 * DAY_MS + 12 * 3_600_000)
+    values = values.copy()
+    values[day6] = 100 + 0.4 * (values[day6] - 100)
+    alarms = _alarms(DefaultDetector(), ts, values)
+    sustained = [i for i, why in alarms.items() if why["kind"] == "sustained"]
+    assert sustained and day6[sustained[0]], alarms
+    assert all(day6[i] or ts[i] > ts[day6][-1] for i in alarms), alarms  # nothing before the quiet stretch
+
+
+def test_an_alarm_rests_the_same_side_but_not_the_other() -> None:
+    ts, values = _daily(3 * 1440)
+    values = values.copy()
+    values[3000:3010] += 15  # ten high points in a row: one alarm
+    values[3015] -= 15  # a dip within the rest: its own alarm
+    alarms = _alarms(DefaultDetector(), ts, values)
+    assert sorted(alarms) == [3000, 3015]
+    assert ALARM_REST > 15
+
+
+def test_a_level_shift_is_followed() -> None:
+    ts, values = _daily(4 * 1440)
+    values = values.copy()
+    values[3000:] += 30
+    alarms = _alarms(DefaultDetector(), ts, values)
+    assert 3000 in alarms
+    assert not [i for i in alarms if i > 3300], alarms  # the new level is learnt within a few hundred points
+
+
+def test_a_gap_restarts_nothing_and_the_seasonal_part_works_on_gappy_minutes() -> None:
+    ts, values = _daily(6 * 1440)
+    keep = np.ones(len(ts), dtype=bool)
+    keep[2000:2600] = False  # a ten-hour gap
+    keep[np.random.default_rng(5).random(len(ts)) < 0.2] = False  # and a fifth of the minutes missing
     det = DefaultDetector()
-    _run(det, values)
-    r = det.update(1_500 * 60_000, 30.0)
-    assert r.is_anomaly and r.anomaly_probability < 1.0
+    det.update_batch(ts[keep][:3000], values[keep][:3000])
+    state = det._get_state()
+    assert state["bin_ms"] == 5 * MINUTE  # per-minute points, five-minute bins
+    assert np.isfinite(state["profile"]).sum() == 288 and np.isfinite(state["week"]).sum() > 288
+    assert _alarms(DefaultDetector(), ts[keep], values[keep]) == {}
 
 
-def test_graded_probabilities_not_saturated() -> None:
+@pytest.mark.parametrize(("step_ms", "bin_ms"), [(1_000, 300_000), (300_000, 300_000), (3_600_000, 3_600_000),
+                                                   (7 * 3_600_000, 0)])
+def test_profile_bins_follow_the_cadence(step_ms: int, bin_ms: int) -> None:
     det = DefaultDetector()
-    _run(det, _series(600))
-    probs = [det.update((600 + i) * 60_000, 20.0 + 10.0 * i).anomaly_probability for i in range(3)]
-    assert probs[0] >= det.config["threshold"] and all(p < 1.0 for p in probs)
+    ts, values = _daily(WARMUP + 5, step_ms=step_ms)
+    det.update_batch(ts, values)
+    assert det._get_state()["bin_ms"] == bin_ms
+
+
+def test_state_is_fixed_and_bounded() -> None:
+    det = DefaultDetector()
+    sizes = set()
+    for k in range(3):
+        ts, values = _daily(3000, seed=k)
+        det.update_batch(ts + k * 3000 * MINUTE, values)
+        sizes.add(len(det.to_state()))
+    assert len(sizes) == 1 and sizes.pop() <= det.max_state_bytes() <= 64 * 1024
+
+
+def test_an_earlier_default_state_is_refused_with_a_message() -> None:
+    old = pack_state("default", 5, DefaultDetector().config, {"count": 3})
+    with pytest.raises(StateError, match="earlier default detector"):
+        DefaultDetector.from_state(old)
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
-def test_non_finite_values_raise(bad: float) -> None:
+def test_non_finite_values_raise_and_change_nothing(bad: float) -> None:
     det = DefaultDetector()
-    _run(det, _series(30))
+    ts, values = _daily(40)
+    det.update_batch(ts, values)
+    before = det.to_state()
     with pytest.raises(NonFiniteValueError):
         det.update(0, bad)
+    with pytest.raises(NonFiniteValueError):
+        det.update_batch(np.arange(3), np.array([1.0, bad, 2.0]))
+    assert det.to_state() == before
 
 
-finite = st.floats(allow_nan=False, allow_infinity=False)
+EXTREMES = [1.7976931348623157e308, -1.7976931348623157e308, 1e308, -1e308, 1e154, 5e-324, 0.0, -0.0]
+finite = st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.sampled_from(EXTREMES))
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.lists(finite, min_size=1, max_size=60), st.integers(0, 60))
-def test_any_finite_sequence_gives_valid_results(values: list[float], cut: int) -> None:
-    det = DefaultDetector()
+@settings(max_examples=40, deadline=None)
+@given(st.lists(finite, min_size=WARMUP + 5, max_size=WARMUP + 80), st.integers(0, WARMUP + 80),
+       st.sampled_from([1, MINUTE, 300_000, 3_600_000]))
+def test_any_finite_sequence_gives_valid_results(values: list[float], cut: int, step: int) -> None:
+    det, twin = DefaultDetector(), DefaultDetector()
     out = []
     for i, v in enumerate(values):
         if i == cut:
             det = DefaultDetector.from_state(det.to_state())
-        out.append(det.update(i, v))
-    for r in out:
-        assert 0.0 <= r.anomaly_probability <= 1.0
+        out.append(det.update(i * step, v))
+    batch = twin.update_batch(np.arange(len(values), dtype=np.int64) * step, np.array(values))
+    assert twin.to_state() == det.to_state()
+    for k, r in enumerate(out):
+        assert 0.0 <= r.anomaly_probability < 1.0
         assert r.is_anomaly == (r.anomaly_probability >= det.config["threshold"])
-        assert (r.value_lower_limit is None) == (r.value_upper_limit is None)
+        assert (r.value_lower_limit is None) == (k < WARMUP)
         if r.value_lower_limit is not None:
             assert math.isfinite(r.value_lower_limit) and math.isfinite(r.value_upper_limit)
             assert r.value_lower_limit <= r.value_upper_limit
+        assert batch.anomaly_probability[k] == r.anomaly_probability and batch.is_anomaly[k] == r.is_anomaly
 
 
-@settings(max_examples=15, deadline=None)
-@given(st.lists(finite, min_size=WARMUP + 160, max_size=WARMUP + 250), st.integers(WARMUP - 5, WARMUP + 200))
-def test_scored_stage_valid_for_any_finite_values(values: list[float], cut: int) -> None:
-    # past the warm-up (CAD, its rebuilds on new extremes, the rests) and across a state round trip
-    det = DefaultDetector()
-    out = []
-    for i, v in enumerate(values):
-        if i == cut:
-            det = DefaultDetector.from_state(det.to_state())
-        out.append(det.update(i, v))
-    for r in out[WARMUP:]:
-        assert 0.0 <= r.anomaly_probability <= 1.0
-        assert r.is_anomaly == (r.anomaly_probability >= det.config["threshold"])
-        assert math.isfinite(r.value_lower_limit) and math.isfinite(r.value_upper_limit)
-
-
-def test_an_alarm_opens_a_quiet_rest() -> None:
-    """After an alarm the next ALARM_REST points report 0, even a larger event (a page is not
-    repeated: NAB charges every extra alarm, and so does an operator); then alarms resume."""
-    det = DefaultDetector()
-    _run(det, _series(800))
-    first = det.update(800 * 60_000, 30.0)
-    smaller = det.update(801 * 60_000, 25.0)  # still outside the range before the alarm: a repeat
-    det.update(802 * 60_000, 10.0)
-    larger = det.update(803 * 60_000, 1e6)  # a bigger event inside the rest: silent too
-    assert first.is_anomaly
-    assert (smaller.is_anomaly, smaller.anomaly_probability, larger.is_anomaly, larger.anomaly_probability) == (
-        False, 0.0, False, 0.0)
-    quiet = _run(det, np.full(ALARM_REST - 3, 10.0), start=804)
-    assert all(r.anomaly_probability == 0.0 for r in quiet)
-    after = det.update((804 + ALARM_REST) * 60_000, 1e9)  # the rest is over: a new extreme alarms again
-    assert after.is_anomaly and after.anomaly_probability < 1.0
-
-
-def test_a_level_shift_alarms_within_the_rest() -> None:
-    """The LEVEL_RUN-th point in a row beyond the band is news after the first ("it stayed")."""
-    det = DefaultDetector()
-    _run(det, _series(800))
-    results = _run(det, np.full(LEVEL_RUN + 2, 30.0), start=800)
-    flagged = [i for i, r in enumerate(results) if r.is_anomaly]
-    assert flagged == [0, LEVEL_RUN - 1]
-    assert json.loads(results[LEVEL_RUN - 1].explanation)["kind"] == "level_shift"
-
-
-def test_warm_up_length_and_old_state_rejected() -> None:
-    results = _run(DefaultDetector(), _series(WARMUP + 1))
-    assert results[WARMUP - 1] == results[0] and results[WARMUP].value_upper_limit is not None
-    with pytest.raises(ValueError):
-        DefaultDetector.from_state(b"ADS1garbage")
-
-
-def _hourly(days: int = 30, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    """Hourly points with a daily rise and noise; a 5-hour gap on day 12; day 24 quieter for 12 hours."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(days * 24)
-    v = 85 + 30 * np.sin(np.pi * (t % 24) / 24) ** 2 + rng.normal(0, 2, len(t))
-    v[23 * 24 + 6 : 23 * 24 + 18] -= 15.0
-    ts = t.astype(np.int64) * 3_600_000
-    ts[12 * 24 :] += 5 * 3_600_000  # a gap: the seasonal week restarts
-    return ts, v
-
-
-def test_seasonal_part_learns_the_interval_restarts_after_a_gap_and_round_trips() -> None:
-    ts, v = _hourly()
-    ref = DefaultDetector()
-    want = [ref.update(int(a), float(b)) for a, b in zip(ts, v, strict=True)]
-    assert ref._interval == 3_600_000 and ref._per_day == 24
-    # residual means need a week (168 points) of regular points and 24 residuals: points 191..287
-    # before the gap (the interval is fixed at point 29 from the intervals so far), and from
-    # 191 points after the gap (point 288) to the end, 719
-    assert ref._season_seen == (287 - 191 + 1) + (719 - (288 + 191) + 1)
-    assert any(r.is_anomaly for r in want[23 * 24 + 6 : 23 * 24 + 18])  # the quiet day
-    for cut in (0, 1, 29, 30, 31, 200, 12 * 24, 12 * 24 + 1, 20 * 24, 23 * 24 + 10):
+def test_update_many_equals_update_batch_per_series() -> None:
+    series = [_daily(n, step_ms=step, seed=n) for n, step in ((3000, MINUTE), (500, 300_000), (10, MINUTE))]
+    states: list[bytes | None] = []
+    expected = []
+    for k, (ts, values) in enumerate(series):  # the first series restored mid-way, the others fresh
         det = DefaultDetector()
-        for a, b in zip(ts[:cut], v[:cut], strict=True):
-            det.update(int(a), float(b))
-        blob = det.to_state()
-        det = DefaultDetector.from_state(blob)
-        assert det.to_state() == blob
-        got = [det.update(int(a), float(b)) for a, b in zip(ts[cut:], v[cut:], strict=True)]
-        assert got == want[cut:], f"restored at point {cut}"
-        assert det.to_state() == ref.to_state()
-
-
-def test_no_seasonal_part_for_fine_or_irregular_streams() -> None:
-    per_minute = DefaultDetector()
-    _run(per_minute, _series(200))  # one point a minute: a week would be 10,080 values
-    assert per_minute._interval == 60_000 and per_minute._per_day == 0
-    odd = DefaultDetector()
-    for i in range(200):
-        odd.update(i * 7_000_000, 1.0 + (i % 5))  # 7,000 s: not a whole number a day
-    assert odd._per_day == 0 and len(odd.to_state()) < len(per_minute.to_state()) + 1024
-
-
-def test_a_version_4_state_is_continued() -> None:
-    """A state from before the seasonal part: the rest continues, that part starts learning."""
-    from detectors.state import pack_state, unpack_state
-
-    ts, v = _hourly()
-    det = DefaultDetector()
-    for a, b in zip(ts[:400], v[:400], strict=True):
-        det.update(int(a), float(b))
-    _, fields = unpack_state(det.to_state(), "default")
-    v4 = {k: fields[k] for k in ("recent", "count", "lo", "hi", "record", "cad", "rebuilds", "cad_hist",
-                                  "since_alarm", "run", "lik")}
-    v4["peak"] = 0.0
-    old = DefaultDetector.from_state(pack_state("default", 4, det.config, v4))
-    assert old._count == 400 and old._interval == 0
-    for a, b in zip(ts[400:440], v[400:440], strict=True):
-        old.update(int(a), float(b))
-    assert old._interval == 3_600_000 and old._per_day == 24
-
-
-_MEAN_CROSSING = 9 * 97  # the cycle of _series crosses its mean here
-
-
-def _primed(series: np.ndarray, **forced: Any) -> DefaultDetector:
-    """A detector fed ``series`` up to its last point, then with the given methods forced."""
-    det = DefaultDetector()
-    _run(det, series[:-1])
-    for name, method in forced.items():
-        setattr(det, name, method)
-    return det
-
-
-def test_a_likelihood_alarm_needs_the_value_away_from_its_usual_level() -> None:
-    """An unlikely run of scores while the value sits at its recent mean is CAD churning on
-    noise (LIK_SIGMA): no alarm. The same run with the value a few std away alarms."""
-    import detectors.default as dd
-
-    n, series = _MEAN_CROSSING, _series(_MEAN_CROSSING + 1)
-
-    def primed() -> DefaultDetector:
-        return _primed(series, _likelihood=lambda combined: 0.99)  # an unlikely run, forced
-
-    det = primed()
-    assert dd.LIK_SIGMA > 0 and det._sigma(float(series[n])) < dd.LIK_SIGMA
-    usual = det.update(n * 60_000, float(series[n]))
-    assert not usual.is_anomaly and usual.anomaly_probability < 0.9
-    det = primed()
-    away = float(det._recent().mean() * 2.0 + 2.5 * det._recent().std() * 2.0)
-    result = det.update(n * 60_000, away)
-    assert result.is_anomaly and result.anomaly_probability >= 0.99
-
-
-def test_a_cad_alarm_alone_needs_the_value_away_from_its_usual_level() -> None:
-    """CAD's raw score forced high: with the value at its recent mean (CAD_SIGMA) the point is
-    not an alarm; the same score with the value over CAD_SIGMA std away but inside the range
-    seen so far is an alarm, explained as raised by CAD."""
-    import detectors.default as dd
-
-    n, series = _MEAN_CROSSING, _series(_MEAN_CROSSING + 1)
-
-    def primed() -> DefaultDetector:
-        return _primed(series, _cad_score=lambda quarter: 0.99)  # CAD finds the context new
-
-    det = primed()
-    assert dd.CAD_SIGMA > 0 and det._sigma(float(series[n])) < dd.CAD_SIGMA
-    usual = det.update(n * 60_000, float(series[n]))
-    assert not usual.is_anomaly and usual.anomaly_probability < det.config["threshold"]
-    # a likelihood alarm under CAD's score is held to the likelihood's own gate, not let through
-    det = primed()
-    det._likelihood = lambda combined: 0.95  # type: ignore[method-assign]
-    assert not det.update(n * 60_000, float(series[n])).is_anomaly
-    det = primed()
-    recent = det._recent() * 2.0
-    inside = float(recent.mean() + 1.2 * recent.std())  # a sine's values reach 1.41 std
-    assert det._sigma(inside) > dd.CAD_SIGMA and inside < float(recent.max())
-    result = det.update(n * 60_000, inside)
-    assert result.is_anomaly and json.loads(result.explanation)["by"] == "cad"
+        if k == 0:
+            det.update_batch(ts[:1000], values[:1000])
+            states.append(det.to_state())
+            expected.append(det.update_batch(ts[1000:], values[1000:]).anomaly_probability)
+            series[0] = (ts[1000:], values[1000:])
+        else:
+            states.append(None)
+            expected.append(det.update_batch(ts, values).anomaly_probability)
+    offsets = np.cumsum([0] + [len(v) for _, v in series])
+    new_states, batch = DefaultDetector.update_many(
+        states, np.concatenate([t for t, _ in series]), np.concatenate([v for _, v in series]), offsets
+    )
+    assert np.array_equal(batch.anomaly_probability, np.concatenate(expected))
+    assert len(new_states) == 3 and all(isinstance(s, bytes) for s in new_states)
