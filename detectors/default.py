@@ -90,20 +90,23 @@ from detectors.state import FixedStateLayout, StateError
 WARMUP = 30  # points learnt before the first scored one (they also fix the stream's interval)
 LEVEL_SPAN = 30  # span (points) of the level forecast
 SCALE_SPAN = 2000  # span (points) of both residual scales
+SCALE_PRIOR = 300  # a scale starts as the RMS of its first WARMUP residuals, weighted as this many
 OFFSET_SPAN = 30  # span (points) of the offset from the seasonal profile
 PROFILE_WEIGHT = 0.5  # weight of today's bin mean in the profile (a moving average over days)
-CLIP = 4.0  # residuals enter the level and the offset clipped at this many scales
+CLIP = 4.0  # residuals enter the level and the offset clipped at this many scales ...
+LEVEL_RUN = 5  # ... but after this many points in a row beyond the band on one side, the forecasts jump to the value
 NOVELTY_SIGMA = 10.0  # a value beyond the all-time range counts at least this many sigma ...
 NOVELTY_GAIN = 100.0  # ... plus this many per range width it lies beyond the range ...
-NOVELTY_MIN_SIGMA = 3.0  # ... when the forecasts miss it by this many sigma at least (a young stream's new highs are not news)
-NOVELTY_AFTER_MS = 86_400_000  # ... once the stream spans a day (a young stream's range says little)
+NOVELTY_MIN_SIGMA = 4.0  # ... when the forecasts miss it by this many sigma at least (a young stream's new highs ...
+NOVELTY_AFTER_MS = 86_400_000  # ... are no news) and once the stream spans a day (a young range says little)
 SEASONAL_FORECAST = True  # whether the seasonal forecast competes with the level (off: an ablation)
+FORECAST_CHOICE = "better"  # "better": the forecast with the smaller residual scale; "closer": the smaller z
 SUSTAINED_SPAN = 24  # span (points) of the mean seasonal residual
 USUAL_SPAN = 2000  # span (points) of its usual level
 SUSTAINED_RATIO = 6.0  # the mean seasonal residual at this many times its usual level is a sustained anomaly
 SUSTAINED_DAYS = 2  # days of the stream before the sustained part scores
 ALARM_REST = 30  # points after an alarm that report 0
-THRESHOLD_SIGMA = 8.0  # the default threshold, in sigma
+THRESHOLD_SIGMA = 7.0  # the default threshold, in sigma
 BINS_MS = tuple(m * 60_000 for m in (5, 10, 15, 20, 30, 60, 120, 180, 240, 360))
 DAY_MS = 86_400_000
 DAY_BINS = DAY_MS // BINS_MS[0]  # 288: the most bins a day has
@@ -113,7 +116,9 @@ TINY = 1e-300  # smallest residual scale (a constant stream)
 DEFAULT_THRESHOLD = two_sided_probability(THRESHOLD_SIGMA)
 
 _SCALARS_F = ("level", "level_std", "offset", "season_std", "lo", "hi", "bin_mean", "sustained", "usual")
-_SCALARS_I = ("count", "season_n", "first_ts", "last_ts", "min_gap", "bin_ms", "bin", "bin_n", "sustained_n", "rest", "run")
+_SCALARS_I = (
+    "count", "season_n", "first_ts", "last_ts", "min_gap", "bin_ms", "bin", "bin_n", "sustained_n", "rest", "run",
+)
 _ARRAYS = ("profile", "yesterday", "week")
 
 
@@ -237,10 +242,11 @@ class DefaultDetector(Detector):
         if bin_ms > 0:
             k = t // bin_ms
             usual = self._profile[k % (DAY_MS // bin_ms)]
-            if usual == usual and SEASONAL_FORECAST:  # not NaN: the profile knows this bin
+            # the profile knows this bin (not NaN) and the seasonal scale rests on WARMUP residuals
+            if usual == usual and self._season_n >= WARMUP and SEASONAL_FORECAST:
                 season_scale = max(self._season_std, TINY)
                 z2 = abs(h - (usual + self._offset)) / season_scale
-                if z2 < z:
+                if (season_scale < scale) if FORECAST_CHOICE == "better" else (z2 < z):
                     z, center, scale, by = z2, usual + self._offset, season_scale, "seasonal"
             ratio = self._sustained_ratio(t, h, k)
         z = min(z, FLOAT_MAX)
@@ -248,7 +254,8 @@ class DefaultDetector(Detector):
         width = self._hi - self._lo
         excess = (h - self._hi) if h > self._hi else (self._lo - h) if h < self._lo else 0.0
         if excess > 0.0 and width > 0.0 and z >= NOVELTY_MIN_SIGMA and t - self._first_ts >= NOVELTY_AFTER_MS:
-            sigma, kind, by = min(z + NOVELTY_SIGMA + NOVELTY_GAIN * min(excess / width, 1e300), FLOAT_MAX), "new_range", "range"
+            sigma = min(z + NOVELTY_SIGMA + NOVELTY_GAIN * min(excess / width, 1e300), FLOAT_MAX)
+            kind, by = "new_range", "range"
         elif ratio >= SUSTAINED_RATIO and NOVELTY_SIGMA + (ratio - SUSTAINED_RATIO) > z:
             sigma, kind, by = NOVELTY_SIGMA + (ratio - SUSTAINED_RATIO), "sustained", "seasonal"
         half_width = self._sigma * scale
@@ -283,14 +290,15 @@ class DefaultDetector(Detector):
             return 0.0
         residual = min(abs(h - a) if a == a else math.inf, abs(h - b) if b == b else math.inf)
         residual = min(residual, FLOAT_MAX)
-        w = 2.0 / (SUSTAINED_SPAN + 1.0)
+        n = min(self._sustained_n + 1, 1 << 40)  # plain means until the spans are reached
+        w = max(2.0 / (SUSTAINED_SPAN + 1.0), 1.0 / n)
         self._sustained = (1.0 - w) * self._sustained + w * residual
         ratio = 0.0
-        if self._sustained_n > 0 and t - self._first_ts >= SUSTAINED_DAYS * DAY_MS and self._usual > 0.0:
+        if n > 1 and t - self._first_ts >= SUSTAINED_DAYS * DAY_MS and self._usual > 0.0:
             ratio = min(self._sustained / self._usual, 1e300)
-        u = 2.0 / (USUAL_SPAN + 1.0)
-        self._usual = (1.0 - u) * self._usual + u * self._sustained if self._sustained_n > 0 else self._sustained
-        self._sustained_n = min(self._sustained_n + 1, 1 << 40)
+        u = max(2.0 / (USUAL_SPAN + 1.0), 1.0 / n)
+        self._usual = (1.0 - u) * self._usual + u * self._sustained
+        self._sustained_n = n
         return ratio
 
     # -- learning ----------------------------------------------------------------------------
@@ -298,30 +306,31 @@ class DefaultDetector(Detector):
         b = 2.0 / (SCALE_SPAN + 1.0)
         residual = h - self._level
         scale = max(self._level_std, TINY)
-        if self._count >= WARMUP:
-            residual_c = max(-CLIP * scale, min(CLIP * scale, residual))
-        else:
-            residual_c = residual
-        self._level_std = _ew_rms(self._level_std, residual_c, max(b, 1.0 / self._count))
+        residual_c = max(-CLIP * scale, min(CLIP * scale, residual)) if self._count >= WARMUP else residual
+        self._level_std = _ew_rms(self._level_std, residual, _weight(b, self._count))
         self._level += (2.0 / (LEVEL_SPAN + 1.0)) * residual_c
+        shifted = abs(self._run) >= LEVEL_RUN
+        if shifted:
+            self._level = h
         if self._bin_ms > 0 and self._count >= WARMUP:
-            self._learn_season(t, h, b)
+            self._learn_season(t, h, b, shifted)
         self._lo, self._hi = min(self._lo, h), max(self._hi, h)
         self._count = min(self._count + 1, 1 << 40)
 
-    def _learn_season(self, t: int, h: float, b: float) -> None:
+    def _learn_season(self, t: int, h: float, b: float, shifted: bool) -> None:
         bin_ms = self._bin_ms
         per_day = DAY_MS // bin_ms
         k = t // bin_ms
         usual = self._profile[k % per_day]
         if usual == usual:
             residual = h - (usual + self._offset)
-            if self._season_n > 0:
-                limit = CLIP * max(self._season_std, TINY)
-                residual = max(-limit, min(limit, residual))
+            limit = CLIP * max(self._season_std, TINY) if self._season_n > 0 else math.inf
+            clipped = max(-limit, min(limit, residual))
             self._season_n = min(self._season_n + 1, 1 << 40)
-            self._season_std = _ew_rms(self._season_std, residual, max(b, 1.0 / self._season_n))
-            self._offset += (2.0 / (OFFSET_SPAN + 1.0)) * residual
+            self._season_std = _ew_rms(self._season_std, residual, _weight(b, self._season_n))
+            self._offset += (2.0 / (OFFSET_SPAN + 1.0)) * clipped
+            if shifted:
+                self._offset = h - usual
         if k != self._bin:
             if self._bin >= 0 and self._bin_n > 0:
                 self._close_bin(self._bin, per_day)
@@ -367,6 +376,13 @@ class DefaultDetector(Detector):
             raise StateError(f"{self.name}: stored state is inconsistent (fields {bad or 'scalars'})")
         for key, arr in arrays.items():
             setattr(self, "_" + key, arr.tolist())
+
+
+def _weight(b: float, n: int) -> float:
+    """The weight of the ``n``-th residual in a scale: the plain mean of the first ``WARMUP``, which then
+    weighs as ``SCALE_PRIOR`` residuals (one outlier in a young stream must not swamp the scale), and ``b``
+    once the span is reached."""
+    return 1.0 / n if n <= WARMUP else max(b, 1.0 / (n + SCALE_PRIOR))
 
 
 def _ew_rms(rms: float, residual: float, w: float) -> float:

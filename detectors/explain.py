@@ -9,19 +9,20 @@ it travels unchanged through Kafka JSON and a text column)::
   ``spike`` / ``dip`` - the value lies above / below the expected band;
   ``level_shift`` - it is the second or later point in a row beyond the band on the
   same side; ``new_range`` - beyond the band and beyond every value band the
-  detector's model has learnt (``default``: CAD had to widen its range);
+  detector's model has learnt (``default``: beyond every value of the stream so far);
   ``pattern`` - inside the band, but the sequence or shape is new (CAD, or the
-  shape of the last 8 values); ``sustained`` - inside the band, but a run of points
-  is unlike usual: their anomaly scores are unlikely (a likelihood), or their values
-  are unlike the same time yesterday and a week ago (``default``'s seasonal part).
+  values); ``sustained`` - inside the band, but a run of points is unlike usual: their
+  anomaly scores are unlikely (a likelihood), or their values are unlike the same
+  time yesterday and a week ago (``default``).
 * ``sigma``: distance of the value from the centre of what was expected, in
   standard deviations of the detector's reference (EMA: its EW std; robust:
-  MAD / 0.6745; ``default``: the std of its recent window), one decimal; ``null``
+  MAD / 0.6745; ``default``: its forecast's residual scale), one decimal; ``null``
   where the detector has no such scale (``cad``).
 * ``expected``: the detector's band ``[lower, upper]`` for this point (6 significant
   digits), ``null`` when it has none.
 * ``by``: what raised the alarm: the detector's name, or for ``default`` its part
-  (``range``, ``shape``, ``cad``, ``likelihood``, ``seasonal``).
+  (``level`` or ``seasonal``: the forecast that came closest; ``range``: a new
+  extreme; ``seasonal`` for a sustained change too).
 
 Keys always appear, in this order; normal points have no explanation (``None``).
 
