@@ -29,7 +29,9 @@ What it asks of every point, in the stream's own units of surprise (*sigma*):
   (a holiday yesterday or last week does not make today odd) is averaged over
   the last ``SUSTAINED_SPAN`` points; when that average is ``SUSTAINED_RATIO``
   times its usual level (a moving average, span ``USUAL_SPAN``) or more, the
-  point counts ``NOVELTY_SIGMA + (ratio - SUSTAINED_RATIO)`` sigma. It scores
+  point counts ``NOVELTY_SIGMA + (ratio - SUSTAINED_RATIO)`` sigma, if the ratio
+  is above its recent peak (which decays by ``PEAK_DECAY`` a point): one change,
+  one alarm, not one per rest while today differs from yesterday. It scores
   after ``SUSTAINED_DAYS`` days of the stream. This finds a day whose shape
   changed while no single value is extreme (a missing daily peak, a quiet
   holiday).
@@ -105,6 +107,7 @@ SUSTAINED_SPAN = 24  # span (points) of the mean seasonal residual
 USUAL_SPAN = 2000  # span (points) of its usual level
 SUSTAINED_RATIO = 6.0  # the mean seasonal residual at this many times its usual level is a sustained anomaly
 SUSTAINED_DAYS = 2  # days of the stream before the sustained part scores
+PEAK_DECAY = 0.9995  # the sustained part scores only above its recent peak, which decays by this per point
 ALARM_REST = 30  # points after an alarm that report 0
 THRESHOLD_SIGMA = 7.0  # the default threshold, in sigma
 BINS_MS = tuple(m * 60_000 for m in (5, 10, 15, 20, 30, 60, 120, 180, 240, 360))
@@ -115,7 +118,7 @@ TINY = 1e-300  # smallest residual scale (a constant stream)
 
 DEFAULT_THRESHOLD = two_sided_probability(THRESHOLD_SIGMA)
 
-_SCALARS_F = ("level", "level_std", "offset", "season_std", "lo", "hi", "bin_mean", "sustained", "usual")
+_SCALARS_F = ("level", "level_std", "offset", "season_std", "lo", "hi", "bin_mean", "sustained", "usual", "peak")
 _SCALARS_I = (
     "count", "season_n", "first_ts", "last_ts", "min_gap", "bin_ms", "bin", "bin_n", "sustained_n", "rest", "run",
 )
@@ -296,10 +299,13 @@ class DefaultDetector(Detector):
         ratio = 0.0
         if n > 1 and t - self._first_ts >= SUSTAINED_DAYS * DAY_MS and self._usual > 0.0:
             ratio = min(self._sustained / self._usual, 1e300)
+        # only a new high of the ratio (its recent highs decay) is news: one change, one alarm
+        news = ratio if ratio > self._peak else 0.0
+        self._peak = max(ratio, self._peak * PEAK_DECAY)
         u = max(2.0 / (USUAL_SPAN + 1.0), 1.0 / n)
         self._usual = (1.0 - u) * self._usual + u * self._sustained
         self._sustained_n = n
-        return ratio
+        return news
 
     # -- learning ----------------------------------------------------------------------------
     def _learn(self, t: int, h: float) -> None:
