@@ -8,10 +8,12 @@ What it asks of every point, in the stream's own units of surprise (*sigma*):
 
   - the *level*: an exponentially weighted mean of the recent values (span
     ``LEVEL_SPAN``);
-  - the *seasonal* forecast: the usual value at this time of day (a profile of
-    time-of-day bins, each the moving average over days of the bin's mean)
-    plus the stream's current offset from that profile (an exponentially
-    weighted mean of the recent seasonal residuals, span ``OFFSET_SPAN``).
+  - the *seasonal* forecast: the usual shape at this time of day (a profile of
+    time-of-day bins, each the moving average over days of the bin's mean net
+    of the offset at the time) plus the stream's current offset from that
+    profile (an exponentially weighted mean of the recent seasonal residuals,
+    span ``OFFSET_SPAN``). A level shift moves the offset, not the shape, so
+    the day after it is forecast right.
 
   The point's surprise is the *smaller* of the two z-scores: a value one of the
   forecasts explains is not anomalous. So a daily ramp (the level lags, the
@@ -101,6 +103,7 @@ NOVELTY_SIGMA = 10.0  # a value beyond the all-time range counts at least this m
 NOVELTY_GAIN = 100.0  # ... plus this many per range width it lies beyond the range ...
 NOVELTY_MIN_SIGMA = 4.0  # ... when the forecasts miss it by this many sigma at least (a young stream's new highs ...
 NOVELTY_AFTER_MS = 86_400_000  # ... are no news) and once the stream spans a day (a young range says little)
+PROFILE_NET = True  # the profile keeps the shape net of the offset (False: raw bin means; an ablation)
 SEASONAL_FORECAST = True  # whether the seasonal forecast competes with the level (off: an ablation)
 FORECAST_CHOICE = "better"  # "better": the forecast with the smaller residual scale; "closer": the smaller z
 SUSTAINED_SPAN = 24  # span (points) of the mean seasonal residual
@@ -348,7 +351,8 @@ class DefaultDetector(Detector):
         mean = self._bin_mean
         slot = k % per_day
         old = self._profile[slot]
-        self._profile[slot] = mean if old != old else (1.0 - PROFILE_WEIGHT) * old + PROFILE_WEIGHT * mean
+        shape = mean - self._offset if PROFILE_NET else mean
+        self._profile[slot] = shape if old != old else (1.0 - PROFILE_WEIGHT) * old + PROFILE_WEIGHT * shape
         self._yesterday[slot] = mean
         self._week[k % (7 * per_day)] = mean
 
