@@ -64,6 +64,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "sustained ratio 8": {"SUSTAINED_RATIO": 8.0},
     "scale prior 100": {"SCALE_PRIOR": 100},
     "profile of raw bin means": {"PROFILE_NET": False},
+    "no level-shift alarm within a rest": {"LEVEL_ALARM": False},
 }
 ABLATION: dict[str, dict[str, Any]] = {
     "without the seasonal forecast": {"SEASONAL_FORECAST": False},

@@ -99,6 +99,7 @@ OFFSET_SPAN = 30  # span (points) of the offset from the seasonal profile
 PROFILE_WEIGHT = 0.5  # weight of today's bin mean in the profile (a moving average over days)
 CLIP = 4.0  # residuals enter the level and the offset clipped at this many scales ...
 LEVEL_RUN = 5  # ... but after this many points in a row beyond the band on one side, the forecasts jump to the value
+LEVEL_ALARM = True  # ... and that point alarms as a level shift, even within a rest
 NOVELTY_SIGMA = 10.0  # a value beyond the all-time range counts at least this many sigma ...
 NOVELTY_GAIN = 100.0  # ... plus this many per range width it lies beyond the range ...
 NOVELTY_MIN_SIGMA = 4.0  # ... when the forecasts miss it by this many sigma at least (a young stream's new highs ...
@@ -278,7 +279,8 @@ class DefaultDetector(Detector):
             if kind == "sustained":  # a stretch still unlike yesterday: part of the event that rests
                 sigma, kind, by = z, "", point_by
                 prob = two_sided_probability(sigma)
-            if side == resting_side or side == 0:
+            level_shift = LEVEL_ALARM and abs(self._run) == LEVEL_RUN  # the forecasts jump: say so once
+            if (side == resting_side or side == 0) and not level_shift:
                 return
         out.prob[j] = prob
         if prob >= self.config["threshold"]:
