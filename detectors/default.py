@@ -159,13 +159,14 @@ class DefaultDetector(Detector):
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         self._sigma = two_sided_quantile(self.config["threshold"])
-        for key in _SCALARS_F:
-            setattr(self, "_" + key, 0.0)
-        for key in _SCALARS_I:
-            setattr(self, "_" + key, 0)
-        self._profile = [math.nan] * DAY_BINS  # halved values
-        self._yesterday = [math.nan] * DAY_BINS
-        self._week = [math.nan] * WEEK_BINS
+        # the state (_SCALARS_F, _SCALARS_I, _ARRAYS); values are halved, so differences stay finite
+        self._level = self._level_std = self._offset = self._season_std = 0.0
+        self._lo = self._hi = self._bin_mean = self._sustained = self._usual = self._peak = 0.0
+        self._count = self._season_n = self._first_ts = self._last_ts = self._min_gap = 0
+        self._bin_ms = self._bin = self._bin_n = self._sustained_n = self._rest = self._run = 0
+        self._profile = np.full(DAY_BINS, np.nan)  # halved values; NaN: a bin not seen yet
+        self._yesterday = np.full(DAY_BINS, np.nan)
+        self._week = np.full(WEEK_BINS, np.nan)
 
     @property
     def count(self) -> int:
@@ -204,12 +205,14 @@ class DefaultDetector(Detector):
                 columns[key][have] = decoded[key]
         out = _Columns(len(values))
         xs, ts, bounds = values.tolist(), np.asarray(ts_ms, dtype=np.int64).tolist(), np.asarray(offsets).tolist()
+        scalars = _SCALARS_F + _SCALARS_I
         for k in range(len(states)):
-            proto._set_state({key: columns[key][k] for key in cls._FIELDS}, cls.state_version)
+            # the profile arrays are views of the columns: the loop updates them in place
+            proto._set_state({key: columns[key][k] for key in cls._FIELDS}, cls.state_version, views=True)
             lo, hi = bounds[k], bounds[k + 1]
             proto._run_points(ts[lo:hi], xs[lo:hi], out, lo)
-            for key, val in proto._get_state().items():
-                columns[key][k] = val
+            for key in scalars:
+                columns[key][k] = getattr(proto, "_" + key)
         return layout.encode(columns, len(states)), out.batch(values)
 
     def _run_points(self, ts_list: list[int], xs: list[float], out: _Columns, first: int) -> None:
@@ -248,7 +251,7 @@ class DefaultDetector(Detector):
         ratio = 0.0
         if bin_ms > 0:
             k = t // bin_ms
-            usual = self._profile[k % (DAY_MS // bin_ms)]
+            usual = float(self._profile[k % (DAY_MS // bin_ms)])
             # the profile knows this bin (not NaN) and the seasonal scale rests on WARMUP residuals
             if usual == usual and self._season_n >= WARMUP and SEASONAL_FORECAST:
                 season_scale = max(self._season_std, TINY)
@@ -273,27 +276,29 @@ class DefaultDetector(Detector):
         self._run = (self._run + side if self._run * side > 0 else side) if beyond else 0
         self._run = max(-WARMUP, min(WARMUP, self._run))
         prob = two_sided_probability(sigma)
+        jump = abs(self._run) == LEVEL_RUN  # the forecasts jump to the value after this point
         if self._rest != 0:  # resting after an alarm on the side of its sign: only the other side alarms
             resting_side = 1 if self._rest > 0 else -1
             self._rest -= resting_side
             if kind == "sustained":  # a stretch still unlike yesterday: part of the event that rests
                 sigma, kind, by = z, "", point_by
                 prob = two_sided_probability(sigma)
-            level_shift = LEVEL_ALARM and abs(self._run) == LEVEL_RUN  # the forecasts jump: say so once
-            if (side == resting_side or side == 0) and not level_shift:
+            if (side == resting_side or side == 0) and not (LEVEL_ALARM and jump):  # a jump: said once
                 return
         out.prob[j] = prob
         if prob >= self.config["threshold"]:
             out.flag[j] = True
             self._rest = ALARM_REST * (side or 1)
-            if not kind:
+            if jump:
+                kind = "level_shift"
+            elif not kind:
                 kind = "level_shift" if abs(self._run) >= 2 else "spike" if side >= 0 else "dip"
             out.why[j] = explanation(kind, by, sigma=z, expected=(out.lower[j], out.upper[j]))
 
     def _sustained_ratio(self, t: int, h: float, k: int) -> float:
         """The mean seasonal residual against its usual level (learning both); 0 while it does not score."""
         per_day = DAY_MS // self._bin_ms
-        a, b = self._yesterday[k % per_day], self._week[k % (7 * per_day)]
+        a, b = float(self._yesterday[k % per_day]), float(self._week[k % (7 * per_day)])
         if a != a and b != b:
             return 0.0
         residual = min(abs(h - a) if a == a else math.inf, abs(h - b) if b == b else math.inf)
@@ -332,7 +337,7 @@ class DefaultDetector(Detector):
         bin_ms = self._bin_ms
         per_day = DAY_MS // bin_ms
         k = t // bin_ms
-        usual = self._profile[k % per_day]
+        usual = float(self._profile[k % per_day])
         if usual == usual:
             residual = h - (usual + self._offset)
             limit = CLIP * max(self._season_std, TINY) if self._season_n > 0 else math.inf
@@ -352,7 +357,7 @@ class DefaultDetector(Detector):
     def _close_bin(self, k: int, per_day: int) -> None:
         mean = self._bin_mean
         slot = k % per_day
-        old = self._profile[slot]
+        old = float(self._profile[slot])
         shape = mean - self._offset if PROFILE_NET else mean
         self._profile[slot] = shape if old != old else (1.0 - PROFILE_WEIGHT) * old + PROFILE_WEIGHT * shape
         self._yesterday[slot] = mean
@@ -363,12 +368,10 @@ class DefaultDetector(Detector):
         return 24_000
 
     def _get_state(self) -> dict[str, Any]:
-        state: dict[str, Any] = {k: getattr(self, "_" + k) for k in _SCALARS_F + _SCALARS_I}
-        for key in _ARRAYS:
-            state[key] = np.array(getattr(self, "_" + key), dtype=np.float64)
-        return state
+        return {k: getattr(self, "_" + k) for k in _SCALARS_F + _SCALARS_I + _ARRAYS}
 
-    def _set_state(self, state: dict[str, Any], version: int) -> None:
+    def _set_state(self, state: dict[str, Any], version: int, views: bool = False) -> None:
+        """Restore the fields; ``views``: keep the given arrays themselves (update_many's columns)."""
         if version < 7:
             raise StateError(
                 f"{self.name}: stored state has version {version}, written by the earlier default detector "
@@ -379,7 +382,7 @@ class DefaultDetector(Detector):
                 setattr(self, "_" + key, float(state[key]))
             for key in _SCALARS_I:
                 setattr(self, "_" + key, int(state[key]))
-            arrays = {key: np.asarray(state[key], dtype=np.float64) for key in _ARRAYS}
+            arrays = {key: np.array(state[key], dtype=np.float64, copy=not views) for key in _ARRAYS}
         except KeyError as err:
             raise StateError(f"{self.name}: stored state lacks field {err}") from None
         sizes = {"profile": DAY_BINS, "yesterday": DAY_BINS, "week": WEEK_BINS}
@@ -387,7 +390,7 @@ class DefaultDetector(Detector):
         if bad or self._count < 0 or self._bin_ms not in (0, *BINS_MS) or not math.isfinite(self._level_std):
             raise StateError(f"{self.name}: stored state is inconsistent (fields {bad or 'scalars'})")
         for key, arr in arrays.items():
-            setattr(self, "_" + key, arr.tolist())
+            setattr(self, "_" + key, arr)
 
 
 def _weight(b: float, n: int) -> float:

@@ -109,7 +109,9 @@ def test_a_level_shift_is_one_alarm_and_the_new_level_is_learnt() -> None:
     ts, values = _daily(5 * 1440)
     values = values.copy()
     values[3000:] += 30
-    assert list(_alarms(DefaultDetector(), ts, values)) == [3000]
+    alarms = _alarms(DefaultDetector(), ts, values)
+    assert list(alarms) == [3000, 3004]  # the step, then the point where the forecasts jump to it
+    assert alarms[3004]["kind"] == "level_shift"
 
 
 def test_a_gap_restarts_nothing_and_the_seasonal_part_works_on_gappy_minutes() -> None:
