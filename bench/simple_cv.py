@@ -9,7 +9,7 @@ variant's score in-sample (threshold optimised on all series) and with only its
 threshold cross-validated (chosen on 4 folders, the 5th scored, rotated), and
 TP/FP/FN at the standard profile's in-sample threshold. The last table is the
 honest figure for the *selection*: per held-out folder, the variant and its
-threshold are both chosen on the other 4 folders (``bench/default_cv.py`` does
+threshold are both chosen on the other 4 folders (``bench/default_select.py`` does
 the same for ``default``). The shipped defaults are the variant that this
 selection picks most often for the standard profile; the table shows whether the
 shipped one is also the in-sample best (it need not be).
