@@ -7,7 +7,10 @@
 #
 # Everything comes from PyPI and Maven Central. A second run takes seconds:
 # each step is skipped while its inputs (setup.py, deps/pom.xml) are unchanged.
+# --venv-only: step 1 alone (scripts/test.sh --fast runs no JVM: no Java, Maven or jars needed).
 set -euo pipefail
+venv_only=0
+if [[ "${1:-}" == --venv-only ]]; then venv_only=1; fi
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -22,8 +25,10 @@ need() {
   command -v "$1" >/dev/null 2>&1 || { log "missing '$1': $2"; exit 1; }
 }
 need "$PYTHON" "install Python 3.10+"
-need java "install a Java 17 runtime (Debian: apt-get install openjdk-17-jre-headless)"
-need mvn "install Maven (Debian: apt-get install maven)"
+if (( ! venv_only )); then
+  need java "install a Java 17 runtime (Debian: apt-get install openjdk-17-jre-headless)"
+  need mvn "install Maven (Debian: apt-get install maven)"
+fi
 
 hash_of() { cat "$@" | sha256sum | cut -c1-16; }
 
@@ -41,6 +46,11 @@ if [[ "$(cat "$STAMP_DIR/.python.stamp" 2>/dev/null)" != "$py_hash" ]]; then
   # a new user reads.
   PYTHONWARNINGS=ignore "$VENV/bin/python" -m pip install --quiet -e ".[dev]"
   echo "$py_hash" > "$STAMP_DIR/.python.stamp"
+fi
+
+if (( venv_only )); then
+  log "ready: $VENV (no jars: --venv-only)"
+  exit 0
 fi
 
 # --- 2./3. Maven Central artifacts ------------------------------------------

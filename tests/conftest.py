@@ -10,6 +10,12 @@ import pytest
 
 from tests.alertmanager_fixture import alertmanager  # noqa: F401 - session fixture: a real Alertmanager
 from tests.browser_fixture import browser, chromium_path, dashboard, demo_run  # noqa: F401 - session fixtures
+from tests.lanes import (  # noqa: F401 - hooks: markers from the fixtures a test uses, the fast lane
+    pytest_addoption,
+    pytest_collection_modifyitems,
+    pytest_configure,
+    pytest_terminal_summary,
+)
 from tests.postgres_fixture import postgres  # noqa: F401 - session fixture: a real PostgreSQL server
 
 REPO = Path(__file__).resolve().parent.parent

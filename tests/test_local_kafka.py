@@ -30,7 +30,12 @@ try:
 except KafkaBrokerError as exc:  # pragma: no cover - depends on the machine
     _SKIP_REASON = str(exc)
 
-needs_broker = pytest.mark.skipif(_SKIP_REASON is not None, reason=_SKIP_REASON or "")
+
+@pytest.fixture
+def kafka_jars() -> None:
+    """For tests that start a broker of their own: skip without the jars or Java (marks the test ``kafka``)."""
+    if _SKIP_REASON is not None:
+        pytest.skip(_SKIP_REASON)
 
 
 def _topic(prefix: str) -> str:
@@ -64,8 +69,7 @@ def test_cluster_id_is_valid_kafka_uuid():
         assert len(base64.urlsafe_b64decode(cid + "==")) == 16
 
 
-@needs_broker
-def test_port_in_use_gives_clear_error(monkeypatch):
+def test_port_in_use_gives_clear_error(kafka_jars, monkeypatch):
     monkeypatch.setattr(local_kafka, "PORT_WAIT_S", 0.2)
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
@@ -157,8 +161,7 @@ def test_restart_keeps_data_and_ports(kafka_broker):
 # --------------------------------------------------------------------------- own brokers
 
 
-@needs_broker
-def test_crash_recover_and_stop_leave_no_process():
+def test_crash_recover_and_stop_leave_no_process(kafka_jars):
     with LocalKafkaBroker(num_partitions=1) as broker:
         log_dir = broker.log_dir
         topic = _topic("crash")
@@ -181,9 +184,8 @@ def test_crash_recover_and_stop_leave_no_process():
     assert not log_dir.exists()  # the temporary log dir is removed on exit
 
 
-@needs_broker
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
-def test_broker_dies_with_its_python_process(tmp_path, sig):
+def test_broker_dies_with_its_python_process(kafka_jars, tmp_path, sig):
     """No broker is left behind when the Python process that started it is killed, even by SIGKILL."""
     script = textwrap.dedent(
         """
