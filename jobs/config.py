@@ -143,6 +143,13 @@ class SourceConfig:
     security: KafkaSecurity | None = None
     # incident feedback (JSON keyed by application) read by the same query; None: not read
     feedback_topic: str | None = "incident-feedback"
+    # how long the driver's offset look-ups and an executor's read of a batch wait for the broker
+    kafka_timeout_millis: int = 600_000
+
+    @property
+    def reader_options(self) -> dict[str, str]:
+        """Options of Spark's Kafka reader from this section, security aside: the timeouts, then kafka_options."""
+        return {**{key: str(self.kafka_timeout_millis) for key in SOURCE_DEFAULTS}, **self.kafka_options}
 
 
 @dataclass(frozen=True)
@@ -214,6 +221,8 @@ class SinksConfig:
     kafka_options: Mapping[str, str] = field(default_factory=dict)
     # incident transitions (keyed by incident_id); tables beside the results table when jdbc is set
     incidents_topic: str | None = "incidents"
+    # how long a result or dead-letter write (and its wait for the topic's metadata) waits for the broker
+    kafka_timeout_millis: int = 600_000
 
 
 # A few buckets per shuffle partition (4 by default): every task gets several,
@@ -231,7 +240,9 @@ MAX_BUCKETS = 65_536
 # after 2 minutes (measured: the producer's delivery.timeout.ms of 120 s expired a result write), and
 # a stream that dies at night needs a person. With these, a write waits up to 10 minutes for the
 # broker to come back (Kafka retries within that time); a longer outage fails the query, and a restart
-# resumes from the checkpoint. Override in sinks.kafka_options.
+# resumes from the checkpoint. Set the wait with sinks.kafka_timeout_millis and
+# source.kafka_timeout_millis (both default 10 minutes), or each option in kafka_options.
+PRODUCER_TIMEOUTS = ("kafka.delivery.timeout.ms", "kafka.max.block.ms")
 PRODUCER_DEFAULTS = {
     "kafka.linger.ms": "20",
     "kafka.batch.size": "262144",
@@ -273,6 +284,7 @@ class StreamConfig:
     def producer_options(self) -> dict[str, str]:
         """Options for the Kafka writes of results and dead letters (bootstrap servers excluded)."""
         options = dict(PRODUCER_DEFAULTS)
+        options.update({key: str(self.sinks.kafka_timeout_millis) for key in PRODUCER_TIMEOUTS})
         if self.sinks.bootstrap_servers in (None, self.source.bootstrap_servers):
             options.update({k: v for k, v in self.source.kafka_options.items() if k.startswith(_CONNECTION_PREFIXES)})
             if self.source.security is not None:  # same cluster, same credentials
@@ -371,6 +383,7 @@ def _source(raw: Any, name: str, base_dir: Path | None = None) -> SourceConfig:
             "kafka_options",
             "security",
             "feedback_topic",
+            "kafka_timeout_millis",
         ),
         name,
     )
@@ -415,6 +428,12 @@ def _source(raw: Any, name: str, base_dir: Path | None = None) -> SourceConfig:
         security=_security(section.get("security"), f"{name}.security", base_dir),
         feedback_topic=_str(section.get("feedback_topic", SourceConfig.feedback_topic), f"{name}.feedback_topic",
                             required=False),
+        kafka_timeout_millis=_int(
+            section.get("kafka_timeout_millis"),
+            f"{name}.kafka_timeout_millis",
+            1000,
+            default=SourceConfig.kafka_timeout_millis,
+        ),
     )
 
 
@@ -552,11 +571,36 @@ def _jdbc(raw: Any, name: str, base_dir: Path | None) -> JdbcConfig | None:
     )
 
 
+def _producer_timeout(value: Any, name: str, kafka_options: Mapping[str, str]) -> int:
+    """sinks.kafka_timeout_millis; the producer refuses a delivery.timeout.ms under linger.ms + request.timeout.ms."""
+    timeout = _int(value, f"{name}.kafka_timeout_millis", 1000, default=SinksConfig.kafka_timeout_millis)
+    if "kafka.delivery.timeout.ms" in kafka_options:
+        return timeout
+    parts = {"kafka.request.timeout.ms": "30000", "kafka.linger.ms": PRODUCER_DEFAULTS["kafka.linger.ms"]}
+    parts.update({k: v for k, v in kafka_options.items() if k in parts})
+    if all(v.isdigit() for v in parts.values()) and timeout < sum(map(int, parts.values())):
+        raise ConfigError(
+            f"{name}.kafka_timeout_millis",
+            f"must be >= {sum(map(int, parts.values()))} (kafka.request.timeout.ms {parts['kafka.request.timeout.ms']} "
+            f"+ kafka.linger.ms {parts['kafka.linger.ms']}: Kafka's producer refuses a shorter delivery timeout), "
+            f"got {timeout}",
+        )
+    return timeout
+
+
 def _sinks(raw: Any, name: str, base_dir: Path | None) -> SinksConfig:
     section = _mapping(raw, name)
     _check_keys(
         section,
-        ("output_topic", "dead_letter_topic", "bootstrap_servers", "jdbc", "kafka_options", "incidents_topic"),
+        (
+            "output_topic",
+            "dead_letter_topic",
+            "bootstrap_servers",
+            "jdbc",
+            "kafka_options",
+            "incidents_topic",
+            "kafka_timeout_millis",
+        ),
         name,
     )
     kafka_options = _string_map(section.get("kafka_options"), f"{name}.kafka_options")
@@ -574,6 +618,7 @@ def _sinks(raw: Any, name: str, base_dir: Path | None) -> SinksConfig:
         kafka_options=kafka_options,
         incidents_topic=_str(section.get("incidents_topic", SinksConfig.incidents_topic), f"{name}.incidents_topic",
                              required=False),
+        kafka_timeout_millis=_producer_timeout(section.get("kafka_timeout_millis"), name, kafka_options),
     )
     if sinks.output_topic is None and sinks.jdbc is None:
         raise ConfigError(name, "configure at least one of output_topic or jdbc, or results go nowhere")

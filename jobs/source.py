@@ -36,7 +36,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from incidents.machine import LABELS
-from jobs.config import SOURCE_DEFAULTS, SourceConfig
+from jobs.config import SourceConfig
 
 # The group key of rejected records. Cannot collide with an application name:
 # validation refuses control characters in it.
@@ -79,7 +79,7 @@ def read_kafka(spark: SparkSession, source: SourceConfig) -> DataFrame:
         reader = reader.option("subscribe", ",".join([*source.topics, *([feedback] if feedback else [])]))
     if source.max_offsets_per_trigger is not None:
         reader = reader.option("maxOffsetsPerTrigger", str(source.max_offsets_per_trigger))
-    for key, value in {**SOURCE_DEFAULTS, **source.kafka_options}.items():
+    for key, value in source.reader_options.items():
         reader = reader.option(key, value)
     if source.security is not None:  # secrets read from the environment now, never kept in the config
         for key, value in source.security.client_options().items():

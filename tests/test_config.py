@@ -85,6 +85,54 @@ def test_producer_options_inherit_the_source_security_settings_only_on_the_same_
     assert tuned.streams[0].producer_options == {**PRODUCER_DEFAULTS, "kafka.linger.ms": "0", "kafka.acks": "all"}
 
 
+@pytest.mark.parametrize(
+    ("changes", "field", "words"),
+    [
+        ({"source": {"kafka_timeout_millis": 999}}, "streams[0].source.kafka_timeout_millis", ">= 1000"),
+        ({"sinks": {"kafka_timeout_millis": "10 min"}}, "streams[0].sinks.kafka_timeout_millis", "integer"),
+        ({"sinks": {"kafka_timeout_millis": 20_000}}, "streams[0].sinks.kafka_timeout_millis", ">= 30020"),
+        (
+            {"sinks": {"kafka_timeout_millis": 5_000, "kafka_options": {"kafka.request.timeout.ms": "5000"}}},
+            "streams[0].sinks.kafka_timeout_millis",
+            "kafka.request.timeout.ms 5000 + kafka.linger.ms 20",
+        ),
+    ],
+)
+def test_kafka_timeout_errors_name_the_field(changes, field, words):
+    with pytest.raises(ConfigError) as info:
+        parse_config(config_with(**changes))
+    assert str(info.value).startswith(field) and words in str(info.value), str(info.value)
+
+
+def test_kafka_timeouts_default_to_ten_minutes_and_are_configurable_per_side():
+    from jobs.config import SOURCE_DEFAULTS
+
+    stream = parse_config(BASE).streams[0]
+    assert stream.source.reader_options == SOURCE_DEFAULTS == {
+        "kafka.default.api.timeout.ms": "600000",
+        "kafkaConsumer.pollTimeoutMs": "600000",
+    }
+    assert stream.producer_options["kafka.delivery.timeout.ms"] == stream.producer_options["kafka.max.block.ms"]
+    assert stream.producer_options["kafka.max.block.ms"] == "600000"
+    short = parse_config(
+        config_with(
+            source={"kafka_timeout_millis": 40_000, "kafka_options": {"kafkaConsumer.pollTimeoutMs": "50000"}},
+            sinks={"kafka_timeout_millis": 45_000, "kafka_options": {"kafka.request.timeout.ms": "5000"}},
+        )
+    ).streams[0]
+    # kafka_options still win over the field, option by option
+    assert short.source.reader_options == {
+        "kafka.default.api.timeout.ms": "40000",
+        "kafkaConsumer.pollTimeoutMs": "50000",
+    }
+    assert short.producer_options == {
+        **PRODUCER_DEFAULTS,
+        "kafka.delivery.timeout.ms": "45000",
+        "kafka.max.block.ms": "45000",
+        "kafka.request.timeout.ms": "5000",
+    }
+
+
 def test_a_checkpoint_built_with_other_settings_is_refused_before_spark_starts(tmp_path, monkeypatch):
     from jobs import main, session
 
