@@ -9,7 +9,13 @@ container would. The kills land
 * right after a batch's offsets file is written (the batch is planned, nothing is committed);
 * while the state store uploads a new version (a checkpoint commit in progress), and right after a
   batch's commit file appears;
-* at seeded random moments while micro-batches run.
+* at seeded random moments while micro-batches run;
+
+one kill of each kind per run of the suite (``ANOMALY_LONG_TESTS=1``: 11 kills, and 10 against
+PostgreSQL). In one of the killed runs the broker stops for ``OUTAGE_S`` first, longer than the Kafka
+clients' own request timeouts: the job must ride it out (no exit, batches again afterwards), since its
+``kafka_timeout_millis`` are longer; another run, with ``kafka_timeout_millis`` shorter than the same
+outage, must fail by itself -- a restart resumes from the checkpoint like after a kill.
 
 Then a final ``--available-now`` run completes, and the JDBC table must equal, row for row and bit for
 bit, the table of an uninterrupted run over the same input. The Kafka output topic may hold
@@ -29,6 +35,7 @@ Deselect with ``-m "not restart_safety"``; ``ANOMALY_RESTART_SEED`` changes the 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -50,6 +57,7 @@ import pytest
 import yaml
 
 from jobs.workdir import usage
+from tests.lanes import LONG_TESTS
 from tests.stream_harness import msg
 from tools.cluster import process_alive
 from tools.synthetic import consume_all, produce_messages
@@ -79,13 +87,25 @@ TABLE_COLUMNS = (
     "agg_value, value_lower_limit, value_upper_limit, anomaly_probability, is_anomaly"
 )
 SEED = int(os.environ.get("ANOMALY_RESTART_SEED", "20240101"))
-KILLS = int(os.environ.get("ANOMALY_RESTART_KILLS", "11"))
 FAULT_POINTS = ("before_kafka", "after_kafka", "after_jdbc")
+# every kind once; "random" first: its run also rides out the broker outage (the input is fresh then),
+# "outage_exit" is the run that fails by itself during an outage longer than its kafka_timeout_millis
+KINDS = ("random", "offsets", "after_kafka", "state", "before_kafka", "outage_exit", "after_jdbc", "commit")
+LONG_KINDS = ("random", "offsets", "after_kafka", "random", "state", "outage_exit", "before_kafka", "random")
+LONG_KINDS += ("after_jdbc", "offsets", "commit", "state")
+KILLS = int(os.environ.get("ANOMALY_RESTART_KILLS", "11" if LONG_TESTS else "7"))
 START_TIMEOUT_S = 180
-# longer than the Kafka clients' default timeouts, which fail the query after 120 s (the producer's
-# delivery.timeout.ms; measured); the job's own settings (jobs/config.py PRODUCER_DEFAULTS,
-# SOURCE_DEFAULTS) wait 10 minutes. ANOMALY_RESTART_BROKER_DOWN_S=310 shows a 5-minute outage.
-BROKER_DOWN_S = float(os.environ.get("ANOMALY_RESTART_BROKER_DOWN_S", "130"))
+# The outage: longer than the Kafka clients' own request timeouts (set to REQUEST_TIMEOUT_MS here, 30 s
+# by default), shorter than the kafka_timeout_millis of the run that rides it out (RIDE_TIMEOUT_MS),
+# longer than that of the run that must fail (EXIT_TIMEOUT_MS). The long soak uses the job's defaults
+# (10 minutes) and 130 s, longer than the clients' default timeouts that failed the query after 120 s
+# (the producer's delivery.timeout.ms; measured). ANOMALY_RESTART_BROKER_DOWN_S=310: a 5-minute outage.
+OUTAGE_S = float(os.environ.get("ANOMALY_RESTART_BROKER_DOWN_S", "130" if LONG_TESTS else "25"))
+REQUEST_TIMEOUT_MS = 5_000
+RIDE_TIMEOUT_MS = None if LONG_TESTS else 60_000  # None: the job's defaults, the Kafka clients' request timeouts
+EXIT_TIMEOUT_MS = 4_000
+EXIT_REQUEST_TIMEOUT_MS = 3_000
+EXIT_WAIT_S = 90
 
 
 # --------------------------------------------------------------------------- input and config
@@ -126,8 +146,14 @@ def write_config(
     jdbc: dict | None = None,
     max_offsets: int = MAX_OFFSETS,
     partitions: int = 2,
+    kafka_timeouts: tuple[int, int] | None = None,
 ) -> Path:
-    """The job's config; ``jdbc`` replaces the default SQLite table ``results.db`` in ``work``."""
+    """The job's config; ``jdbc`` replaces the default SQLite table ``results.db`` in ``work``;
+    ``kafka_timeouts`` = (the Kafka clients' request.timeout.ms, the job's kafka_timeout_millis)."""
+    timeouts: dict = {}
+    if kafka_timeouts is not None:
+        request_ms, timeout_ms = kafka_timeouts
+        timeouts = {"kafka_timeout_millis": timeout_ms, "kafka_options": {"kafka.request.timeout.ms": str(request_ms)}}
     raw = {
         "checkpoint_dir": str(work / "checkpoints"),
         "trigger": trigger,
@@ -149,6 +175,7 @@ def write_config(
                     "bootstrap_servers": bootstrap,
                     "topics": [f"{name}-in"],
                     "max_offsets_per_trigger": max_offsets,
+                    **timeouts,
                 },
                 "aggregation": {
                     "agg_function": "avg",
@@ -161,6 +188,7 @@ def write_config(
                     "dead_letter_topic": f"{name}-dlq",
                     "jdbc": jdbc or {"url": f"jdbc:sqlite:{work / 'results.db'}", "table": "predictions"},
                     "incidents_topic": f"{name}-incidents",
+                    **copy.deepcopy(timeouts),
                 },
             }
         ],
@@ -454,6 +482,54 @@ def compare(
 # --------------------------------------------------------------------------- the tests
 
 
+def ride_out_outage(broker, job: Job, commits: Path, committed: set[int]) -> str:
+    """Stop the broker for OUTAGE_S once the run committed a batch; the job must stay up through it and
+    commit batches again afterwards, without a restart. Returns the figures."""
+    assert wait_for(lambda: batch_ids(commits) - committed, job, timeout=300, poll=0.1), job.tail()
+    last_before = max(batch_ids(commits))
+    broker.stop()
+    stopped = time.monotonic()
+    try:
+        while time.monotonic() - stopped < OUTAGE_S:
+            assert job.alive(), f"the job exited {time.monotonic() - stopped:.0f} s into the outage:\n{job.tail()}"
+            time.sleep(0.2)
+    finally:
+        broker.start()
+    during = max(batch_ids(commits)) - last_before  # at most the batch in flight when the broker stopped
+    assert during <= 1, f"{during} batches committed while the broker was down: did the outage reach the job?"
+    back = time.monotonic()
+    assert wait_for(lambda: max(batch_ids(commits)) >= last_before + during + 2, job, timeout=400, poll=0.1), (
+        f"no progress after the outage:\n{job.tail()}"
+    )
+    return (
+        f"broker down {OUTAGE_S:.0f} s after batch {last_before} (kafka_timeout_millis "
+        f"{RIDE_TIMEOUT_MS or 'default'}, request.timeout.ms {REQUEST_TIMEOUT_MS if RIDE_TIMEOUT_MS else 'default'}): "
+        f"still running, 2 batches committed {time.monotonic() - back:.0f} s after it came back"
+    )
+
+
+def fail_in_outage(broker, job: Job, commits: Path, committed: set[int]) -> str:
+    """Stop the broker for OUTAGE_S once the run (kafka_timeout_millis EXIT_TIMEOUT_MS) committed a batch:
+    the query must fail and the job exit non-zero while the broker is down (given up to EXIT_WAIT_S on a
+    busy machine). Returns the figures."""
+    assert wait_for(lambda: batch_ids(commits) - committed, job, timeout=300, poll=0.1), job.tail()
+    broker.stop()
+    stopped = time.monotonic()
+    try:
+        while job.alive() and time.monotonic() - stopped < max(OUTAGE_S, EXIT_WAIT_S):
+            time.sleep(0.2)
+        exited_after = time.monotonic() - stopped
+        still_running = job.alive()
+        code = None if still_running else job.wait(10)
+        if still_running:
+            job.kill()
+    finally:
+        broker.start()
+    failure = [line for line in job.log.read_text(errors="replace").splitlines() if "failed:" in line]
+    assert code not in (None, 0) and failure, f"the job did not fail in a {OUTAGE_S:.0f} s outage:\n{job.tail()}"
+    return f"kafka_timeout_millis {EXIT_TIMEOUT_MS}: exit {code} {exited_after:.0f} s into the outage"
+
+
 @pytest.mark.timeout(1500)
 def test_sigkill_at_random_and_targeted_moments_gives_the_uninterrupted_table(kafka_broker, reference, tmp_path):
     started = time.monotonic()
@@ -464,13 +540,24 @@ def test_sigkill_at_random_and_targeted_moments_gives_the_uninterrupted_table(ka
     work = tmp_path / "killed"
     work.mkdir()
     config = write_config(work / "job.yaml", work, bootstrap, "rs", trigger="processing_time")
+    # the first run rides out the outage, "outage_exit" fails in one (see OUTAGE_S)
+    ride = None if RIDE_TIMEOUT_MS is None else (REQUEST_TIMEOUT_MS, RIDE_TIMEOUT_MS)
+    ride_config = write_config(
+        work / "ride.yaml", work, bootstrap, "rs", trigger="processing_time", kafka_timeouts=ride
+    )
+    exit_timeouts = (EXIT_REQUEST_TIMEOUT_MS, EXIT_TIMEOUT_MS)
+    exit_config = write_config(
+        work / "exit.yaml", work, bootstrap, "rs", trigger="processing_time", kafka_timeouts=exit_timeouts
+    )
     checkpoint = work / "checkpoints" / "chaos"
     marker = work / "fault.marker"
     rng = random.Random(SEED)
-    kinds = ["offsets", "after_kafka", "random", "state", "before_kafka", "random", "after_jdbc", "offsets", "commit"]
-    kinds += ["random", "state", "after_kafka"]
-    schedule = [kinds[i % len(kinds)] for i in range(KILLS)]
+    kinds = LONG_KINDS if LONG_TESTS else KINDS
+    schedule = [kind for kind in kinds if kind != "outage_exit"]
+    schedule = [schedule[i % len(schedule)] for i in range(KILLS)]
+    schedule.insert(min(kinds.index("outage_exit"), len(schedule)), "outage_exit")
     kills: list[str] = []
+    outages: list[str] = []
     in_use: list[int] = []  # bytes in the job's temp dir at each kill
     left: list[int] = []  # ... and right after it
     rocksdb_left = False
@@ -484,7 +571,14 @@ def test_sigkill_at_random_and_targeted_moments_gives_the_uninterrupted_table(ka
             # or the one after
             env = fault_env(how, committed, marker, rng, (0, 0, 1)) if how in FAULT_POINTS else {}
             run_started = time.time() - 1  # file times have a coarse grain on some file systems
-            job = Job(config, work / f"run-{i:02d}.log", env=env)
+            run_config = exit_config if how == "outage_exit" else ride_config if i == 0 else config
+            job = Job(run_config, work / f"run-{i:02d}.log", env=env)
+            if how == "outage_exit":
+                outages.append(fail_in_outage(kafka_broker, job, checkpoint / "commits", committed))
+                continue
+            if i == 0:
+                outages.append(ride_out_outage(kafka_broker, job, checkpoint / "commits", committed))
+                committed, planned = batch_ids(checkpoint / "commits"), batch_ids(checkpoint / "offsets")
             hit = reach_kill_point(how, job, checkpoint, marker, planned, committed, rng, random_wait_s=10.0)
             assert job.alive(), f"run {i} ({how}) exited {job.proc.returncode}:\n{job.tail()}"
             assert hit, f"run {i} ({how}): the kill point never came:\n{job.tail()}"
@@ -518,7 +612,9 @@ def test_sigkill_at_random_and_targeted_moments_gives_the_uninterrupted_table(ka
         f"in use by the restarted run: {in_use[3] / 1e6:.1f} MB (at each kill: "
         f"{', '.join(f'{b / 1e6:.1f}' for b in in_use)} MB)"
     )
-    assert len(kills) >= min(KILLS, 10)
+    print(f"broker outages: {'; '.join(outages)}")
+    assert [k.split("@")[0] for k in kills] == [how for how in schedule if how != "outage_exit"]
+    assert len(outages) == 2
     # a SIGKILL leaves the JVM's temp files (RocksDB's native library) in the job's temp dir, not in /tmp
     assert rocksdb_left
     # after 3 kills and a restart, one run's worth: no more than the most a single run left behind
@@ -530,14 +626,14 @@ def test_sigkill_at_random_and_targeted_moments_gives_the_uninterrupted_table(ka
 PG_PASSWORD_ENV = "ANOMALY_RESTART_PG_PASSWORD"
 PG_TABLE = "predictions_restart"
 PG_STAGING = f"{PG_TABLE}_staging_chaos"  # JdbcTable's staging table of the stream "chaos"
-# 5 by default: the JDBC-side kills the SQLite test cannot reach, and the suite's time budget (each run
-# starts a Spark driver: ~20 s); ANOMALY_RESTART_PG_KILLS=10 adds the SQLite test's kinds of kills
-PG_KILLS = int(os.environ.get("ANOMALY_RESTART_PG_KILLS", "5"))
+# 3 by default: the two JDBC-side kills the SQLite test cannot reach and a replay of a batch PostgreSQL
+# committed (each run starts a Spark driver: ~20 s); the long soak (10) adds the SQLite test's kinds
+PG_KILLS = int(os.environ.get("ANOMALY_RESTART_PG_KILLS", "10" if LONG_TESTS else "3"))
 # the inside of the JDBC write: "during_jdbc_merge" stops the driver inside the merge transaction (the
 # merge and the DELETE of staging are done, not committed; jobs/jdbc.py), "staging" kills as soon as
 # another session sees the batch's rows in the staging table (Spark's writer committed them)
 # (the first batches emit no window yet: a merge first happens in batch 2)
-PG_SCHEDULE = ("during_jdbc_merge", "staging", "after_kafka", "after_jdbc", "random")
+PG_SCHEDULE = ("during_jdbc_merge", "staging", "after_jdbc", "after_kafka", "random")
 PG_SCHEDULE += ("offsets", "commit", "during_jdbc_merge", "before_kafka", "state", "staging")
 # the last run reads the rest in bigger batches (fewer of them: faster); the result does not depend on
 # where batches end (see stream_messages), and a restart with another maxOffsetsPerTrigger is allowed
@@ -704,51 +800,6 @@ def test_sigkill_with_postgresql_sink_gives_the_uninterrupted_table(
     )
     assert len(kills) >= min(PG_KILLS, 10)
     assert PG_KILLS < 3 or in_staging, "no kill landed inside the JDBC write"
-
-
-@pytest.mark.timeout(1200)
-def test_broker_down_mid_run_then_restart_gives_the_uninterrupted_table(kafka_broker, reference, tmp_path):
-    """The broker stops for BROKER_DOWN_S (longer than the Kafka clients' default timeouts) while the job
-    runs a batch. The job must ride it out -- still running when the broker is back, no restart -- and the
-    table must equal the uninterrupted run's. (A supervisor loop would restart the job if it exited: the
-    test fails then, and says why the job exited.)"""
-    started = time.monotonic()
-    bootstrap = kafka_broker.bootstrap_servers
-    input_topics(kafka_broker, "bd")
-    config = write_config(tmp_path / "job.yaml", tmp_path, bootstrap, "bd", trigger="processing_time")
-    commits = tmp_path / "checkpoints" / "chaos" / "commits"
-    job = Job(config, tmp_path / "run-0.log")
-    exits: list[str] = []
-    try:
-        assert wait_for(lambda: len(batch_ids(commits)) >= 3, job, timeout=300, poll=0.1), job.tail()
-        last_before = max(batch_ids(commits))
-        kafka_broker.stop()
-        time.sleep(BROKER_DOWN_S)
-        alive_after_outage = job.alive()
-        kafka_broker.start()
-        deadline = time.monotonic() + 400
-        while max(batch_ids(commits)) < last_before + 3:  # progress past the outage
-            assert time.monotonic() < deadline, f"no progress after the outage:\n{job.tail()}"
-            if not job.alive():
-                failure = [line for line in job.log.read_text(errors="replace").splitlines() if "failed:" in line]
-                exits.append(f"exit {job.proc.returncode}: {(failure or ['?'])[-1][-300:]}")
-                job.wait(10)
-                job = Job(config, tmp_path / f"run-{len(exits)}.log")
-            time.sleep(0.5)
-    finally:
-        if not kafka_broker.is_running:
-            kafka_broker.start()
-        if job.alive():
-            job.kill()
-    run_to_end(config, tmp_path / "run-final.log")
-    figures = compare(reference, tmp_path, bootstrap, "bd")
-    print(
-        f"\nbroker down {BROKER_DOWN_S} s after batch {last_before}: job "
-        f"{'still running' if alive_after_outage else 'had exited'} when the broker came back; "
-        f"{len(exits)} restart(s) by the supervisor ({'; '.join(exits) or 'none'}); {figures}; "
-        f"{time.monotonic() - started:.0f} s"
-    )
-    assert alive_after_outage and not exits, f"the job did not ride out a {BROKER_DOWN_S:.0f} s outage: {exits}"
 
 
 @pytest.mark.timeout(900)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from chispa import assert_df_equality
 
 import tests.failing_detector  # noqa: F401 - registers "fail_on_value" in the driver
@@ -22,24 +21,16 @@ BATCH = [
     msg("b", 5, 1),
     msg("b", 7, 12),
 ]
-EXPECTED = {
-    "sum": {"a": [7.0, 24.0], "b": [5.0, 7.0]},
+EXPECTED = {  # one partial function (merged from per-window partials) and one on the raw values
     "avg": {"a": [7 / 3, 12.0], "b": [5.0, 7.0]},
-    "count": {"a": [3.0, 2.0], "b": [1.0, 1.0]},
-    "min": {"a": [1.0, 8.0], "b": [5.0, 7.0]},
-    "max": {"a": [4.0, 16.0], "b": [5.0, 7.0]},
-    "percentile50": {"a": [2.0, 12.0], "b": [5.0, 7.0]},
-    "percentile75": {"a": [3.0, 14.0], "b": [5.0, 7.0]},
     "percentile95": {"a": [3.8, 15.6], "b": [5.0, 7.0]},
-    "percentile99": {"a": [3.96, 15.92], "b": [5.0, 7.0]},
 }
 
 
-FUNCTION_GROUPS = [sorted(EXPECTED)[i : i + 3] for i in range(0, len(EXPECTED), 3)]
-
-
-@pytest.mark.parametrize("functions", FUNCTION_GROUPS, ids=["+".join(g) for g in FUNCTION_GROUPS])
-def test_every_aggregation_function_through_spark(spark, tmp_path, functions):
+def test_a_partial_and_a_raw_aggregation_function_through_spark(spark, tmp_path):
+    """Through Spark for one function of each kind; every function's maths is checked bit for bit without
+    Spark (tests/test_windows.py, tests/test_step_vectorised.py against the oracles)."""
+    functions = sorted(EXPECTED)
     # a few queries side by side: query start-up, not work, dominates on 2 cores
     streams = {f: FileStream(spark, tmp_path / f, stream_config(f, W)) for f in functions}
     try:
