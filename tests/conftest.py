@@ -65,3 +65,11 @@ def kafka_broker(tmp_path_factory):
         pytest.fail(str(err))
     with broker:
         yield broker
+
+
+@pytest.fixture(scope="session")
+def reference(kafka_broker, tmp_path_factory):
+    """The fault tests' uninterrupted job run (tests/test_restart_safety.py), shared by the cluster tests."""
+    from tests.test_restart_safety import uninterrupted_run
+
+    return uninterrupted_run(kafka_broker, tmp_path_factory.mktemp("reference"))

@@ -1,10 +1,10 @@
 """The job on a real Spark standalone cluster: a master and two workers (1 core each) started from the
 pyspark wheel (tools/cluster.py), the job submitted with ./spark-submit.sh --master spark://...
 
-* the cluster run's JDBC table equals, row for row and bit for bit, the local-mode run's over the same
-  input, with executors on both workers (the master's JSON) running the shipped Python environment;
-* one worker SIGKILLed (with its executor) mid-batch: the job goes on with the other worker, the table
-  equals the uninterrupted run's, and the restarted worker gets an executor again.
+One run, with executors on both workers (the master's JSON) running the shipped Python environment,
+then one worker SIGKILLed (with its executor) mid-batch: the job goes on with the other worker, the
+restarted worker gets an executor again, and the run's JDBC table equals, row for row and bit for bit,
+the local-mode run's over the same input (the session fixture ``reference``, tests/conftest.py).
 
 One cluster for the module; deselect with ``-m "not cluster"``.
 """
@@ -26,9 +26,7 @@ from tests.test_restart_safety import (
     BAD,
     REPO,
     Job,
-    Reference,
     batch_ids,
-    check_output_topic,
     compare,
     descendants,
     input_topics,
@@ -76,20 +74,6 @@ def spark_cluster(tmp_path_factory) -> Iterator[tuple[cluster.ClusterState, Path
         assert not left, f"cluster processes left behind: {left}"
 
 
-@pytest.fixture(scope="module")
-def local_reference(kafka_broker, tmp_path_factory) -> Reference:
-    """The same input in local mode (python -m jobs.main, local[*]), one --available-now run."""
-    input_topics(kafka_broker, "clref")
-    work = tmp_path_factory.mktemp("local")
-    config = write_config(work / "job.yaml", work, kafka_broker.bootstrap_servers, "clref", trigger="available_now")
-    job = Job(config, work / "run.log", available_now=True)
-    assert job.wait(600) == 0, job.tail()
-    rows = table_rows(work / "results.db")
-    output, duplicates = check_output_topic(consume_all(kafka_broker.bootstrap_servers, "clref-out"))
-    assert len(rows) > 100 and duplicates == 0 and len(output) == len(rows)
-    return Reference(rows, output, {r.value for r in consume_all(kafka_broker.bootstrap_servers, "clref-dlq")})
-
-
 def app_cores_by_worker(state: cluster.ClusterState) -> dict[str, int]:
     """{worker id: cores in use} of the ALIVE workers, from the master's JSON."""
     return {w["id"]: w["coresused"] for w in cluster.alive_workers(state)}
@@ -124,43 +108,11 @@ def consumed_all(checkpoint: Path) -> bool:
 
 
 @pytest.mark.timeout(900)
-def test_cluster_run_equals_local_mode_with_executors_on_both_workers(
-    kafka_broker, spark_cluster, local_reference, tmp_path
+def test_cluster_run_with_a_worker_sigkilled_mid_batch_equals_local_mode(
+    kafka_broker, spark_cluster, reference, tmp_path
 ):
-    state, cluster_dir = spark_cluster
-    input_topics(kafka_broker, "clrun")
-    config = write_config(
-        tmp_path / "job.yaml",
-        tmp_path,
-        kafka_broker.bootstrap_servers,
-        "clrun",
-        trigger="available_now",
-        max_offsets=250,
-    )
-    started = time.monotonic()
-    job = Submitted(state.master_url, config, tmp_path / "run.log", available_now=True)
-    busy_together, pythons = False, set()
-    while job.alive():
-        with contextlib.suppress(OSError, ValueError):
-            cores = app_cores_by_worker(state)
-            busy_together = busy_together or (len(cores) == 2 and all(c == 1 for c in cores.values()))
-        pythons |= executor_pythons(cluster_dir)
-        time.sleep(0.5)
-    assert job.wait(10) == 0, job.tail()
-    took = time.monotonic() - started
-    assert busy_together, "the master's JSON never showed an executor on each of the two workers"
-    # the executors' Python is the shipped environment, unpacked in their working dirs
-    assert pythons and all(p.startswith(str(cluster_dir)) and p.endswith("/env") for p in pythons), pythons
-    figures = compare(local_reference, tmp_path, kafka_broker.bootstrap_servers, "clrun")
-    print(
-        f"\ncluster run: {figures['rows']} rows equal to local mode (bit for bit); {took:.0f} s; env {sorted(pythons)}"
-    )
-
-
-@pytest.mark.timeout(900)
-def test_worker_sigkilled_mid_batch_job_continues_and_table_equals(
-    kafka_broker, spark_cluster, local_reference, tmp_path
-):
+    """Executors on both workers running the shipped environment; then one worker SIGKILLed mid-batch: the
+    job goes on, the worker comes back, and the table equals the local-mode run's bit for bit."""
     state, cluster_dir = spark_cluster
     input_topics(kafka_broker, "clkill")
     config = write_config(
@@ -177,9 +129,14 @@ def test_worker_sigkilled_mid_batch_job_continues_and_table_equals(
     try:
         # both executors up, a few batches done; then a batch in flight (planned, not committed)
         deadline = time.monotonic() + 400
+        pythons: set[str] = set()
         while not (len(batch_ids(checkpoint / "commits")) >= 2 and set(app_cores_by_worker(state).values()) == {1}):
             assert job.alive() and time.monotonic() < deadline, job.tail()
+            pythons |= executor_pythons(cluster_dir)
             time.sleep(0.2)
+        pythons |= executor_pythons(cluster_dir)
+        # the executors' Python is the shipped environment, unpacked in their working dirs
+        assert pythons and all(p.startswith(str(cluster_dir)) and p.endswith("/env") for p in pythons), pythons
         deadline = time.monotonic() + 120
         while not batch_ids(checkpoint / "offsets") - batch_ids(checkpoint / "commits"):
             assert job.alive() and time.monotonic() < deadline, job.tail()
@@ -208,7 +165,7 @@ def test_worker_sigkilled_mid_batch_job_continues_and_table_equals(
         # the table equals the uninterrupted run's. Both are waited for: the sink writes a batch's rows
         # before Spark writes its commit file, and the last messages may write no row at all.
         deadline = time.monotonic() + 400
-        while not (consumed_all(checkpoint) and table_rows(tmp_path / "results.db") == local_reference.rows):
+        while not (consumed_all(checkpoint) and table_rows(tmp_path / "results.db") == reference.rows):
             assert job.alive() and time.monotonic() < deadline, (
                 f"input consumed: {consumed_all(checkpoint)}; table never equal to the reference:\n{job.tail()}"
             )
@@ -216,10 +173,11 @@ def test_worker_sigkilled_mid_batch_job_continues_and_table_equals(
     finally:
         code = job.stop() if job.alive() else job.wait(10)
     assert code == 0, job.tail()
-    figures = compare(local_reference, tmp_path, kafka_broker.bootstrap_servers, "clkill")
+    figures = compare(reference, tmp_path, kafka_broker.bootstrap_servers, "clkill")
     assert len(consume_all(kafka_broker.bootstrap_servers, "clkill-dlq")) >= len(BAD)
     print(
         f"\nworker 2 SIGKILLed in batch {in_flight} (uncommitted); the job went on with worker 1 "
         f"({recovered_s:.0f} s to commit two more batches); worker restarted, executor back; {figures}; "
+        f"executors' env {sorted(pythons)}; "
         f"{time.monotonic() - started:.0f} s"
     )

@@ -416,15 +416,14 @@ class Reference(NamedTuple):
     incidents: list[list[tuple]]  # its incidents and incident_events tables
 
 
-@pytest.fixture(scope="module")
-def reference(kafka_broker, tmp_path_factory) -> Reference:
-    """One uninterrupted --available-now run over the input (topic ``rs-ref-in``)."""
+def uninterrupted_run(kafka_broker, work: Path) -> Reference:
+    """One uninterrupted --available-now run over the input (topic ``rs-ref-in``): the session fixture
+    ``reference`` (tests/conftest.py), shared with the cluster tests (same input, same config)."""
     bootstrap = kafka_broker.bootstrap_servers
     kafka_broker.create_topic("rs-ref-in", partitions=1)
     for topic in ("rs-ref-out", "rs-ref-dlq"):
         kafka_broker.create_topic(topic, partitions=2)
     produce_messages(bootstrap, "rs-ref-in", stream_messages())
-    work = tmp_path_factory.mktemp("reference")
     config = write_config(work / "job.yaml", work, bootstrap, "rs-ref", trigger="available_now")
     job = Job(config, work / "run.log", available_now=True)
     code = job.wait(600)
