@@ -95,16 +95,17 @@ def executor_pythons(cluster_dir: Path) -> set[str]:
     return found
 
 
-def last_offset(checkpoint: Path, batch: int) -> int:
-    """The end offset of the input topic's partition 0 in batch ``batch``'s offsets file."""
+def last_offset(checkpoint: Path, batch: int, topic: str) -> int:
+    """The end offset of ``topic``'s partition 0 in batch ``batch``'s offsets file (the source also reads
+    the incident feedback topic)."""
     line = (checkpoint / "offsets" / str(batch)).read_text().splitlines()[-1]
-    return next(iter(json.loads(line).values()))["0"]
+    return json.loads(line)[topic]["0"]
 
 
-def consumed_all(checkpoint: Path) -> bool:
+def consumed_all(checkpoint: Path, topic: str) -> bool:
     """Whether the last committed batch ends at the input's last offset."""
     committed = batch_ids(checkpoint / "commits")
-    return bool(committed) and last_offset(checkpoint, max(committed)) == TOTAL
+    return bool(committed) and last_offset(checkpoint, max(committed), topic) == TOTAL
 
 
 @pytest.mark.timeout(900)
@@ -165,9 +166,10 @@ def test_cluster_run_with_a_worker_sigkilled_mid_batch_equals_local_mode(
         # the table equals the uninterrupted run's. Both are waited for: the sink writes a batch's rows
         # before Spark writes its commit file, and the last messages may write no row at all.
         deadline = time.monotonic() + 400
-        while not (consumed_all(checkpoint) and table_rows(tmp_path / "results.db") == reference.rows):
+        while not (consumed_all(checkpoint, "clkill-in") and table_rows(tmp_path / "results.db") == reference.rows):
             assert job.alive() and time.monotonic() < deadline, (
-                f"input consumed: {consumed_all(checkpoint)}; table never equal to the reference:\n{job.tail()}"
+                f"input consumed: {consumed_all(checkpoint, 'clkill-in')}; table never equal to the reference:\n"
+                f"{job.tail()}"
             )
             time.sleep(1)
     finally:
