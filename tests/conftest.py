@@ -15,6 +15,7 @@ from tests.lanes import (  # noqa: F401 - hooks: markers from the fixtures a tes
     pytest_collection_modifyitems,
     pytest_configure,
     pytest_terminal_summary,
+    pytest_unconfigure,
 )
 from tests.postgres_fixture import postgres  # noqa: F401 - session fixture: a real PostgreSQL server
 

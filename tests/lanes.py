@@ -19,6 +19,7 @@ reason instead of quietly making the lane slow.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Iterable
@@ -51,6 +52,7 @@ MARKER_HELP = {
 }
 _LEFT_OUT = pytest.StashKey[Counter]()  # fast lane: slow tests left out, by marker
 _LEFT_OUT_TOTAL = pytest.StashKey[int]()
+_JAVA_STUB_DIR = pytest.StashKey[Path]()
 LONG_TESTS = os.environ.get("ANOMALY_LONG_TESTS", "") not in ("", "0")
 
 _JAVA_STUB = """#!/bin/sh
@@ -81,6 +83,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{name}: {text}")
     if config.getoption("fast"):
         stub = Path(tempfile.mkdtemp(prefix="anomaly-fast-lane-java-"))
+        config.stash[_JAVA_STUB_DIR] = stub
         (stub / "bin").mkdir()
         java = stub / "bin" / "java"
         java.write_text(_JAVA_STUB)
@@ -115,3 +118,9 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         f"fast lane: left out {total} slow tests ({by_marker or 'none'}; a test may count under several markers); "
         "scripts/test.sh runs them all"
     )
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    stub = config.stash.get(_JAVA_STUB_DIR, None)
+    if stub is not None:
+        shutil.rmtree(stub, ignore_errors=True)
