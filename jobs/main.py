@@ -100,6 +100,7 @@ def run(job: JobConfig, spark: Any = None, stop_event: threading.Event | None = 
     from jobs.progress import ProgressListener
     from jobs.query import start_stream
     from jobs.session import build_session
+    from jobs.source import FeedbackTopicError
     from jobs.workdir import claim
 
     # Every stream's checkpoint before Spark starts: a refusal takes a moment, not
@@ -112,7 +113,11 @@ def run(job: JobConfig, spark: Any = None, stop_event: threading.Event | None = 
     queries = []
     try:
         for stream in job.streams:
-            queries.append(start_stream(spark, job, stream, checkpoint_of(job, stream)))
+            try:
+                queries.append(start_stream(spark, job, stream, checkpoint_of(job, stream)))
+            except FeedbackTopicError as err:  # the first call to the broker: a refused login shows here
+                log.error("[%s] failed: %s", stream.name, security_failure(stream, err.detail) or str(err))
+                return 1
         stop_event = stop_event or threading.Event()
         while not stop_event.is_set():
             active = [q for q in queries if q.isActive]
@@ -141,8 +146,16 @@ _AUTH_ERRORS = ("SaslAuthenticationException", "Authentication failed", "Authent
 def failure_message(stream: StreamConfig | None, error: str) -> str:
     """One line for a failed query; a refused login names the listener, protocol, mechanism and user."""
     first = error.splitlines()[0] if error else "unknown error"
+    return security_failure(stream, error) or first
+
+
+def security_failure(stream: StreamConfig | None, error: str) -> str | None:
+    """The line for a refused login or TLS handshake, or None when ``error`` is neither."""
+    lines = [line.strip(" :") for line in error.splitlines() if line.strip(" :")] or ["unknown error"]
+    markers = (*_AUTH_ERRORS, "SSLHandshakeException", "SslAuthenticationException")
+    first = next((line for line in lines if any(m in line for m in markers)), lines[0])
     if stream is None or stream.source.security is None:
-        return first
+        return None
     security = stream.source.security
     where = f"{stream.source.bootstrap_servers} ({security.describe()})"
     if any(marker in error for marker in _AUTH_ERRORS):
@@ -150,7 +163,7 @@ def failure_message(stream: StreamConfig | None, error: str) -> str:
         return f"Kafka authentication failed at listener {where}, {who or 'client certificate'}: {first}"
     if "SSLHandshakeException" in error or "SslAuthenticationException" in error:
         return f"TLS handshake with listener {where} failed (check source.security.truststore): {first}"
-    return first
+    return None
 
 
 def configure_logging() -> None:

@@ -88,7 +88,12 @@ def read_kafka(spark: SparkSession, source: SourceConfig) -> DataFrame:
 
 
 class FeedbackTopicError(RuntimeError):
-    """The feedback topic is missing and could not be created."""
+    """The feedback topic is missing and could not be created; ``detail`` keeps the Kafka client's
+    whole error (a refused login shows there, not in the first line)."""
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail or message
 
 
 def ensure_feedback_topic(spark: SparkSession, source: SourceConfig, timeout_s: float = 60.0) -> None:
@@ -134,7 +139,8 @@ def ensure_feedback_topic(spark: SparkSession, source: SourceConfig, timeout_s: 
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise FeedbackTopicError(
             f"source.feedback_topic {topic!r} does not exist and could not be created ({first[:500]}); "
-            "create it, or set source.feedback_topic: null to read no incident feedback"
+            "create it, or set source.feedback_topic: null to read no incident feedback",
+            detail=str(err),
         ) from None
     finally:
         admin.close()

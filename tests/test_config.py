@@ -225,3 +225,22 @@ def test_temp_dir_defaults_beside_a_local_checkpoint_dir():
     assert parse_config(BASE).temp_dir == "/tmp/tmp"  # beside /tmp/anomaly-test-checkpoints
     assert parse_config({**BASE, "checkpoint_dir": "s3a://b/ck"}).temp_dir == "work/tmp"
     assert parse_config({**BASE, "temp_dir": "/var/tmp/job"}).temp_dir == "/var/tmp/job"
+
+
+def test_a_refused_login_in_a_wrapped_java_error_names_the_listener_mechanism_and_user(monkeypatch):
+    from jobs.main import failure_message
+
+    stream = parse_config(config_with(source={"security": SECURITY})).streams[0]
+    monkeypatch.setenv("T_KAFKA_USER", "job")
+    # how py4j shows a failed Admin call: the cause is on a later line, not the first
+    error = (
+        "An error occurred while calling o78.get.\n"
+        ": java.util.concurrent.ExecutionException: org.apache.kafka.common.errors.SaslAuthenticationException: "
+        "Authentication failed during authentication due to invalid credentials with SASL mechanism SCRAM-SHA-512\n"
+        "\tat java.base/java.util.concurrent.CompletableFuture.reportGet(CompletableFuture.java:396)"
+    )
+    message = failure_message(stream, error)
+    assert message.startswith(f"Kafka authentication failed at listener {stream.source.bootstrap_servers} (SASL_SSL/")
+    assert "user 'job', password from $T_KAFKA_PASSWORD" in message
+    assert "invalid credentials" in message and "o78" not in message
+    assert failure_message(stream, "Connection refused\nmore") == "Connection refused"
