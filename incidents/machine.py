@@ -16,7 +16,10 @@ nothing opens, nothing counts as clean, no ``no_data``.
 Every transition is a record (:data:`RECORD_FIELDS`) with the incident's
 deterministic id (sha256 of application, detector, aggregation and the first
 window's time) and a per-incident sequence number: replaying the same windows
-from the same state gives the same records.
+from the same state gives the same records. A record of a cleanly resolved
+incident carries ``reopen_until`` (resolved + the application's merge gap, event
+time): until then an anomaly reopens it under the same id, and the notifier
+keeps its alert firing (incidents/paging.py); null otherwise.
 
 Cheap in the common case: the tracks are columnar arrays (:class:`IncidentState`),
 and :func:`process` looks at a window in Python only when it is anomalous or its
@@ -54,7 +57,11 @@ RECORD_FIELDS = (
     "incident_id", "seq", "transition", "state", "application", "detector", "agg_function", "agg_window_millis",
     "opened_at", "event_ts", "resolved_at", "severity", "peak_probability", "peak_value", "peak_ts",
     "value_lower_limit", "value_upper_limit", "explanation", "window_count", "resolution", "feedback",
+    "reopen_until",
 )
+# on the topic only, not in the incident tables (an existing table would lack the column): what the
+# notifier needs and the tables do not
+TOPIC_ONLY_FIELDS = ("reopen_until",)
 MAX_SCORE = 15.0  # -log10(1 - p) is capped: p = 1 - 1e-15 and above all count as the same peak
 _INT_COLUMNS = ("status", "seq", "opened", "resolved", "last_anom", "clean", "last_seen", "window_count",
                 "severity", "resolution", "feedback", "muted", "peak_ts")
@@ -313,6 +320,10 @@ class _Context:
 
 def _emit(ctx: _Context, t: _Track, transition: str, event_ms: int) -> None:
     t.seq += 1
+    # a clean resolution reopens under the same id until resolved + merge_gap (event time); the notifier
+    # keeps the incident's alert firing that long (incidents/paging.py)
+    reopenable = t.status == RESOLVED and t.resolution == 1
+    reopen_until = iso(t.resolved + ctx.settings.rules_for(t.app).merge_gap_ms) if reopenable else None
     ctx.out.event_ms.append(int(event_ms))
     ctx.out.records.append(
         {
@@ -337,6 +348,7 @@ def _emit(ctx: _Context, t: _Track, transition: str, event_ms: int) -> None:
             "window_count": t.window_count,
             "resolution": RESOLUTIONS[t.resolution],
             "feedback": FEEDBACK[t.feedback],
+            "reopen_until": reopen_until,
         }
     )
 

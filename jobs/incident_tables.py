@@ -1,7 +1,7 @@
 """The incident tables beside the results table: ``incidents`` (one row per incident) and ``incident_events``.
 
-Every incident transition (incidents/machine.py, :data:`incidents.RECORD_FIELDS`)
-is a row of ``incident_events``, primary key ``(incident_id, seq)``, and
+Every incident transition (incidents/machine.py, :data:`incidents.RECORD_FIELDS`
+but the topic-only ``reopen_until``) is a row of ``incident_events``, primary key ``(incident_id, seq)``, and
 upserts the incident's row in ``incidents`` (primary key ``incident_id``: every
 field of the record but ``seq`` and ``transition``, plus ``last_seq``; an
 upsert only moves the row forward, ``WHERE incidents.last_seq <= excluded.last_seq``).
@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from incidents import RECORD_FIELDS
+from incidents.machine import TOPIC_ONLY_FIELDS
 from jobs.jdbc import JdbcError, JdbcTable
 
 log = logging.getLogger("anomaly.jdbc")
@@ -33,8 +34,9 @@ _TIMES = ("opened_at", "event_ts", "resolved_at", "peak_ts")
 _INTS = ("seq", "agg_window_millis", "window_count", "last_seq")
 _FLOATS = ("peak_probability", "peak_value", "value_lower_limit", "value_upper_limit")
 _NULLABLE = ("resolved_at", "value_lower_limit", "value_upper_limit", "explanation", "resolution", "feedback")
-EVENT_COLUMNS = RECORD_FIELDS
-INCIDENT_COLUMNS = (*(f for f in RECORD_FIELDS if f not in ("seq", "transition")), "last_seq")
+# reopen_until is on the topic only (incidents.machine.TOPIC_ONLY_FIELDS): tables created before it stay valid
+EVENT_COLUMNS = tuple(f for f in RECORD_FIELDS if f not in TOPIC_ONLY_FIELDS)
+INCIDENT_COLUMNS = (*(f for f in EVENT_COLUMNS if f not in ("seq", "transition")), "last_seq")
 
 
 def _type(dialect: str, column: str) -> str:

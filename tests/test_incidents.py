@@ -89,6 +89,9 @@ def test_reopen_within_merge_gap_then_flapping_then_a_new_incident_after_the_gap
     ids = {r["incident_id"] for r in records[:-1]}
     assert len(ids) == 1
     assert records[-1]["transition"] == "opened" and records[-1]["incident_id"] not in ids
+    # a clean resolve says until when it can reopen (resolved + merge gap): the notifier keeps its alert firing
+    assert records[1]["reopen_until"] == "2024-01-01T00:06:00.000Z" and records[1]["resolved_at"].endswith("01:00.000Z")
+    assert all(r["reopen_until"] is None for r in records if r["state"] != "resolved")
 
 
 def test_split_at_max_duration():
@@ -96,6 +99,7 @@ def test_split_at_max_duration():
     records, _ = run([1, 1, 1, 1, 1], settings=settings)
     assert transitions(records) == ["opened", "split", "opened"]
     assert records[1]["resolution"] == "max_duration" and records[1]["state"] == "resolved"
+    assert records[1]["reopen_until"] is None  # a split never reopens
     assert records[0]["incident_id"] == records[1]["incident_id"] != records[2]["incident_id"]
 
 
@@ -157,6 +161,7 @@ def test_feedback_resolves_mutes_resets_and_rejects_unknown():
         # muted until 2 clean windows in a row, then a new incident
         ("opened", None, None),
     ]
+    assert out.records[1]["reopen_until"] is None  # resolved by feedback: muted, it does not reopen
     assert [(k, reason) for k, reason, _ in out.rejected] == [(2, "unknown_incident"), (3, "unknown_incident")]
     new = out.records[-1]["incident_id"]
     out = process(state, settings, STREAM, None, T0, feedback=[Feedback("a", new, "new_normal", T0 + 9 * MIN)])
