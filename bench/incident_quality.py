@@ -6,21 +6,30 @@
 Every series of each corpus runs through the detector as the backtest does
 (tools/backtest.py: state round trips every 1,000 points), then through the
 job's incident state machine (incidents/replay.py, default rules: one window at
-the threshold opens, resolved after 10 minutes of clean windows, at least 2;
+the threshold opens, resolved after an hour of clean windows, at least 2;
 reopened within 30 minutes). Per corpus, against its labelled anomaly windows
 (``labels/combined_windows.json``):
 
 * ``notif/window``: notifications inside labelled windows per window that got
-  any. A notification is what reaches a receiver through Alertmanager
-  (tools/notify.py): an incident ``opened``, or ``reopened`` / ``flapping``
-  after it resolved (it fires again); updates do not page (the alert's
-  severity label is fixed at opening);
-* ``windows w/ incident``: labelled windows with at least one incident opened
-  inside, beside ``windows w/ point``: windows where the detector flags at least
-  one point (what the per-point output finds);
+  any. A notification is a page: what makes Alertmanager (or a webhook receiver)
+  notify "firing", by the notifier's own rule (incidents/paging.py, which
+  tools/notify.py runs): an incident ``opened``, or a ``reopened`` /
+  ``flapping`` after its alert ended. The notifier keeps a cleanly resolved
+  incident's alert firing for its merge gap (the time it can reopen under the
+  same id), so a reopen, which the job only makes within that gap, continues the
+  firing alert and does not page; updates never page (the alert's severity
+  label is fixed at opening). The ``keep firing 0`` row is the notifier with
+  ``--keep-firing-seconds 0`` (the alert ends at the resolve): every reopen and
+  flapping pages again;
+* ``pages o/r/f``: those pages inside labelled windows by transition:
+  ``opened`` / ``reopened`` / ``flapping``;
+* ``windows w/ incident``: labelled windows with an incident opened, reopened or
+  flapping inside (its alert firing because of it, paged or not), beside
+  ``windows w/ point``: windows where the detector flags at least one point
+  (what the per-point output finds);
 * ``false inc/series-day``: incidents opened outside every window, per day of
   series;
-* ``median first (min)``: from the window's start to its first notification.
+* ``median first (min)``: from the window's start to its first page.
 
 The anchor row of each corpus, measured in the same run, is the per-point
 output itself (every flagged point a notification: what a consumer without the
@@ -44,14 +53,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from evaluation import nab_scoring  # noqa: E402
+from incidents.paging import FIRING, kinds  # noqa: E402
 from incidents.replay import cadence_ms, series_incidents  # noqa: E402
 from incidents.rules import parse_settings  # noqa: E402
 from tools.backtest import find_csvs, read_series, run_detector, series_key  # noqa: E402
 
 DAY_MS = 86_400_000
-# what pages through Alertmanager (tools/notify.py): an incident opening, or firing again after it resolved
-# (reopened, or reopened into flapping); severity is fixed at opening there, so updates do not page
-NOTIFYING = ("opened", "reopened", "flapping")
+# the transitions that can page (incidents/paging.py decides which do) and that mark an incident active
+ACTIVE = ("opened", "reopened", "flapping")
 
 
 @dataclass
@@ -60,6 +69,7 @@ class SeriesFigures:
     with_point: int = 0
     with_incident: int = 0
     notifications_in: int = 0
+    pages_in: tuple[int, int, int] = (0, 0, 0)  # inside windows, by transition: opened, reopened, flapping
     windows_notified: int = 0
     false_incidents: int = 0
     point_notifications_in: int = 0
@@ -72,32 +82,41 @@ def _ms(iso: str) -> int:
     return int(np.datetime64(iso.rstrip("Z"), "ms").astype(np.int64))
 
 
-def notifications(records: list[dict]) -> list[int]:
-    """Event times of the transitions that notify a receiver."""
-    return [_ms(r["event_ts"]) for r in records if r["transition"] in NOTIFYING]
+def notifications(records: list[dict], keep_firing_ms: float | None = None) -> list[tuple[int, str]]:
+    """(event time, transition) of the records that page, as the notifier decides (incidents/paging.py)
+    with ``--keep-firing-seconds`` = ``keep_firing_ms`` / 1000 (None: the merge gap, its default)."""
+    return [(_ms(r["event_ts"]), r["transition"]) for r, kind in zip(records, kinds(records, keep_firing_ms),
+                                                                     strict=True) if kind == FIRING]
 
 
-def figures_of(ts: np.ndarray, flags: np.ndarray, notified: list[int], opened: list[int],
+def figures_of(ts: np.ndarray, flags: np.ndarray, notified: list[tuple[int, str]], records: list[dict],
                windows: list[tuple[int, int]]) -> SeriesFigures:
     f = SeriesFigures(windows=len(windows), days=(int(ts[-1]) - int(ts[0])) / DAY_MS if len(ts) else 0.0)
-    notes, opens = np.array(notified, dtype=np.int64), np.array(opened, dtype=np.int64)
+    notes = np.array([t for t, _ in notified], dtype=np.int64)
+    note_kind = np.array([ACTIVE.index(k) if k in ACTIVE else len(ACTIVE) for _, k in notified], dtype=np.int64)
+    opens = np.array([_ms(r["event_ts"]) for r in records if r["transition"] == "opened"], dtype=np.int64)
+    active = np.array([_ms(r["event_ts"]) for r in records if r["transition"] in ACTIVE], dtype=np.int64)
     points = ts[flags]
     inside_open = np.zeros(len(opens), dtype=bool)
     inside_point = np.zeros(len(points), dtype=bool)
     delays = []
+    by_kind = np.zeros(len(ACTIVE) + 1, dtype=np.int64)
     for start, end in windows:
-        in_notes = notes[(notes >= start) & (notes <= end)]
+        note_in = (notes >= start) & (notes <= end)
+        in_notes = notes[note_in]
+        by_kind += np.bincount(note_kind[note_in], minlength=len(ACTIVE) + 1)
         in_opens = (opens >= start) & (opens <= end)
         in_points = (points >= start) & (points <= end)
         inside_open |= in_opens
         inside_point |= in_points
         f.with_point += bool(in_points.any())
-        f.with_incident += bool(in_opens.any()) or bool(len(in_notes))
+        f.with_incident += bool(((active >= start) & (active <= end)).any())
         f.notifications_in += len(in_notes)
         f.point_notifications_in += int(in_points.sum())
         if len(in_notes):
             f.windows_notified += 1
             delays.append((int(in_notes.min()) - start) / 60_000)
+    f.pages_in = (int(by_kind[0]), int(by_kind[1]), int(by_kind[2]))
     f.false_incidents = int((~inside_open).sum())
     f.false_points = int((~inside_point).sum())
     f.delays_min = tuple(delays)
@@ -105,7 +124,8 @@ def figures_of(ts: np.ndarray, flags: np.ndarray, notified: list[int], opened: l
 
 
 def _one(task: tuple[Path, str, str, list[tuple[int, int]], tuple[int, ...]]) -> list[SeriesFigures]:
-    """One series: the detector once, then the incidents under each resolve setting."""
+    """One series: the detector once, then the incidents under each resolve setting (the first one's
+    twice: the notifier keeping alerts firing through the merge gap, then with keep firing 0)."""
     path, key, detector, windows, resolve_minutes = task
     series = read_series(path)
     result = run_detector(detector, {}, series.ts_ms, series.values)
@@ -114,13 +134,15 @@ def _one(task: tuple[Path, str, str, list[tuple[int, int]], tuple[int, ...]]) ->
     for minutes in resolve_minutes:
         rules = {"resolve_after": max(2, -(-minutes * 60_000 // cadence_ms(series.ts_ms)))} if minutes else {}
         records = series_incidents(key, detector, series.ts_ms, series.values, result, parse_settings(rules))
-        opened = [_ms(r["event_ts"]) for r in records if r["transition"] == "opened"]
-        out.append(figures_of(series.ts_ms, flags, notifications(records), opened, windows))
+        out.append(figures_of(series.ts_ms, flags, notifications(records), records, windows))
+        if len(out) == 1:
+            out.append(figures_of(series.ts_ms, flags, notifications(records, 0), records, windows))
     return out
 
 
 def corpus(root: Path, detector: str, jobs: int, resolve_minutes: tuple[int, ...]) -> list[list[SeriesFigures]]:
-    """Per resolve setting, the figures of every labelled series."""
+    """Per resolve setting (the first one twice: keep firing as the notifier does, then 0), the figures
+    of every labelled series."""
     data = root / "data"
     labels = nab_scoring.load_windows(root / "labels" / "combined_windows.json")
     tasks = [(p, series_key(p, data), detector, labels.get(series_key(p, data), []), resolve_minutes)
@@ -131,7 +153,7 @@ def corpus(root: Path, detector: str, jobs: int, resolve_minutes: tuple[int, ...
     else:
         with multiprocessing.get_context("fork").Pool(jobs) as pool:
             per_series = pool.map(_one, tasks)
-    return [[figures[k] for figures in per_series] for k in range(len(resolve_minutes))]
+    return [[figures[k] for figures in per_series] for k in range(len(resolve_minutes) + 1)]
 
 
 def row(name: str, figures: list[SeriesFigures], points: bool = False) -> str:
@@ -150,8 +172,9 @@ def row(name: str, figures: list[SeriesFigures], points: bool = False) -> str:
         delays = [d for f in figures for d in f.delays_min]
         delay = f"{np.median(delays):.0f}" if delays else "-"
     with_point = sum(f.with_point for f in figures)
-    return (f"{name:<34} {len(figures):>6} {windows:>7} {per_window:>12.2f} {found:>10} {with_point:>10} "
-            f"{false:>12.3f} {delay:>11}")
+    pages = "-" if points else "/".join(str(sum(f.pages_in[k] for f in figures)) for k in range(3))
+    return (f"{name:<52} {len(figures):>6} {windows:>7} {per_window:>12.2f} {pages:>12} {found:>10} "
+            f"{with_point:>10} {false:>12.3f} {delay:>11}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,21 +187,24 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma list: resolve after this many minutes of clean windows (0: the default rule)")
     args = parser.parse_args(argv)
     resolve_minutes = tuple(int(m) for m in args.resolve_minutes.split(","))
-    print(f"{'corpus / output':<34} {'series':>6} {'windows':>7} {'notif/window':>12} {'w/ incid.':>10} "
-          f"{'w/ point':>10} {'false/s-day':>12} {'median 1st':>11}")
+    print(f"{'corpus / output':<52} {'series':>6} {'windows':>7} {'notif/window':>12} {'pages o/r/f':>12} "
+          f"{'w/ incid.':>10} {'w/ point':>10} {'false/s-day':>12} {'median 1st':>11}")
     for name, root in (("NAB", args.nab_dir), ("AIOps KPI", args.aiops_dir)):
         if not (root / "labels" / "combined_windows.json").is_file():
             print(f"{name}: no labels under {root}, skipped")
             continue
         by_setting = corpus(root, args.detector, args.jobs, resolve_minutes)
         print(row(f"{name}: {args.detector} points (anchor)", by_setting[0], points=True))
-        for minutes, figures in zip(resolve_minutes, by_setting, strict=True):
-            setting = f"resolve {minutes} min" if minutes else "default rules"
-            print(row(f"{name}: + incidents, {setting}", figures))
-    print("notif/window: notifications (opened, reopened, flapping) inside labelled windows per window that got "
-          "any; w/ incid.: windows with an incident; w/ point: windows with a flagged point; false/s-day: "
-          "incidents (anchor: points) outside every window per series-day; median 1st: minutes from window start "
-          "to the first notification")
+        labels = [f"resolve {m} min" if m else "default rules" for m in resolve_minutes]
+        labels.insert(1, f"{labels[0]}, keep firing 0")
+        for label, figures in zip(labels, by_setting, strict=True):
+            print(row(f"{name}: + incidents, {label}", figures))
+    print("notif/window: pages (what the notifier makes Alertmanager send as firing: incidents/paging.py) inside "
+          "labelled windows per window that got any; pages o/r/f: those pages by transition (opened / reopened / "
+          "flapping); keep firing 0: the notifier with --keep-firing-seconds 0 (every reopen pages); w/ incid.: "
+          "windows with an incident opened, reopened or flapping; w/ point: windows with a flagged point; "
+          "false/s-day: incidents (anchor: points) outside every window per series-day; median 1st: minutes from "
+          "window start to the first page")
     return 0
 
 

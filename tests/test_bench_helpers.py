@@ -142,20 +142,26 @@ def test_detector_speed_state_table_reads_every_series_of_a_corpus_gz_too(tmp_pa
     assert "| ema | tiny | 2 |" in table and "not found, skipped: gone" in table
 
 
-def test_incident_quality_counts_notifications_windows_and_false_incidents():
+def test_incident_quality_counts_pages_windows_and_false_incidents():
     quality = load_bench("incident_quality")
     records = [
-        {"incident_id": "a", "transition": "opened", "event_ts": "1970-01-01T00:10:00.000Z"},
-        {"incident_id": "a", "transition": "updated", "event_ts": "1970-01-01T00:11:00.000Z"},
-        {"incident_id": "a", "transition": "resolved", "event_ts": "1970-01-01T00:13:00.000Z"},
-        {"incident_id": "a", "transition": "reopened", "event_ts": "1970-01-01T00:20:00.000Z"},
-        {"incident_id": "b", "transition": "opened", "event_ts": "1970-01-01T02:00:00.000Z"},
+        {"incident_id": "a", "transition": "opened", "state": "open", "event_ts": "1970-01-01T00:10:00.000Z"},
+        {"incident_id": "a", "transition": "updated", "state": "open", "event_ts": "1970-01-01T00:11:00.000Z"},
+        {"incident_id": "a", "transition": "resolved", "state": "resolved", "event_ts": "1970-01-01T00:13:00.000Z",
+         "reopen_until": "1970-01-01T00:43:00.000Z"},
+        {"incident_id": "a", "transition": "reopened", "state": "open", "event_ts": "1970-01-01T00:20:00.000Z"},
+        {"incident_id": "b", "transition": "opened", "state": "open", "event_ts": "1970-01-01T02:00:00.000Z"},
     ]
+    # the notifier keeps a's alert firing through its merge gap: the reopen does not page (incidents/paging.py)
     notified = quality.notifications(records)
-    assert notified == [600_000, 1_200_000, 7_200_000]  # updates and resolves do not page
+    assert notified == [(600_000, "opened"), (7_200_000, "opened")]
+    # with --keep-firing-seconds 0 it does; updates and resolves never page
+    assert quality.notifications(records, 0) == [(600_000, "opened"), (1_200_000, "reopened"), (7_200_000, "opened")]
     ts = np.arange(0, 3 * 3_600_000, 60_000)
     flags = np.isin(ts, [600_000, 660_000, 7_200_000])
     windows = [(300_000, 1_800_000), (9_000_000, 9_600_000)]
-    f = quality.figures_of(ts, flags, notified, [600_000, 7_200_000], windows)
+    f = quality.figures_of(ts, flags, quality.notifications(records, 0), records, windows)
     assert (f.windows, f.with_point, f.with_incident, f.notifications_in, f.windows_notified) == (2, 1, 1, 2, 1)
-    assert (f.false_incidents, f.false_points, f.delays_min) == (1, 1, (5.0,))
+    assert (f.false_incidents, f.false_points, f.delays_min, f.pages_in) == (1, 1, (5.0,), (1, 1, 0))
+    f = quality.figures_of(ts, flags, notified, records, windows)
+    assert (f.with_incident, f.notifications_in, f.windows_notified, f.pages_in) == (1, 1, 1, (1, 0, 0))
