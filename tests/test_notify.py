@@ -37,9 +37,10 @@ def incident_id(application: str, first_ms: int, detector: str = "default") -> s
 
 
 def record(
-    application: str, first_ms: int, seq: int, transition: str, state: str, severity: str = "warning"
+    application: str, first_ms: int, seq: int, transition: str, state: str, severity: str = "warning",
+    gap_ms: int | None = None,
 ) -> dict[str, Any]:
-    """One transition of the contract's incident record."""
+    """One transition of the contract's incident record; ``gap_ms``: a resolve that can reopen for that long."""
     minute = 60_000
 
     def iso(ms: int) -> str:
@@ -68,6 +69,7 @@ def record(
         "window_count": seq,
         "resolution": "clean" if resolved else None,
         "feedback": None,
+        "reopen_until": iso(first_ms + seq * minute + gap_ms) if resolved and gap_ms is not None else None,
     }
 
 
@@ -194,12 +196,16 @@ def test_one_notification_per_incident_open_and_resolve(alertmanager, notifier, 
     got = settle_and_count(alertmanager, ids, expected(records), n.log)
     assert got == expected(records), n.log()[-3000:]
 
-    # the generic webhook: every transition exactly once, keyed incident_id:seq, the record as body
+    # the generic webhook: every transition exactly once, keyed incident_id:seq, the record as body plus
+    # what it is to a receiver: firing at the opening, then updates, resolved at the resolve
     posts = alertmanager.receiver.received(f"/hook/{topic}")
     keys = [p.headers["Idempotency-Key"] for p in posts]
     assert sorted(keys) == sorted({f"{r['incident_id']}:{r['seq']}" for r in records}), keys
-    assert all(p.body == next(r for r in records if f"{r['incident_id']}:{r['seq']}" == k)
-               for p, k in zip(posts, keys, strict=True))
+    by_key = {f"{r['incident_id']}:{r['seq']}": r for r in records}
+    assert all({k: v for k, v in p.body.items() if k != "notification"} == by_key[key]
+               for p, key in zip(posts, keys, strict=True))
+    kinds = {"opened": "firing", "updated": "update", "resolved": "resolved"}
+    assert all(p.body["notification"] == kinds[by_key[key]["transition"]] for p, key in zip(posts, keys, strict=True))
 
     # the open incident in Alertmanager: labels fixed at opening, annotations current
     (alert,) = [x for x in alertmanager.alerts() if x["labels"].get("incident_id") == c[0]["incident_id"]]
@@ -214,6 +220,41 @@ def test_one_notification_per_incident_open_and_resolve(alertmanager, notifier, 
     assert alert["status"]["state"] == "active"
     assert n.stop() == 0
     assert "1 repeats skipped" in n.log(), n.log()[-2000:]
+
+
+def test_a_reopen_within_the_merge_gap_continues_the_firing_alert(alertmanager, notifier, kafka_broker):
+    """Opened, resolved, reopened inside the merge gap (3 s here), resolved: the alert is kept firing through
+    the gap, so Alertmanager's receiver gets one firing notification and, once the last gap ran out, one
+    resolved; the webhook gets the reopen as an update."""
+    topic = f"inc-{uuid.uuid4().hex[:8]}"
+    hook = alertmanager.receiver.url + f"/hook/{topic}"
+    n = notifier(topic, alertmanager=alertmanager, webhook=hook).start()
+    t0, gap = 1_709_330_000_000, 3_000
+    first = [record("bounce", t0, 1, "opened", "open"), record("bounce", t0, 2, "resolved", "resolved", gap_ms=gap)]
+    ids = {first[0]["incident_id"]}
+    wait_for("the partitions", lambda: "assigned" in n.log(), log=n.log)  # the gap counts from the produce
+    produce(kafka_broker, topic, first)
+    wait_for("the firing notification", lambda: alertmanager.receiver.notifications(ids) == [(*ids, "firing")],
+             log=n.log)
+    wait_for("the resolve kept firing", lambda: "kept firing until" in n.log(), log=n.log)
+    time.sleep(1.5)  # over a group_interval (1 s): an alert that had ended would have been notified resolved
+    assert alertmanager.receiver.notifications(ids) == [(*ids, "firing")]
+    (alert,) = [a for a in alertmanager.alerts() if a["labels"]["incident_id"] in ids]
+    assert alert["status"]["state"] == "active" and alert["annotations"]["state"] == "resolved"
+    again = [record("bounce", t0, 3, "reopened", "open"), record("bounce", t0, 4, "resolved", "resolved", gap_ms=gap)]
+    produce(kafka_broker, topic, again)
+    produced = time.monotonic()
+    wait_for("the resolved notification", lambda: len(alertmanager.receiver.notifications(ids)) == 2, timeout=30,
+             log=n.log)
+    (resolved,) = [r for r in alertmanager.receiver.received("/alertmanager")
+                   if any(a["labels"]["incident_id"] in ids and a["status"] == "resolved" for a in r.body["alerts"])]
+    assert resolved.at - produced > gap / 1000 - 1, "resolved before the gap ran out"
+    time.sleep(2)  # two re-posts and group_intervals: the ended alert is not revived, nothing comes twice
+    assert alertmanager.receiver.notifications(ids) == [(*ids, "firing"), (*ids, "resolved")], n.log()[-3000:]
+    posts = alertmanager.receiver.received(f"/hook/{topic}")
+    assert [(p.body["seq"], p.body["notification"]) for p in posts] == [
+        (1, "firing"), (2, "resolved"), (3, "update"), (4, "resolved")]
+    assert posts[1].body["reopen_until"] == first[1]["reopen_until"]
 
 
 def test_sigkill_notifier_mid_stream_loses_nothing_and_repeats_nothing(alertmanager, notifier, kafka_broker):

@@ -11,8 +11,22 @@ kafka-python in a consumer group, with manual commits, and hands every transitio
   posted the incident as firing: Alertmanager sends nothing for a group whose alerts all resolved
   before its ``group_wait`` ran out, which would lose the page of a short incident (or of a
   replayed one), so the hold must exceed the route's ``group_wait``;
-* to a **JSON webhook** (``--webhook-url``): the record itself, once per transition, with
-  ``Idempotency-Key: <incident_id>:<seq>``.
+* to a **JSON webhook** (``--webhook-url``): the record, once per transition, with
+  ``Idempotency-Key: <incident_id>:<seq>`` and a ``notification`` field: ``firing``, ``update`` or
+  ``resolved`` (below).
+
+**Keep firing.** A cleanly resolved incident can reopen under the same id until its record's
+``reopen_until`` (the job's merge gap after the resolve). Its alert is not ended at the resolve:
+it is posted with ``endsAt`` = the time the job produced the resolve (the Kafka record's
+timestamp, so the same after a restart) + that gap (at most ``--keep-firing-seconds``; 0: end at
+once, the old behaviour). A reopen inside it continues the firing alert, so Alertmanager sends no
+new notification; without one, Alertmanager ends the alert at ``endsAt`` by itself and sends the
+resolved notification then (one group_interval later at most). The periodic re-post posts such a
+held alert with that same ``endsAt`` (for an Alertmanager restarted meanwhile), once more after it,
+and never pushes it forward. The webhook gets the same verdict per record (incidents/paging.py,
+also what bench/incident_quality.py counts): ``firing`` when the alert starts (a page),
+``update`` while it goes on (a reopen inside the hold included), ``resolved`` at the resolve
+itself, sent at once; its ``reopen_until`` says until when a reopen may still come as an update.
 
 Offsets are committed only after every target accepted the record (or it was dead-lettered), so
 a crash re-sends at most the uncommitted tail, which Alertmanager deduplicates (same labels) and a
@@ -39,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sys
 import time
@@ -49,6 +64,7 @@ from datetime import datetime, timezone
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
+from incidents.paging import ENDED, FIRING, step
 from incidents.rules import Maintenance
 from jobs.config import ConfigError, JobConfig, load_config
 from tools.maintenance import sync_silences, windows_of
@@ -81,6 +97,7 @@ class NotifyConfig:
     repost_s: float = 60.0
     alert_ttl_s: float = 300.0
     resolve_hold_s: float = 60.0
+    keep_firing_s: float | None = None  # None: each resolve's merge gap (its reopen_until); 0: end at the resolve
     replay_hours: float = 168.0
     timeout_s: float = 10.0
     max_backoff_s: float = 60.0
@@ -119,6 +136,9 @@ def validate(config: NotifyConfig) -> NotifyConfig:
             raise ConfigError(name, f"must be > 0, got {value}")
     if config.resolve_hold_s < 0:
         raise ConfigError("--resolve-hold-seconds", f"must be >= 0, got {config.resolve_hold_s}")
+    if config.keep_firing_s is not None and not (math.isfinite(config.keep_firing_s) and config.keep_firing_s >= 0):
+        raise ConfigError("--keep-firing-seconds", f"must be merge-gap or a number of seconds >= 0, got "
+                          f"{config.keep_firing_s}")
     if config.alert_ttl_s < 3 * config.repost_s:
         raise ConfigError(
             "--alert-ttl-seconds",
@@ -139,6 +159,8 @@ class Tracked:
     partition: Any  # TopicPartition
     fired_at: float | None = None  # monotonic time of this process's first firing post
     resolved_wall: float | None = None  # wall time the resolve was handled (pruned after the replay window)
+    alert_until: float = ENDED  # epoch ms its alert fires until: OPEN, a kept-firing resolve's end, or ENDED
+    holding: bool = False  # a resolved alert kept firing: re-posted with its fixed end until posted after it
 
 
 @dataclass
@@ -173,9 +195,11 @@ def say(text: str) -> None:
 class Notifier:
     """The consume -> deliver -> commit loop (see the module docstring)."""
 
-    def __init__(self, config: NotifyConfig, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, config: NotifyConfig, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
         self.config = config
         self.clock = clock
+        self.wall = wall
         self.am = (
             AlertmanagerTarget("alertmanager", config.alertmanager_url, config.timeout_s)
             if config.alertmanager_url
@@ -301,7 +325,8 @@ class Notifier:
                     record = parse_incident(message.value)
                 except InvalidIncident:
                     continue  # dead-lettered when it was first handled
-                self.apply(partition, record)
+                at = _produced_ms(message, self.wall() * 1000)
+                self.apply(partition, record, self._step(record, at, at)[1])
                 self.stats.rebuilt += 1
 
     def on_revoked(self, partitions: list[Any]) -> None:
@@ -316,7 +341,16 @@ class Notifier:
             self.committed.pop(p, None)
 
     # -- records --------------------------------------------------------------------------------
-    def apply(self, partition: Any, record: dict[str, Any]) -> bool:
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self.wall(), tz=timezone.utc)
+
+    def _step(self, record: dict[str, Any], now_ms: float, anchor_ms: float) -> tuple[str, float]:
+        """What ``record`` is to a receiver and until when the incident's alert fires after it."""
+        tracked = self.incidents.get(record["incident_id"])
+        keep = None if self.config.keep_firing_s is None else self.config.keep_firing_s * 1000
+        return step(tracked.alert_until if tracked is not None else ENDED, record, now_ms, anchor_ms, keep)
+
+    def apply(self, partition: Any, record: dict[str, Any], alert_until: float) -> bool:
         """Make ``record`` the incident's latest; False when it is a repeat of one already handled."""
         tracked = self.incidents.get(record["incident_id"])
         if tracked is None:
@@ -325,7 +359,9 @@ class Notifier:
         elif record["seq"] <= tracked.record["seq"]:
             return False
         tracked.record = record
-        tracked.resolved_wall = time.time() if is_resolved(record) else None
+        tracked.resolved_wall = self.wall() if is_resolved(record) else None
+        tracked.alert_until = alert_until
+        tracked.holding = is_resolved(record) and math.isfinite(alert_until) and alert_until > self.wall() * 1000
         return True
 
     def handle(self, partition: Any, message: Any) -> None:
@@ -341,7 +377,7 @@ class Notifier:
             self.stats.repeats += 1
             return
         queue = self.pending.get(incident_id)
-        due = self._hold_until(tracked, record)
+        due = self._hold_until(tracked, record, message)
         if queue or due is not None:
             entry = _Pending(partition, message.offset, message, record, due or 0.0)
             self.pending.setdefault(incident_id, deque()).append(entry)
@@ -350,11 +386,15 @@ class Notifier:
             return
         self.deliver(partition, message, record)
 
-    def _hold_until(self, tracked: Tracked | None, record: dict[str, Any]) -> float | None:
+    def _hold_until(self, tracked: Tracked | None, record: dict[str, Any], message: Any) -> float | None:
         if self.am is None or tracked is None or tracked.fired_at is None or not is_resolved(record):
             return None
         due = tracked.fired_at + self.config.resolve_hold_s
-        return due if due > self.clock() else None
+        if due <= self.clock():
+            return None
+        now_ms = self.wall() * 1000
+        kept = self._step(record, now_ms, _produced_ms(message, now_ms))[1]  # kept firing past group_wait anyway
+        return None if math.isfinite(kept) and (kept - now_ms) / 1000 >= due - self.clock() else due
 
     def flush_due(self) -> None:
         now = self.clock()
@@ -371,9 +411,12 @@ class Notifier:
         """Send one transition to every target (retrying what may pass), then make it the latest."""
         tracked = self.incidents.get(record["incident_id"])
         label = tracked.label_severity if tracked is not None else record["severity"]
+        now_ms = self.wall() * 1000
+        kind, until = self._step(record, now_ms, _produced_ms(message, now_ms))
+        kept = _at(until) if is_resolved(record) and math.isfinite(until) and until > now_ms else None
         sent = []
         if self.am is not None:
-            alert = to_alert(record, label, self.config.dashboard_url, _utcnow(), self.config.alert_ttl_s)
+            alert = to_alert(record, label, self.config.dashboard_url, self._now(), self.config.alert_ttl_s, kept)
             am = self.am
             try:
                 self.retry(f"{_name(record)} to alertmanager", lambda: am.post_alerts([alert]))
@@ -384,18 +427,19 @@ class Notifier:
         if self.webhook is not None:
             hook = self.webhook
             try:
-                self.retry(f"{_name(record)} to webhook", lambda: hook.post_transition(record))
+                self.retry(f"{_name(record)} to webhook", lambda: hook.post_transition(record, kind))
                 sent.append("webhook")
             except TargetRejected as err:
                 self.dead_letter(partition, message, "webhook_rejected", str(err))
-        self.apply(partition, record)
+        self.apply(partition, record, until)
         tracked = self.incidents[record["incident_id"]]
-        if self.am is not None and tracked.fired_at is None and not is_resolved(record):
-            tracked.fired_at = self.clock()
+        if self.am is not None and (kind == FIRING or (tracked.fired_at is None and not is_resolved(record))):
+            tracked.fired_at = self.clock()  # (again when it fires again: a resolve within group_wait is held)
         self.stats.delivered += 1
+        kept_text = f", kept firing until {kept:%H:%M:%S} (it may reopen)" if kept and tracked.holding else ""
         say(
             f"{_name(record)}: {record['transition']} (seq {record['seq']}, {record['state']}, "
-            f"severity {record['severity']}) -> {', '.join(sent) or 'dead letter only'}"
+            f"severity {record['severity']}) -> {', '.join(sent) or 'dead letter only'}: {kind}{kept_text}"
         )
 
     def retry(self, what: str, action: Callable[[], T]) -> T:
@@ -475,11 +519,19 @@ class Notifier:
                 del self.incidents[key]
 
     def repost(self, now: float) -> None:
+        """Open incidents with endsAt pushed ahead; resolved ones kept firing with their fixed end (never
+        pushed: a re-post does not revive them), once more after it (Alertmanager may have been down)."""
         assert self.am is not None
         open_now = [t for t in self.incidents.values() if not is_resolved(t.record)]
+        held = [t for t in self.incidents.values() if t.holding]
+        moment, now_ms = self._now(), self.wall() * 1000
         alerts = [
-            to_alert(t.record, t.label_severity, self.config.dashboard_url, _utcnow(), self.config.alert_ttl_s)
+            to_alert(t.record, t.label_severity, self.config.dashboard_url, moment, self.config.alert_ttl_s)
             for t in open_now
+        ] + [
+            to_alert(t.record, t.label_severity, self.config.dashboard_url, moment, self.config.alert_ttl_s,
+                     _at(t.alert_until))
+            for t in held
         ]
         try:
             self.am.post_alerts(alerts)
@@ -493,6 +545,8 @@ class Notifier:
             say(f"re-posted {len(alerts)} open incidents after {self.repost_failures} failed attempts")
         self.repost_failures = 0
         self.stats.reposts += 1
+        for tracked in held:
+            tracked.holding = tracked.alert_until > now_ms
         for tracked in open_now:
             if tracked.fired_at is None:
                 tracked.fired_at = now
@@ -523,6 +577,16 @@ def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _at(ms: float) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+
+
+def _produced_ms(message: Any, now_ms: float) -> float:
+    """When the job produced the record (its Kafka timestamp), never later than now; now without one."""
+    ts = getattr(message, "timestamp", None)
+    return min(float(ts), now_ms) if isinstance(ts, int) and ts > 0 else now_ms
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="anomaly-notify",
@@ -540,6 +604,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--alert-ttl-seconds", type=float, default=300.0, help="endsAt of a firing alert ahead of now (300)")
     add("--resolve-hold-seconds", type=float, default=60.0,
         help="hold a resolve this long after the first firing post; > the route's group_wait (60)")
+    add("--keep-firing-seconds", default="merge-gap",
+        help="keep a cleanly resolved incident's alert firing this long, at most its merge gap (within which a "
+        "reopen continues it instead of paging); merge-gap (default): the gap its record carries; 0: end at once")
     add("--replay-hours", type=float, default=168.0,
         help="rebuild open incidents from this far back; > the job's incident max_duration (168)")
     add("--timeout-seconds", type=float, default=10.0, help="HTTP timeout per request (default 10)")
@@ -567,6 +634,16 @@ def _from_job(job: JobConfig | None, args: argparse.Namespace) -> tuple[str, str
     return servers, topic or "incidents"
 
 
+def _keep_firing(text: str) -> float | None:
+    if text.strip().lower() in ("merge-gap", "merge_gap"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        message = f"must be merge-gap or a number of seconds >= 0, got {text!r}"
+        raise ConfigError("--keep-firing-seconds", message) from None
+
+
 def config_from_args(args: argparse.Namespace) -> NotifyConfig:
     job = load_config(args.config) if args.config else None
     servers, topic = _from_job(job, args)
@@ -582,6 +659,7 @@ def config_from_args(args: argparse.Namespace) -> NotifyConfig:
             repost_s=args.repost_seconds,
             alert_ttl_s=args.alert_ttl_seconds,
             resolve_hold_s=args.resolve_hold_seconds,
+            keep_firing_s=_keep_firing(args.keep_firing_seconds),
             replay_hours=args.replay_hours,
             timeout_s=args.timeout_seconds,
             max_backoff_s=args.max_backoff_seconds,

@@ -5,16 +5,21 @@ An incident record (one per transition, on the ``incidents`` topic) becomes:
 * an **Alertmanager alert** (``POST /api/v2/alerts``): labels ``alertname="AnomalyIncident"``,
   ``application``, ``detector``, ``severity``, ``incident_id``; annotations ``summary``,
   ``explanation``, ``value``, ``band`` (and ``state``, ``severity_now``, ``windows``);
-  ``startsAt`` = ``opened_at``; ``endsAt`` = ``resolved_at`` once resolved, otherwise a time
-  ``alert_ttl`` ahead, pushed forward by every re-post (as Prometheus does), so an alert that stops
-  being re-posted ends by itself; ``generatorURL`` = the dashboard's incident page.
+  ``startsAt`` = ``opened_at``; ``endsAt`` a time ``alert_ttl`` ahead while open, pushed forward by
+  every re-post (as Prometheus does), so an alert that stops being re-posted ends by itself; once
+  resolved, the end of the time the notifier keeps it firing (the incident can still reopen under
+  the same id until then: incidents/paging.py), or ``resolved_at`` when it is not kept firing;
+  ``generatorURL`` = the dashboard's incident page.
   Alertmanager identifies an alert by its label set, so the labels of an incident must never
   change: the ``severity`` label is the severity the incident had when the notifier first saw it
   (its opening), kept for the incident's life; a later rise is in the ``severity_now`` annotation
   and on the dashboard, and does not page a second time. Routing on ``severity`` therefore routes
   on the opening severity (see the README's "Notifications").
-* a **webhook POST** of the record itself, once per transition, with the header
-  ``Idempotency-Key: <incident_id>:<seq>`` so a receiver can drop the repeat a crash can cause.
+* a **webhook POST** of the record, once per transition, with one field added, ``notification``:
+  ``firing`` (page: the incident opened, or its alert had ended and it fires again), ``update`` (the
+  alert was firing and still is, a reopen within the merge gap included) or ``resolved``
+  (incidents/paging.py), and the header ``Idempotency-Key: <incident_id>:<seq>`` so a receiver can
+  drop the repeat a crash can cause.
 
 Both raise :class:`TargetUnavailable` for what is worth retrying (connection refused, timeout,
 5xx, 408, 429) and :class:`TargetRejected` for a 4xx answer, which retrying cannot fix (the
@@ -147,11 +152,15 @@ def summary(record: dict[str, Any]) -> str:
 
 
 def to_alert(
-    record: dict[str, Any], label_severity: str, generator_base: str, now: datetime, alert_ttl_s: float
+    record: dict[str, Any], label_severity: str, generator_base: str, now: datetime, alert_ttl_s: float,
+    firing_until: datetime | None = None,
 ) -> dict[str, Any]:
-    """The Alertmanager v2 alert of an incident's latest record (see the module docstring)."""
+    """The Alertmanager v2 alert of an incident's latest record (see the module docstring);
+    ``firing_until``: for a resolved record, the end of the time its alert is kept firing."""
     starts = parse_ts(record["opened_at"])
-    if is_resolved(record):
+    if is_resolved(record) and firing_until is not None:
+        ends = firing_until
+    elif is_resolved(record):
         # an end in the future (clock skew, synthetic data) would keep it firing: never later than now
         ends = min(parse_ts(record["resolved_at"]), now)
     else:
@@ -232,8 +241,8 @@ class AlertmanagerTarget(HttpTarget):
 
 
 class WebhookTarget(HttpTarget):
-    """The record as it is, once per transition, with an idempotency key."""
+    """The record and what it is to a receiver (``notification``), once per transition, with an idempotency key."""
 
-    def post_transition(self, record: dict[str, Any]) -> None:
+    def post_transition(self, record: dict[str, Any], notification: str) -> None:
         key = f"{record['incident_id']}:{record['seq']}"
-        self.post(self.url, record, {"Idempotency-Key": key})
+        self.post(self.url, {**record, "notification": notification}, {"Idempotency-Key": key})
