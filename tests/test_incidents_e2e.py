@@ -17,6 +17,8 @@ import sqlite3
 import pytest
 
 from incidents import RECORD_FIELDS, incident_id
+from incidents.machine import TOPIC_ONLY_FIELDS
+from incidents.paging import ms_of
 from jobs.config import parse_config
 from jobs.main import run
 from tests.stream_harness import T0_MS, msg
@@ -126,7 +128,12 @@ def test_incidents_maintenance_and_feedback_end_to_end(kafka_broker, spark, tmp_
     values = [json.loads(r.value) for r in records]
     assert all(r.key.decode() == v["incident_id"] for r, v in zip(records, values, strict=True))
     assert all(list(v) == list(RECORD_FIELDS) for v in values)
-    assert {(v["incident_id"], v["seq"]): v for v in values} == {(e["incident_id"], e["seq"]): e for e in events}
+    # the tables hold every field but the topic-only ones (reopen_until: until when a clean resolve may reopen)
+    assert {(v["incident_id"], v["seq"]): {k: v[k] for k in v if k not in TOPIC_ONLY_FIELDS} for v in values} == {
+        (e["incident_id"], e["seq"]): e for e in events}
+    web = sorted((v for v in values if v["incident_id"] == web_id), key=lambda v: v["seq"])
+    assert web[0]["reopen_until"] is None
+    assert ms_of(web[1]["reopen_until"]) - ms_of(web[1]["resolved_at"]) == 30 * 60_000  # the default merge gap
 
     # -- bad feedback: dead letters with a reason ------------------------------------------
     reasons = sorted(r.header("anomaly.reason").decode() for r in consume_all(bootstrap, "inc-dlq"))

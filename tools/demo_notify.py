@@ -48,6 +48,8 @@ def _notify(bootstrap_servers: str, work: Path, am: AlertmanagerServer) -> subpr
         sys.executable, "-m", "tools.notify", "--bootstrap-servers", bootstrap_servers,
         "--alertmanager-url", am.url, "--group", "demo-notify", "--repost-seconds", "2",
         "--alert-ttl-seconds", "60", "--resolve-hold-seconds", "2", "--max-backoff-seconds", "5",
+        # the job replays a day in seconds: a resolve is kept firing 3 s of wall time, not its 30-minute merge gap
+        "--keep-firing-seconds", "3",
     ]
     with open(work / "notify.log", "w") as log:
         return subprocess.Popen(command, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=log,
