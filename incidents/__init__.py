@@ -3,7 +3,9 @@
 Post-processing of the detectors' scores, apart from the detectors themselves:
 :mod:`incidents.rules` reads the configuration (rules, per-application
 overrides, maintenance windows), :mod:`incidents.machine` is the per-(application,
-detector) state machine the job's per-bucket step and the backtest both call.
+detector) state machine the job's per-bucket step and the backtest both call;
+:mod:`incidents.paging` is what each transition is to a receiver (the
+notifier's keep-firing rule, also what bench/incident_quality.py counts).
 """
 
 from incidents.machine import (
