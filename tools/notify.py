@@ -20,13 +20,16 @@ kafka-python in a consumer group, with manual commits, and hands every transitio
 it is posted with ``endsAt`` = the time the job produced the resolve (the Kafka record's
 timestamp, so the same after a restart) + that gap (at most ``--keep-firing-seconds``; 0: end at
 once, the old behaviour). A reopen inside it continues the firing alert, so Alertmanager sends no
-new notification; without one, Alertmanager ends the alert at ``endsAt`` by itself and sends the
-resolved notification then (one group_interval later at most). The periodic re-post posts such a
-held alert with that same ``endsAt`` (for an Alertmanager restarted meanwhile), once more after it,
-and never pushes it forward. The webhook gets the same verdict per record (incidents/paging.py,
-also what bench/incident_quality.py counts): ``firing`` when the alert starts (a page),
-``update`` while it goes on (a reopen inside the hold included), ``resolved`` at the resolve
-itself, sent at once; its ``reopen_until`` says until when a reopen may still come as an update.
+new notification. Without one, the notifier posts the alert once more when that end comes, as
+resolved: Alertmanager keeps the latest ``endsAt`` a firing alert was given, which an earlier
+re-post may have put ``--alert-ttl-seconds`` ahead, past a short hold; Alertmanager sends the
+resolved notification then (one group_interval later at most), and ends the alert by itself at its
+``endsAt`` if the notifier is gone. The periodic re-post posts such a held alert with that same
+``endsAt`` (for an Alertmanager restarted meanwhile) and never pushes it forward. The webhook
+gets the same verdict per record (incidents/paging.py, also what bench/incident_quality.py
+counts): ``firing`` when the alert starts (a page), ``update`` while it goes on (a reopen inside
+the hold included), ``resolved`` at the resolve itself, sent at once; its ``reopen_until`` says
+until when a reopen may still come as an update.
 
 Offsets are committed only after every target accepted the record (or it was dead-lettered), so
 a crash re-sends at most the uncommitted tail, which Alertmanager deduplicates (same labels) and a
@@ -215,6 +218,7 @@ class Notifier:
         self.next_repost = 0.0
         self.repost_failures = 0
         self.next_silences = 0.0
+        self.next_hold_end = math.inf  # epoch ms: the earliest end of a resolved alert kept firing
         self.consumer: Any = None
         self.producer: Any = None
         self.assigned: list[Any] = []  # noted by the rebalance callback, rebuilt after the poll
@@ -362,6 +366,8 @@ class Notifier:
         tracked.resolved_wall = self.wall() if is_resolved(record) else None
         tracked.alert_until = alert_until
         tracked.holding = is_resolved(record) and math.isfinite(alert_until) and alert_until > self.wall() * 1000
+        if tracked.holding:
+            self.next_hold_end = min(self.next_hold_end, alert_until)
         return True
 
     def handle(self, partition: Any, message: Any) -> None:
@@ -504,6 +510,8 @@ class Notifier:
         now = self.clock()
         if self.am is not None and now >= self.next_repost:
             self.repost(now)
+        if self.am is not None and self.wall() * 1000 >= self.next_hold_end:
+            self.end_holds()
         if self.am is not None and self.config.maintenance and now >= self.next_silences:
             try:
                 for line in sync_silences(self.am, self.config.maintenance, _utcnow()):
@@ -512,11 +520,32 @@ class Notifier:
             except (TargetUnavailable, TargetRejected) as err:
                 say(f"maintenance silences: {err}; next try in 30 s")
                 self.next_silences = now + 30
-        horizon = time.time() - self.config.replay_hours * 3600
+        horizon = self.wall() - self.config.replay_hours * 3600
         stale = [k for k, t in self.incidents.items() if t.resolved_wall is not None and t.resolved_wall < horizon]
         for key in stale:
             if key not in self.pending:
                 del self.incidents[key]
+
+    def end_holds(self) -> None:
+        """Post the kept-firing alerts whose end has come with that end: Alertmanager keeps the latest
+        ``endsAt`` of a firing alert, so one an earlier re-post gave ``--alert-ttl-seconds`` ahead would
+        outlive a shorter hold; a resolved post ends it (and tells an Alertmanager that was down)."""
+        assert self.am is not None
+        now_ms = self.wall() * 1000
+        ended = [t for t in self.incidents.values() if t.holding and t.alert_until <= now_ms]
+        alerts = [to_alert(t.record, t.label_severity, self.config.dashboard_url, self._now(),
+                           self.config.alert_ttl_s, _at(t.alert_until)) for t in ended]
+        try:
+            self.am.post_alerts(alerts)
+        except TargetUnavailable as err:
+            say(f"end of {len(alerts)} kept-firing alerts: {err}; next try in 5 s")
+            self.next_hold_end = now_ms + 5000
+            return
+        except TargetRejected as err:  # not worth retrying; Alertmanager ends them at their endsAt anyway
+            say(f"end of {len(alerts)} kept-firing alerts refused: {err}")
+        for tracked in ended:
+            tracked.holding = False
+        self.next_hold_end = min((t.alert_until for t in self.incidents.values() if t.holding), default=math.inf)
 
     def repost(self, now: float) -> None:
         """Open incidents with endsAt pushed ahead; resolved ones kept firing with their fixed end (never
