@@ -69,6 +69,7 @@ APPS = ("web", "db", "api")
 STEP_S = 10
 POINTS_PER_APP = 160  # 480 events + bad ones, 20 per batch: ~25 micro-batches
 MAX_OFFSETS = 20
+FINAL_MAX_OFFSETS = 250  # the runs that are not killed: the reference and the last run of each test
 WINDOW_MS = 60_000
 LATENESS_MS = 30_000
 DETECTORS = [
@@ -424,7 +425,11 @@ def uninterrupted_run(kafka_broker, work: Path) -> Reference:
     for topic in ("rs-ref-out", "rs-ref-dlq"):
         kafka_broker.create_topic(topic, partitions=2)
     produce_messages(bootstrap, "rs-ref-in", stream_messages())
-    config = write_config(work / "job.yaml", work, bootstrap, "rs-ref", trigger="available_now")
+    # large batches: the killed runs' 20-message batches must give the same table (no event is late,
+    # whatever the batch boundaries), and two batches instead of 25 save half a minute
+    config = write_config(
+        work / "job.yaml", work, bootstrap, "rs-ref", trigger="available_now", max_offsets=FINAL_MAX_OFFSETS
+    )
     job = Job(config, work / "run.log", available_now=True)
     code = job.wait(600)
     assert code == 0, f"reference run exited {code}:\n{job.tail()}"
@@ -593,8 +598,11 @@ def test_sigkill_at_random_and_targeted_moments_gives_the_uninterrupted_table(ka
         if job is not None and job.alive():
             job.kill()
 
-    # -- 2. a last run consumes the rest and stops --------------------------------------------------
-    run_to_end(config, work / "run-final.log")
+    # -- 2. a last run consumes the rest in large batches and stops ---------------------------------
+    final_config = write_config(
+        work / "final.yaml", work, bootstrap, "rs", trigger="processing_time", max_offsets=FINAL_MAX_OFFSETS
+    )
+    run_to_end(final_config, work / "run-final.log")
 
     figures = compare(reference, work, bootstrap, "rs")
     print(
@@ -636,7 +644,6 @@ PG_SCHEDULE = ("during_jdbc_merge", "staging", "after_jdbc", "after_kafka", "ran
 PG_SCHEDULE += ("offsets", "commit", "during_jdbc_merge", "before_kafka", "state", "staging")
 # the last run reads the rest in bigger batches (fewer of them: faster); the result does not depend on
 # where batches end (see stream_messages), and a restart with another maxOffsetsPerTrigger is allowed
-PG_FINAL_MAX_OFFSETS = 250
 # one shuffle partition (the reference has two): one Python worker to start per run instead of two, on a
 # small machine the larger part of a run's first batch; results are per application, not per partition
 PG_PARTITIONS = int(os.environ.get("ANOMALY_RESTART_PG_PARTITIONS", "1"))
@@ -779,7 +786,7 @@ def test_sigkill_with_postgresql_sink_gives_the_uninterrupted_table(
         "rspg",
         trigger="available_now",
         jdbc=jdbc,
-        max_offsets=PG_FINAL_MAX_OFFSETS,
+        max_offsets=FINAL_MAX_OFFSETS,
         partitions=PG_PARTITIONS,
     )
     run_to_end(final_config, tmp_path / "run-final.log", env={PG_PASSWORD_ENV: postgres.password})
@@ -813,7 +820,13 @@ def test_restart_with_changed_detector_params_is_refused_and_a_new_label_resumes
 
     def run(name: str, detectors: list) -> tuple[int, Job]:
         config = write_config(
-            tmp_path / f"{name}.yaml", tmp_path, bootstrap, "cm", trigger="available_now", detectors=detectors
+            tmp_path / f"{name}.yaml",
+            tmp_path,
+            bootstrap,
+            "cm",
+            trigger="available_now",
+            detectors=detectors,
+            max_offsets=FINAL_MAX_OFFSETS,
         )
         job = Job(config, tmp_path / f"{name}.log", available_now=True)
         return job.wait(600), job
