@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/incident_quality.py [--nab-dir ../shared/data/nab] [--aiops-dir ../shared/data/aiops]
                                                [--detector default] [--jobs 2] [--resolve-minutes 0,30,60]
+                                               [--merge-gap-minutes 60,120,240]
 
 Every series of each corpus runs through the detector as the backtest does
 (tools/backtest.py: state round trips every 1,000 points), then through the
@@ -123,16 +124,23 @@ def figures_of(ts: np.ndarray, flags: np.ndarray, notified: list[tuple[int, str]
     return f
 
 
-def _one(task: tuple[Path, str, str, list[tuple[int, int]], tuple[int, ...]]) -> list[SeriesFigures]:
+Setting = tuple[str, int]  # ("resolve", minutes of clean windows; 0: the default rule) or ("merge", gap minutes)
+
+
+def _one(task: tuple[Path, str, str, list[tuple[int, int]], tuple[Setting, ...]]) -> list[SeriesFigures]:
     """One series: the detector once, then the incidents under each resolve setting (the first one's
     twice: the notifier keeping alerts firing through the merge gap, then with keep firing 0)."""
-    path, key, detector, windows, resolve_minutes = task
+    path, key, detector, windows, settings = task
     series = read_series(path)
     result = run_detector(detector, {}, series.ts_ms, series.values)
     flags = np.asarray(result.is_anomaly, dtype=bool)
     out = []
-    for minutes in resolve_minutes:
-        rules = {"resolve_after": max(2, -(-minutes * 60_000 // cadence_ms(series.ts_ms)))} if minutes else {}
+    for kind, minutes in settings:
+        rules: dict[str, int] = {}
+        if kind == "resolve" and minutes:
+            rules = {"resolve_after": max(2, -(-minutes * 60_000 // cadence_ms(series.ts_ms)))}
+        elif kind == "merge":
+            rules = {"merge_gap_millis": minutes * 60_000}
         records = series_incidents(key, detector, series.ts_ms, series.values, result, parse_settings(rules))
         out.append(figures_of(series.ts_ms, flags, notifications(records), records, windows))
         if len(out) == 1:
@@ -140,12 +148,12 @@ def _one(task: tuple[Path, str, str, list[tuple[int, int]], tuple[int, ...]]) ->
     return out
 
 
-def corpus(root: Path, detector: str, jobs: int, resolve_minutes: tuple[int, ...]) -> list[list[SeriesFigures]]:
+def corpus(root: Path, detector: str, jobs: int, settings: tuple[Setting, ...]) -> list[list[SeriesFigures]]:
     """Per resolve setting (the first one twice: keep firing as the notifier does, then 0), the figures
     of every labelled series."""
     data = root / "data"
     labels = nab_scoring.load_windows(root / "labels" / "combined_windows.json")
-    tasks = [(p, series_key(p, data), detector, labels.get(series_key(p, data), []), resolve_minutes)
+    tasks = [(p, series_key(p, data), detector, labels.get(series_key(p, data), []), settings)
              for p in find_csvs(data)]
     tasks = [t for t in tasks if t[1] in labels]
     if jobs <= 1:
@@ -153,7 +161,7 @@ def corpus(root: Path, detector: str, jobs: int, resolve_minutes: tuple[int, ...
     else:
         with multiprocessing.get_context("fork").Pool(jobs) as pool:
             per_series = pool.map(_one, tasks)
-    return [[figures[k] for figures in per_series] for k in range(len(resolve_minutes) + 1)]
+    return [[figures[k] for figures in per_series] for k in range(len(settings) + 1)]
 
 
 def row(name: str, figures: list[SeriesFigures], points: bool = False) -> str:
@@ -185,17 +193,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--resolve-minutes", default="0,30,60",
                         help="comma list: resolve after this many minutes of clean windows (0: the default rule)")
+    parser.add_argument("--merge-gap-minutes", default="",
+                        help="comma list: rows with the default rules but merge_gap_millis of this many minutes")
     args = parser.parse_args(argv)
-    resolve_minutes = tuple(int(m) for m in args.resolve_minutes.split(","))
+    settings: tuple[Setting, ...] = tuple(("resolve", int(m)) for m in args.resolve_minutes.split(","))
+    settings += tuple(("merge", int(m)) for m in args.merge_gap_minutes.split(",") if m.strip())
     print(f"{'corpus / output':<52} {'series':>6} {'windows':>7} {'notif/window':>12} {'pages o/r/f':>12} "
           f"{'w/ incid.':>10} {'w/ point':>10} {'false/s-day':>12} {'median 1st':>11}")
     for name, root in (("NAB", args.nab_dir), ("AIOps KPI", args.aiops_dir)):
         if not (root / "labels" / "combined_windows.json").is_file():
             print(f"{name}: no labels under {root}, skipped")
             continue
-        by_setting = corpus(root, args.detector, args.jobs, resolve_minutes)
+        by_setting = corpus(root, args.detector, args.jobs, settings)
         print(row(f"{name}: {args.detector} points (anchor)", by_setting[0], points=True))
-        labels = [f"resolve {m} min" if m else "default rules" for m in resolve_minutes]
+        labels = [
+            f"merge gap {m} min" if kind == "merge" else f"resolve {m} min" if m else "default rules"
+            for kind, m in settings
+        ]
         labels.insert(1, f"{labels[0]}, keep firing 0")
         for label, figures in zip(labels, by_setting, strict=True):
             print(row(f"{name}: + incidents, {label}", figures))
