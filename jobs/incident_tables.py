@@ -35,8 +35,8 @@ _INTS = ("seq", "agg_window_millis", "window_count", "last_seq")
 _FLOATS = ("peak_probability", "peak_value", "value_lower_limit", "value_upper_limit")
 _NULLABLE = ("resolved_at", "value_lower_limit", "value_upper_limit", "explanation", "resolution", "feedback")
 # reopen_until is on the topic only (incidents.machine.TOPIC_ONLY_FIELDS): tables created before it stay valid
-EVENT_COLUMNS = tuple(f for f in RECORD_FIELDS if f not in TOPIC_ONLY_FIELDS)
-INCIDENT_COLUMNS = (*(f for f in EVENT_COLUMNS if f not in ("seq", "transition")), "last_seq")
+INCIDENT_EVENT_COLUMNS = tuple(f for f in RECORD_FIELDS if f not in TOPIC_ONLY_FIELDS)
+INCIDENT_COLUMNS = (*(f for f in INCIDENT_EVENT_COLUMNS if f not in ("seq", "transition")), "last_seq")
 
 
 def _type(dialect: str, column: str) -> str:
@@ -63,7 +63,7 @@ class IncidentTables:
             stmt = conn.createStatement()
             for table, columns, key in (
                 (INCIDENTS_TABLE, INCIDENT_COLUMNS, ("incident_id",)),
-                (EVENTS_TABLE, EVENT_COLUMNS, ("incident_id", "seq")),
+                (EVENTS_TABLE, INCIDENT_EVENT_COLUMNS, ("incident_id", "seq")),
             ):
                 spec = ", ".join(f"{c} {_type(self.dialect, c)}" for c in columns)
                 stmt.executeUpdate(f"CREATE TABLE IF NOT EXISTS {table} ({spec}, PRIMARY KEY ({', '.join(key)}))")
@@ -107,7 +107,7 @@ class IncidentTables:
     def _write(self, rows: list[dict[str, Any]]) -> None:
         with self.results._guard("writing the incident tables"), self.results.connect() as conn:
             for table, columns, key, upsert in (
-                (EVENTS_TABLE, EVENT_COLUMNS, ("incident_id", "seq"), False),
+                (EVENTS_TABLE, INCIDENT_EVENT_COLUMNS, ("incident_id", "seq"), False),
                 (INCIDENTS_TABLE, INCIDENT_COLUMNS, ("incident_id",), True),
             ):
                 statement = conn.prepareStatement(self._insert_sql(table, columns, key, upsert))

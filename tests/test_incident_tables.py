@@ -9,7 +9,7 @@ import numpy as np
 
 from incidents import IncidentState, Scored, StreamKey, parse_settings, process
 from jobs.config import JdbcConfig
-from jobs.incident_tables import EVENT_COLUMNS, INCIDENT_COLUMNS, IncidentTables
+from jobs.incident_tables import INCIDENT_COLUMNS, INCIDENT_EVENT_COLUMNS, IncidentTables
 from jobs.jdbc import JdbcTable
 
 PASSWORD_ENV = "ANOMALY_TEST_PG_PASSWORD"
@@ -33,7 +33,9 @@ def transitions() -> list[str]:
 def check(rows_incidents: list[tuple], rows_events: list[tuple], texts: list[str]) -> None:
     records = [json.loads(t) for t in texts]
     assert [tuple(str(v) for v in row) for row in rows_events] == [
-        tuple(str(r[c]) for c in EVENT_COLUMNS) for r in sorted(records, key=lambda r: (r["incident_id"], r["seq"]))]
+        tuple(str(r[c]) for c in INCIDENT_EVENT_COLUMNS)
+        for r in sorted(records, key=lambda r: (r["incident_id"], r["seq"]))
+    ]
     latest = {}
     for r in records:
         latest[r["incident_id"]] = {**r, "last_seq": r["seq"]}
@@ -57,7 +59,9 @@ def test_sqlite_upserts_and_replays(spark, tmp_path):
     write_with_replays(IncidentTables(JdbcTable(spark, JdbcConfig(f"jdbc:sqlite:{db}"), "t")), texts)
     con = sqlite3.connect(db)
     check(con.execute(f"SELECT {', '.join(INCIDENT_COLUMNS)} FROM incidents").fetchall(),
-          con.execute(f"SELECT {', '.join(EVENT_COLUMNS)} FROM incident_events ORDER BY incident_id, seq").fetchall(),
+          con.execute(
+              f"SELECT {', '.join(INCIDENT_EVENT_COLUMNS)} FROM incident_events ORDER BY incident_id, seq"
+          ).fetchall(),
           texts)
 
 
@@ -77,6 +81,6 @@ def test_postgresql_upserts_and_replays(spark, postgres, monkeypatch):
 
     with psycopg.connect(postgres.dsn, password=postgres.password) as conn:
         incidents = conn.execute(f"SELECT {shaped(INCIDENT_COLUMNS)} FROM incidents").fetchall()
-        events = conn.execute(f"SELECT {shaped(EVENT_COLUMNS)} FROM incident_events "
+        events = conn.execute(f"SELECT {shaped(INCIDENT_EVENT_COLUMNS)} FROM incident_events "
                               "ORDER BY incident_id, seq").fetchall()
     check(incidents, events, texts)
