@@ -122,7 +122,7 @@ def test_cluster_run_with_a_worker_sigkilled_mid_batch_equals_local_mode(
         kafka_broker.bootstrap_servers,
         "clkill",
         trigger="processing_time",
-        max_offsets=80,  # 7 batches: 2 before the kill, the one in flight, 2 after it, and the rest
+        max_offsets=60,  # 9 batches: 2 or more before the kill, the one in flight, 2 after it, and slack
     )
     checkpoint = tmp_path / "checkpoints" / "chaos"
     started = time.monotonic()
