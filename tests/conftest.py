@@ -69,8 +69,9 @@ def kafka_broker(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def reference(kafka_broker, tmp_path_factory):
-    """The fault tests' uninterrupted job run (tests/test_restart_safety.py), shared by the cluster tests."""
+def reference(kafka_broker, spark, tmp_path_factory):
+    """The fault tests' uninterrupted job run (tests/test_restart_safety.py), shared by the cluster tests;
+    in the session's SparkSession (nothing is killed in it: no driver of its own to start)."""
     from tests.test_restart_safety import uninterrupted_run
 
-    return uninterrupted_run(kafka_broker, tmp_path_factory.mktemp("reference"))
+    return uninterrupted_run(kafka_broker, tmp_path_factory.mktemp("reference"), spark)

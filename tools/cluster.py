@@ -60,6 +60,15 @@ PACK_EXCLUDES = (
     # test suites and C headers of the libraries (pandas' tests alone are 39 MB)
     "lib/python*/site-packages/*/tests/*",
     "lib/python*/site-packages/pyarrow/include/*",
+    # what only the tests, the type checker and the dashboard use: nothing the query imports (playwright
+    # with its browser driver is 167 MB, plotly 64 MB, mypy 63 MB): a third of the archive, and each
+    # executor unpacks it at start
+    *(
+        f"lib/python*/site-packages/{name}/*"
+        for name in ("playwright", "greenlet", "plotly", "_plotly_utils", "mypy", "mypyc", "hypothesis")
+    ),
+    *(f"lib/python*/site-packages/{name}/*" for name in ("_pytest", "pytest", "pygments", "chispa")),
+    "lib/python*/site-packages/*__mypyc*.so",
 )
 
 
