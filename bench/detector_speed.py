@@ -215,11 +215,12 @@ def micro_table(rows: list[Row], points: int) -> str:
 
 
 # -- NAB -------------------------------------------------------------------------------------
-def _nab_dir(arg: Path | None) -> Path:
+def _corpus_dir(arg: Path | None, name: str) -> Path:
+    """``arg``, else ``../shared/data/<name>`` (``$ANOMALY_SHARED_DIR`` for ``../shared``)."""
     if arg is not None:
         return arg
     shared = Path(os.environ.get("ANOMALY_SHARED_DIR", REPO.parent / "shared"))
-    return shared / "data" / "nab"
+    return shared / "data" / name
 
 
 def _fixed_range_series(job: tuple[Path, str, Case]) -> tuple[str, nab_scoring.SeriesScores | None, str | None]:
@@ -368,13 +369,6 @@ def state_table(cases: tuple[Case, ...], corpora: Mapping[str, Path], jobs: int)
     return "\n".join(lines)
 
 
-def _aiops_dir(arg: Path | None) -> Path:
-    if arg is not None:
-        return arg
-    shared = Path(os.environ.get("ANOMALY_SHARED_DIR", REPO.parent / "shared"))
-    return shared / "data" / "aiops"
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--synthetic", action="store_true", help="time on the synthetic series, not NAB's longest")
@@ -394,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     if not cases:
         ap.error(f"no detector label contains {args.only!r}")
 
-    nab_series = None if args.synthetic else nab_longest_series(_nab_dir(args.nab_dir))
+    nab_series = None if args.synthetic else nab_longest_series(_corpus_dir(args.nab_dir, "nab"))
     env = f"Python {sys.version.split()[0]}, numpy {np.__version__}, CPU time of one process, best of {args.repeat}"
     if nab_series is not None:
         ts, values = nab_series
@@ -414,12 +408,15 @@ def main(argv: list[str] | None = None) -> int:
     if rows:
         print(micro_table(rows, len(values)))
     if args.state:
-        corpora = {"NAB": _nab_dir(args.nab_dir) / "data", "AIOps": _aiops_dir(args.aiops_dir) / "data"}
+        corpora = {
+            "NAB": _corpus_dir(args.nab_dir, "nab") / "data",
+            "AIOps": _corpus_dir(args.aiops_dir, "aiops") / "data",
+        }
         print()
         print(state_table(cases, corpora, args.jobs))
 
     if args.nab:
-        nab = _nab_dir(args.nab_dir)
+        nab = _corpus_dir(args.nab_dir, "nab")
         if not (nab / "data").is_dir() or not (nab / "labels" / "combined_windows.json").is_file():
             print(
                 f"\nNAB data not found at {nab} (expected data/ and labels/combined_windows.json); NAB scores skipped."

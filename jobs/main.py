@@ -141,6 +141,7 @@ def run(job: JobConfig, spark: Any = None, stop_event: threading.Event | None = 
 
 
 _AUTH_ERRORS = ("SaslAuthenticationException", "Authentication failed", "AuthenticationException")
+_TLS_ERRORS = ("SSLHandshakeException", "SslAuthenticationException")
 
 
 def failure_message(stream: StreamConfig | None, error: str) -> str:
@@ -151,19 +152,20 @@ def failure_message(stream: StreamConfig | None, error: str) -> str:
 
 def security_failure(stream: StreamConfig | None, error: str) -> str | None:
     """The line for a refused login or TLS handshake, or None when ``error`` is neither."""
-    lines = [line.strip(" :") for line in error.splitlines() if line.strip(" :")] or ["unknown error"]
-    markers = (*_AUTH_ERRORS, "SSLHandshakeException", "SslAuthenticationException")
-    first = next((line for line in lines if any(m in line for m in markers)), lines[0])
     if stream is None or stream.source.security is None:
         return None
+    auth = any(marker in error for marker in _AUTH_ERRORS)
+    if not auth and not any(marker in error for marker in _TLS_ERRORS):
+        return None
+    # the line that names the cause (py4j puts "An error occurred while calling ..." first)
+    lines = [line.strip(" :") for line in error.splitlines() if line.strip(" :")]
+    first = next(line for line in lines if any(m in line for m in (*_AUTH_ERRORS, *_TLS_ERRORS)))
     security = stream.source.security
     where = f"{stream.source.bootstrap_servers} ({security.describe()})"
-    if any(marker in error for marker in _AUTH_ERRORS):
+    if auth:
         who = f"user {security.username()!r}, password from ${security.password_env}" if security.username_env else ""
         return f"Kafka authentication failed at listener {where}, {who or 'client certificate'}: {first}"
-    if "SSLHandshakeException" in error or "SslAuthenticationException" in error:
-        return f"TLS handshake with listener {where} failed (check source.security.truststore): {first}"
-    return None
+    return f"TLS handshake with listener {where} failed (check source.security.truststore): {first}"
 
 
 def configure_logging() -> None:

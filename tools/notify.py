@@ -514,7 +514,7 @@ class Notifier:
             self.end_holds()
         if self.am is not None and self.config.maintenance and now >= self.next_silences:
             try:
-                for line in sync_silences(self.am, self.config.maintenance, _utcnow()):
+                for line in sync_silences(self.am, self.config.maintenance, self._now()):
                     say(line)
                 self.next_silences = now + self.config.silence_refresh_s
             except (TargetUnavailable, TargetRejected) as err:
@@ -600,10 +600,6 @@ class _Listener:
 
 def _name(record: dict[str, Any]) -> str:
     return f"{record['application']}/{record['detector']} incident {record['incident_id'][:8]}"
-
-
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def _at(ms: float) -> datetime:
