@@ -44,7 +44,9 @@ setup(
     # jobs: the streaming query (shipped to executors); detectors: the pure detector library;
     # tools: what runs around the query (demo, local broker, cluster, backtest, dashboard, report);
     # evaluation: NAB scoring. See README "How it works".
-    packages=find_packages(include=["jobs", "jobs.*", "detectors", "detectors.*", "incidents", "tools", "tools.*", "evaluation"]),
+    packages=find_packages(
+        include=["jobs", "jobs.*", "detectors", "detectors.*", "incidents", "tools", "tools.*", "evaluation"]
+    ),
     package_data={"tools": ["web/*.js", "web/*.css"]},
     install_requires=[
         "numpy>=1.26",

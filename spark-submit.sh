@@ -92,11 +92,15 @@ if [[ -n "$config" ]] \
   mkdir -p "$tmp_dir"
   driver_tmp=" -Djava.io.tmpdir=$tmp_dir"
 fi
+# a class-data-sharing archive for the driver JVM, when one is named (see jobs/session.py)
+driver_cds=""
+archive="${ANOMALY_DRIVER_CLASS_ARCHIVE:-}"
+[[ -n "$archive" && -f "$archive" ]] && driver_cds=" -XX:SharedArchiveFile=$archive"
 jars="$(ls "$ROOT"/.jars/spark/*.jar | paste -sd, -)"
 extra+=(--jars "$jars")
 extra+=(--py-files "$ROOT/build/anomaly_job.zip")
 # -XX:-DontCompileHugeMethods: let the JIT compile Spark's big generated validation method (see jobs/session.py)
-extra+=(--conf "spark.driver.extraJavaOptions=-XX:-DontCompileHugeMethods -Dlog4j2.configurationFile=file:$ROOT/conf/log4j2.properties$driver_tmp")
+extra+=(--conf "spark.driver.extraJavaOptions=-XX:-DontCompileHugeMethods -Dlog4j2.configurationFile=file:$ROOT/conf/log4j2.properties$driver_tmp$driver_cds")
 extra+=(--conf "spark.executor.extraJavaOptions=-XX:-DontCompileHugeMethods$executor_tmp")
 extra+=(--conf "spark.ui.showConsoleProgress=false")
 

@@ -65,7 +65,7 @@ class DemoRun:
 
 
 @pytest.fixture(scope="session")
-def demo_run(kafka_broker, tmp_path_factory) -> DemoRun:
+def demo_run(kafka_broker, driver_class_archive, tmp_path_factory) -> DemoRun:
     """The demo's job path (./spark-submit.sh, conf/demo.yaml, --available-now) on a small
     synthetic stream plus an application whose name is an XSS attempt; its log captured."""
     from tools.demo import BAD_MESSAGES, submit_job

@@ -38,7 +38,7 @@ def shared_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def spark():
-    from jobs.session import build_session
+    from jobs.session import JIT_OPTIONS, build_session
 
     session = build_session(
         "anomaly-tests",
@@ -49,6 +49,11 @@ def spark():
             "spark.sql.streaming.minBatchesToRetain": "5",
             # a busy 2-core box can take more than the default 15 s to start a Python worker
             "spark.python.authenticate.socketTimeout": "120s",
+            # the JVM can write a class-data archive of itself on request (fixture driver_class_archive)
+            "spark.driver.extraJavaOptions": (
+                f"{JIT_OPTIONS} -Dlog4j2.configurationFile={REPO / 'conf' / 'log4j2.properties'} "
+                "-XX:+RecordDynamicDumpInfo -Xlog:cds*=error"
+            ),
         },
     )
     yield session
@@ -75,3 +80,32 @@ def reference(kafka_broker, spark, tmp_path_factory):
     from tests.test_restart_safety import uninterrupted_run
 
     return uninterrupted_run(kafka_broker, tmp_path_factory.mktemp("reference"), spark)
+
+
+@pytest.fixture(scope="session")
+def driver_class_archive(spark, reference, tmp_path_factory) -> Path | None:
+    """A class-data-sharing archive of the session's driver JVM, written once the reference job has run in
+    it (its classes are the job's), named in $ANOMALY_DRIVER_CLASS_ARCHIVE for the job drivers the tests
+    start (jobs/session.py, spark-submit.sh): about 3 s less per driver start, for ~15 of them. None, and
+    the drivers start without it, when the JDK cannot write one."""
+    import shutil
+    import subprocess
+
+    from jobs.session import CLASS_ARCHIVE_ENV
+
+    jvm = spark.sparkContext._jvm
+    process = jvm.java.lang.ProcessHandle.current()
+    java = Path(str(process.info().command().orElse("")))
+    jcmd = java.with_name("jcmd") if java.name == "java" else Path(shutil.which("jcmd") or "jcmd")
+    archive = tmp_path_factory.mktemp("cds") / "driver.jsa"
+    cmd = [str(jcmd), str(process.pid()), "VM.cds", "dynamic_dump", str(archive)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        print(f"no driver class archive ({err}): job drivers start without one")
+        return None
+    if done.returncode != 0 or not archive.is_file():
+        print(f"no driver class archive (jcmd exit {done.returncode}: {done.stdout[-300:]}{done.stderr[-300:]})")
+        return None
+    os.environ[CLASS_ARCHIVE_ENV] = str(archive)
+    return archive

@@ -110,7 +110,7 @@ def consumed_all(checkpoint: Path, topic: str) -> bool:
 
 @pytest.mark.timeout(900)
 def test_cluster_run_with_a_worker_sigkilled_mid_batch_equals_local_mode(
-    kafka_broker, spark_cluster, reference, tmp_path
+    kafka_broker, spark_cluster, reference, driver_class_archive, tmp_path
 ):
     """Executors on both workers running the shipped environment; then one worker SIGKILLed mid-batch: the
     job goes on, the worker comes back, and the table equals the local-mode run's bit for bit."""

@@ -53,7 +53,7 @@ def lines_with(secret: str, *logs: Path) -> list[str]:
 
 
 @pytest.mark.timeout(600)
-def test_job_reads_and_writes_through_sasl_ssl_scram(kafka_broker, scram_user, tmp_path):
+def test_job_reads_and_writes_through_sasl_ssl_scram(kafka_broker, scram_user, driver_class_archive, tmp_path):
     input_topics(kafka_broker, "sec")
     config = secured_config(tmp_path / "job.yaml", tmp_path, kafka_broker, "sec")
     assert PASSWORD not in config.read_text()  # the config names the variables only
@@ -70,7 +70,9 @@ def test_job_reads_and_writes_through_sasl_ssl_scram(kafka_broker, scram_user, t
 
 
 @pytest.mark.timeout(600)
-def test_wrong_password_fails_fast_naming_listener_and_mechanism(kafka_broker, scram_user, tmp_path):
+def test_wrong_password_fails_fast_naming_listener_and_mechanism(
+    kafka_broker, scram_user, driver_class_archive, tmp_path
+):
     kafka_broker.create_topic("secbad-in", partitions=1)
     config = secured_config(tmp_path / "job.yaml", tmp_path, kafka_broker, "secbad")
     wrong = "wrong-" + PASSWORD[::-1]

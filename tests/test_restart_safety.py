@@ -365,11 +365,17 @@ def kill_label(how: str, checkpoint: Path) -> str:
     return f"{how}@{last}{'' if last in batch_ids(checkpoint / 'commits') else '*'}"
 
 
-def run_to_end(config: Path, log: Path, env: dict | None = None) -> None:
-    """A last ``--available-now`` run from the checkpoint: it must consume the rest and exit 0."""
-    final = Job(config, log, available_now=True, env=env)
-    code = final.wait(600)
-    assert code == 0, f"final run exited {code}:\n{final.tail()}"
+def run_to_end(config: Path, spark) -> None:
+    """A last ``--available-now`` run from the killed runs' checkpoint, in the session's SparkSession (nothing
+    is killed in it, and each killed run was already a restart in a driver of its own): it must consume the
+    rest and end with exit code 0."""
+    from dataclasses import replace
+
+    from jobs.config import load_config
+    from jobs.main import run
+
+    job = replace(load_config(config), trigger="available_now")
+    assert run(job, spark=spark) == 0, "the final run failed: see the test's log"
 
 
 def table_rows(db: Path) -> list[tuple]:
@@ -542,7 +548,9 @@ def fail_in_outage(broker, job: Job, commits: Path, committed: set[int]) -> str:
 
 
 @pytest.mark.timeout(1500)
-def test_sigkill_at_random_and_targeted_moments_gives_the_uninterrupted_table(kafka_broker, reference, tmp_path):
+def test_sigkill_at_random_and_targeted_moments_gives_the_uninterrupted_table(
+    kafka_broker, reference, spark, driver_class_archive, tmp_path
+):
     started = time.monotonic()
     bootstrap = kafka_broker.bootstrap_servers
     input_topics(kafka_broker, "rs")
@@ -604,7 +612,7 @@ def test_sigkill_at_random_and_targeted_moments_gives_the_uninterrupted_table(ka
 
     # -- 2. a last run consumes the rest in large batches and stops ---------------------------------
     final_config = write_config(work / "final.yaml", work, bootstrap, "rs", max_offsets=FINAL_MAX_OFFSETS, **killed)
-    run_to_end(final_config, work / "run-final.log")
+    run_to_end(final_config, spark)
 
     figures = compare(reference, work, bootstrap, "rs")
     print(
@@ -707,7 +715,7 @@ def float_bits(rows: list[tuple]) -> list[tuple]:
 
 @pytest.mark.timeout(900)
 def test_sigkill_with_postgresql_sink_gives_the_uninterrupted_table(
-    postgres, pg_probe, kafka_broker, reference, tmp_path
+    postgres, pg_probe, kafka_broker, reference, spark, driver_class_archive, tmp_path, monkeypatch
 ):
     """The SIGKILL test above with the results in PostgreSQL, including kills inside the JDBC write: rows
     in the staging table, the merge transaction open. The table must equal the uninterrupted (SQLite)
@@ -792,7 +800,8 @@ def test_sigkill_with_postgresql_sink_gives_the_uninterrupted_table(
         max_offsets=FINAL_MAX_OFFSETS,
         partitions=PG_PARTITIONS,
     )
-    run_to_end(final_config, tmp_path / "run-final.log", env={PG_PASSWORD_ENV: postgres.password})
+    monkeypatch.setenv(PG_PASSWORD_ENV, postgres.password)
+    run_to_end(final_config, spark)
     got = probe.table_rows()
     assert probe.staging_rows() == 0  # the last merge emptied it; the rows the kills left are gone
     assert not probe.open_transactions()
