@@ -92,10 +92,15 @@ if [[ -n "$config" ]] \
   mkdir -p "$tmp_dir"
   driver_tmp=" -Djava.io.tmpdir=$tmp_dir"
 fi
-# a class-data-sharing archive for the driver JVM, when one is named (see jobs/session.py)
+# a class-data-sharing archive for the driver JVM, when one is named: mapped, or, while the file does not
+# exist yet, the JVM ready to write it on request (see jobs/session.py)
 driver_cds=""
 archive="${ANOMALY_DRIVER_CLASS_ARCHIVE:-}"
-[[ -n "$archive" && -f "$archive" ]] && driver_cds=" -XX:SharedArchiveFile=$archive"
+if [[ -n "$archive" && -f "$archive" ]]; then
+  driver_cds=" -XX:SharedArchiveFile=$archive"
+elif [[ -n "$archive" ]]; then
+  driver_cds=" -XX:+RecordDynamicDumpInfo -Xlog:cds*=error"
+fi
 jars="$(ls "$ROOT"/.jars/spark/*.jar | paste -sd, -)"
 extra+=(--jars "$jars")
 extra+=(--py-files "$ROOT/build/anomaly_job.zip")

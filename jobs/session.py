@@ -40,16 +40,19 @@ JIT_OPTIONS = "-XX:-DontCompileHugeMethods"
 
 # A JDK class-data-sharing archive of a driver that has run the job (docs/operations.md, "Faster
 # driver starts"): the driver JVM maps Spark's classes from it instead of loading and verifying them
-# one by one, about 3 s less per start (a restart after a crash included). Unset, or a file that is
-# gone: no archive. An archive that does not fit this JDK or classpath is ignored by the JVM.
+# one by one (bench/driver_start.py). While the file named does not exist yet, the driver starts ready
+# to write it on request (``jcmd <pid> VM.cds dynamic_dump <file>``). An archive that does not fit this
+# JDK or classpath is ignored by the JVM.
 CLASS_ARCHIVE_ENV = "ANOMALY_DRIVER_CLASS_ARCHIVE"
 
 
 def class_archive_option() -> str:
-    """`` -XX:SharedArchiveFile=...`` for the driver JVM when ``$ANOMALY_DRIVER_CLASS_ARCHIVE`` names a
-    file, else ``""``."""
+    """The driver JVM's option for ``$ANOMALY_DRIVER_CLASS_ARCHIVE``: map the file, or be ready to write
+    it when it does not exist yet; ``""`` when the variable is unset."""
     path = os.environ.get(CLASS_ARCHIVE_ENV, "")
-    return f" -XX:SharedArchiveFile={path}" if path and os.path.isfile(path) else ""
+    if not path:
+        return ""
+    return f" -XX:SharedArchiveFile={path}" if os.path.isfile(path) else " -XX:+RecordDynamicDumpInfo -Xlog:cds*=error"
 
 
 def job_jars() -> list[str]:
