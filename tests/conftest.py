@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -102,10 +103,11 @@ def driver_class_archive(spark, reference, tmp_path_factory) -> Path | None:
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     except (OSError, subprocess.TimeoutExpired) as err:
-        print(f"no driver class archive ({err}): job drivers start without one")
+        warnings.warn(f"no driver class archive ({err}): job drivers start without one", stacklevel=1)
         return None
     if done.returncode != 0 or not archive.is_file():
-        print(f"no driver class archive (jcmd exit {done.returncode}: {done.stdout[-300:]}{done.stderr[-300:]})")
+        why = f"jcmd exit {done.returncode}: {done.stdout[-300:]}{done.stderr[-300:]}"
+        warnings.warn(f"no driver class archive ({why}): job drivers start without one", stacklevel=1)
         return None
     os.environ[CLASS_ARCHIVE_ENV] = str(archive)
     return archive

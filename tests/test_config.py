@@ -244,3 +244,18 @@ def test_a_refused_login_in_a_wrapped_java_error_names_the_listener_mechanism_an
     assert "user 'job', password from $T_KAFKA_PASSWORD" in message
     assert "invalid credentials" in message and "o78" not in message
     assert failure_message(stream, "Connection refused\nmore") == "Connection refused"
+
+
+def test_the_driver_class_archive_is_mapped_when_it_exists_and_recorded_for_while_it_does_not(
+    monkeypatch, tmp_path
+):
+    from jobs.session import CLASS_ARCHIVE_ENV, class_archive_option
+
+    monkeypatch.delenv(CLASS_ARCHIVE_ENV, raising=False)
+    assert class_archive_option() == ""
+    archive = tmp_path / "driver.jsa"
+    monkeypatch.setenv(CLASS_ARCHIVE_ENV, str(archive))
+    assert "-XX:+RecordDynamicDumpInfo" in class_archive_option()  # ready to be written with jcmd
+    assert "SharedArchiveFile" not in class_archive_option()
+    archive.write_bytes(b"")
+    assert class_archive_option() == f" -XX:SharedArchiveFile={archive}"
