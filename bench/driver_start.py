@@ -43,6 +43,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from jobs.session import CLASS_ARCHIVE_ENV  # noqa: E402
+from tools.cluster import descendants  # noqa: E402
 from tools.local_kafka import LocalKafkaBroker  # noqa: E402
 from tools.synthetic import generate, produce_messages  # noqa: E402
 
@@ -84,25 +85,6 @@ def write_config(work: Path, bootstrap: str, java_options: str) -> Path:
 def commits(work: Path) -> int:
     directory = work / "checkpoints" / "start" / "commits"
     return sum(1 for p in directory.iterdir() if p.name.isdigit()) if directory.is_dir() else 0
-
-
-def descendants(pid: int) -> set[int]:
-    """Every live process below ``pid`` (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(parent, []).append(int(entry.name))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
 
 
 def kill_tree(proc: subprocess.Popen) -> None:

@@ -28,7 +28,6 @@ from tests.test_restart_safety import (
     Job,
     batch_ids,
     compare,
-    descendants,
     input_topics,
     stream_messages,
     table_rows,
@@ -55,7 +54,7 @@ class Submitted(Job):
     def stop(self, timeout: float = 120) -> int:
         """SIGTERM the job's Python driver (a clean stop: jobs/main.py stops the queries), wait for the
         whole spark-submit to exit."""
-        for pid in descendants(self.proc.pid):
+        for pid in cluster.descendants(self.proc.pid):
             with contextlib.suppress(OSError):
                 if b"jobs/main.py" in Path(f"/proc/{pid}/cmdline").read_bytes():
                     os.kill(pid, signal.SIGTERM)
@@ -144,7 +143,7 @@ def test_cluster_run_with_a_worker_sigkilled_mid_batch_equals_local_mode(
             time.sleep(0.01)
         victim = state.worker_pids[1]
         in_flight = max(batch_ids(checkpoint / "offsets"))
-        family = descendants(victim)
+        family = cluster.descendants(victim)
         os.killpg(victim, signal.SIGKILL)
         for pid in family:
             with contextlib.suppress(ProcessLookupError):

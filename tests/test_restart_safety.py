@@ -59,7 +59,7 @@ import yaml
 from jobs.workdir import usage
 from tests.lanes import LONG_TESTS
 from tests.stream_harness import msg
-from tools.cluster import process_alive
+from tools.cluster import descendants, process_alive
 from tools.synthetic import consume_all, produce_messages
 
 pytestmark = pytest.mark.restart_safety
@@ -203,30 +203,6 @@ def write_config(
 
 
 # --------------------------------------------------------------------------- process handling
-
-
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = defaultdict(list)
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        tree[ppid].append(int(entry.name))
-    return tree
-
-
-def descendants(pid: int) -> set[int]:
-    tree, found, todo = _children(), set(), [pid]
-    while todo:
-        for child in tree.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
 
 
 class Job:
