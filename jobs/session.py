@@ -41,8 +41,8 @@ JIT_OPTIONS = "-XX:-DontCompileHugeMethods"
 # A JDK class-data-sharing archive of a driver that has run the job (docs/operations.md, "Faster
 # driver starts"): the driver JVM maps Spark's classes from it instead of loading and verifying them
 # one by one (bench/driver_start.py). While the file named does not exist yet, the driver starts ready
-# to write it on request (``jcmd <pid> VM.cds dynamic_dump <file>``). An archive that does not fit this
-# JDK or classpath is ignored by the JVM.
+# to write it on request (``jcmd <pid> VM.cds dynamic_dump <file>``), its warnings about the classes it
+# leaves out kept from the job's log. An archive that does not fit this JDK or classpath is ignored.
 CLASS_ARCHIVE_ENV = "ANOMALY_DRIVER_CLASS_ARCHIVE"
 
 
