@@ -284,6 +284,31 @@ def test_sigkill_notifier_mid_stream_loses_nothing_and_repeats_nothing(alertmana
     assert set(keys) == {f"{r['incident_id']}:{r['seq']}" for r in records}
 
 
+def test_a_second_notifier_under_the_same_instance_id_fences_the_first(alertmanager, notifier, kafka_broker, tmp_path):
+    """Static membership (--instance-id, by default the host's): the group hands a restarted notifier its
+    partitions at once (the SIGKILL test above restarts without waiting out the session timeout); a second
+    live notifier under the same id takes them over, and the first stops, at its next commit, with a line that
+    says why."""
+    topic = f"inc-{uuid.uuid4().hex[:8]}"
+    first = notifier(topic, alertmanager=alertmanager).start()
+    wait_for("the first's partitions", lambda: "assigned" in first.log(), log=first.log)
+    assert "static member 'anomaly-notify-" in first.log()
+    (tmp_path / "second").mkdir()
+    second = NotifierProcess(kafka_broker, topic, tmp_path / "second", alertmanager=alertmanager).start()
+    try:
+        wait_for("the second's partitions", lambda: "assigned" in second.log(), log=second.log)
+        # the first learns it was fenced at its next commit: give it a record to deliver
+        produce(kafka_broker, topic, lifecycle("fenced", 1_709_320_000_000))
+        assert first.proc is not None
+        code = first.proc.wait(60)
+        assert code == 1, first.log()[-2000:]
+        assert "another notifier joined group" in first.log() and "--instance-id" in first.log()
+        assert "Traceback" not in first.log()
+        assert second.proc is not None and second.proc.poll() is None, second.log()[-2000:]
+    finally:
+        second.stop()
+
+
 def test_alertmanager_restart_and_outage(alertmanager, notifier, kafka_broker):
     """Open incidents survive an Alertmanager restart (re-posted, not re-sent); what arrives while it
     is down is retried with backoff and delivered once it is back."""

@@ -194,3 +194,19 @@ def test_demo_report_counts_lost_and_repeated_notifications():
     lines, ok = report(rows, once + Counter({("b" * 32, "firing"): 1}) - Counter({("a" * 32, "resolved"): 1}),
                        [spike], "default", 300_000)
     assert not ok and "lost 1, twice 1" in lines[-1]
+
+
+def test_the_notifier_is_a_static_group_member_named_after_its_host_unless_told_otherwise():
+    import socket
+
+    from tools.notify import build_parser, config_from_args
+
+    def instance_id(*options: str) -> str | None:
+        args = build_parser().parse_args(["--bootstrap-servers", "b:1", "--webhook-url", "http://h", *options])
+        return config_from_args(args).instance_id
+
+    assert instance_id() == f"anomaly-notify-{socket.gethostname()}"
+    assert instance_id("--instance-id", "notify-0") == "notify-0"  # e.g. a StatefulSet's pod name
+    assert instance_id("--instance-id", "none") is None  # a dynamic member
+    with pytest.raises(ConfigError, match="--instance-id: must not be empty"):
+        instance_id("--instance-id", " ")

@@ -37,6 +37,12 @@ webhook receiver can drop by its key. A target that is down, times out or answer
 with exponential backoff (up to ``--max-backoff-seconds``), never skipped; a 4xx answer (or a record
 that is not an incident) goes to the dead-letter topic with a reason and the notifier goes on.
 
+**A restart resumes at once.** The notifier is a static member of its group (KIP-345,
+``--instance-id``, by default from the host's name): restarted under the same id (a crash, a pod
+restart) it takes its partitions back without a rebalance, where a new dynamic member would wait
+until the group expired the dead one (the session timeout). Two notifiers of one group need two ids;
+the one fenced by the other stops with a line that says so.
+
 **State after a restart.** The open incidents live in memory. When the group assigns a partition,
 the notifier rebuilds them from the topic: it reads the partition from the first record younger
 than ``--replay-hours`` up to the group's committed offset (already delivered: applied, not sent),
@@ -58,6 +64,7 @@ import argparse
 import json
 import math
 import signal
+import socket
 import sys
 import time
 from collections import deque
@@ -66,6 +73,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 from urllib.parse import urlparse
+
+from kafka.errors import FencedInstanceIdError
 
 from incidents.paging import ENDED, FIRING, step
 from incidents.rules import Maintenance
@@ -93,6 +102,7 @@ class NotifyConfig:
     bootstrap_servers: str
     topic: str = "incidents"
     group_id: str = "anomaly-notify"
+    instance_id: str | None = None  # the group's static member id (KIP-345); None: a dynamic member
     alertmanager_url: str | None = None
     webhook_url: str | None = None
     dead_letter_topic: str = "incidents-dead-letters"
@@ -235,6 +245,9 @@ class Notifier:
             # a long backoff keeps the loop from polling: stay in the group meanwhile
             max_poll_interval_ms=3_600_000,
             session_timeout_ms=10_000,
+            # a static member: restarted with the same id it takes its partitions back at once, instead
+            # of waiting for the group to expire the dead process (session_timeout_ms) and rebalance
+            group_instance_id=self.config.instance_id,
             client_id="anomaly-notify",
         )
         self.producer = KafkaProducer(
@@ -246,7 +259,8 @@ class Notifier:
         """Until SIGTERM/SIGINT (or :attr:`stopping`); returns the exit code."""
         self.connect()
         targets = ", ".join(f"{t.name} {t.url}" for t in (self.am, self.webhook) if t is not None)
-        say(f"consuming topic {self.config.topic!r} as group {self.config.group_id!r}; notifying {targets}")
+        member = f" (static member {self.config.instance_id!r})" if self.config.instance_id else ""
+        say(f"consuming topic {self.config.topic!r} as group {self.config.group_id!r}{member}; notifying {targets}")
         try:
             while not self.stopping:
                 self.tick()
@@ -261,6 +275,11 @@ class Notifier:
                 self.commit()
         except _Stop:
             pass
+        except FencedInstanceIdError:
+            self.stopping = True  # nothing more to commit: the partitions are the other notifier's now
+            say(f"another notifier joined group {self.config.group_id!r} with instance id {self.config.instance_id!r}: "
+                "stopping; give each notifier of a group its own --instance-id")
+            return 1
         finally:
             self.close()
         s = self.stats
@@ -621,6 +640,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--bootstrap-servers", help="Kafka bootstrap servers, e.g. 127.0.0.1:9092 (default: the --config's)")
     add("--topic", help="incidents topic (default: the --config's sinks.incidents_topic, else incidents)")
     add("--group", default="anomaly-notify", help="consumer group (default anomaly-notify)")
+    add("--instance-id", default="host",
+        help="the notifier's static member id in the group: restarted with the same id it resumes at once; "
+        "host (default): this host's name; none: a dynamic member (a restart waits out the group's session "
+        "timeout, 10 s); each notifier of a group needs its own")
     add("--alertmanager-url", help="Alertmanager base URL, e.g. http://127.0.0.1:9093")
     add("--webhook-url", help="generic JSON webhook: each transition POSTed once with an Idempotency-Key")
     add("--dead-letter-topic", default="incidents-dead-letters", help="where rejected records go")
@@ -669,6 +692,17 @@ def _keep_firing(text: str) -> float | None:
         raise ConfigError("--keep-firing-seconds", message) from None
 
 
+def _instance_id(text: str) -> str | None:
+    value = text.strip()
+    if value.lower() == "none":
+        return None
+    if value.lower() == "host":
+        return f"anomaly-notify-{socket.gethostname()}"
+    if not value:
+        raise ConfigError("--instance-id", "must not be empty (none: a dynamic member)")
+    return value
+
+
 def config_from_args(args: argparse.Namespace) -> NotifyConfig:
     job = load_config(args.config) if args.config else None
     servers, topic = _from_job(job, args)
@@ -677,6 +711,7 @@ def config_from_args(args: argparse.Namespace) -> NotifyConfig:
             bootstrap_servers=servers,
             topic=topic,
             group_id=args.group,
+            instance_id=_instance_id(args.instance_id),
             alertmanager_url=args.alertmanager_url,
             webhook_url=args.webhook_url,
             dead_letter_topic=args.dead_letter_topic,
