@@ -38,9 +38,12 @@ def shared_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def spark():
-    from jobs.session import JIT_OPTIONS, build_session
+def spark(tmp_path_factory):
+    from jobs.session import CLASS_ARCHIVE_ENV, build_session
 
+    # the archive the job drivers of the tests will map, not written yet: the session's driver starts ready
+    # to write it (jobs/session.py), which fixture driver_class_archive does once the reference job ran
+    os.environ[CLASS_ARCHIVE_ENV] = str(tmp_path_factory.mktemp("cds") / "driver.jsa")
     session = build_session(
         "anomaly-tests",
         conf={
@@ -50,11 +53,6 @@ def spark():
             "spark.sql.streaming.minBatchesToRetain": "5",
             # a busy 2-core box can take more than the default 15 s to start a Python worker
             "spark.python.authenticate.socketTimeout": "120s",
-            # the JVM can write a class-data archive of itself on request (fixture driver_class_archive)
-            "spark.driver.extraJavaOptions": (
-                f"{JIT_OPTIONS} -Dlog4j2.configurationFile={REPO / 'conf' / 'log4j2.properties'} "
-                "-XX:+RecordDynamicDumpInfo -Xlog:cds*=error"
-            ),
         },
     )
     yield session
@@ -84,30 +82,28 @@ def reference(kafka_broker, spark, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def driver_class_archive(spark, reference, tmp_path_factory) -> Path | None:
-    """A class-data-sharing archive of the session's driver JVM, written once the reference job has run in
-    it (its classes are the job's), named in $ANOMALY_DRIVER_CLASS_ARCHIVE for the job drivers the tests
-    start (jobs/session.py, spark-submit.sh): about 3 s less per driver start, for ~15 of them. None, and
-    the drivers start without it, when the JDK cannot write one."""
+def driver_class_archive(spark, reference) -> Path | None:
+    """The class-data-sharing archive named in $ANOMALY_DRIVER_CLASS_ARCHIVE (fixture spark), written from
+    the session's driver JVM once the reference job has run in it (its classes are the job's): the job
+    drivers the tests start map it (jobs/session.py, spark-submit.sh), several seconds less per start for
+    ~15 of them. None, and the variable unset so that they start without one, when the JDK cannot write it."""
     import shutil
     import subprocess
 
     from jobs.session import CLASS_ARCHIVE_ENV
 
-    jvm = spark.sparkContext._jvm
-    process = jvm.java.lang.ProcessHandle.current()
+    process = spark.sparkContext._jvm.java.lang.ProcessHandle.current()
     java = Path(str(process.info().command().orElse("")))
     jcmd = java.with_name("jcmd") if java.name == "java" else Path(shutil.which("jcmd") or "jcmd")
-    archive = tmp_path_factory.mktemp("cds") / "driver.jsa"
+    archive = Path(os.environ[CLASS_ARCHIVE_ENV])
     cmd = [str(jcmd), str(process.pid()), "VM.cds", "dynamic_dump", str(archive)]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        warnings.warn(f"no driver class archive ({err}): job drivers start without one", stacklevel=1)
-        return None
-    if done.returncode != 0 or not archive.is_file():
+        if done.returncode == 0 and archive.is_file():
+            return archive
         why = f"jcmd exit {done.returncode}: {done.stdout[-300:]}{done.stderr[-300:]}"
-        warnings.warn(f"no driver class archive ({why}): job drivers start without one", stacklevel=1)
-        return None
-    os.environ[CLASS_ARCHIVE_ENV] = str(archive)
-    return archive
+    except (OSError, subprocess.TimeoutExpired) as err:
+        why = str(err)
+    os.environ.pop(CLASS_ARCHIVE_ENV)
+    warnings.warn(f"no driver class archive ({why}): job drivers start without one", stacklevel=1)
+    return None
